@@ -1,0 +1,125 @@
+"""Cityscapes in its real layout (also the layout of the embedded dataset)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAINID
+from .transforms import build_val_transform
+
+LAYOUT = """\
+  <root>/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+  <root>/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png
+      (or *_gtFine_labelIds.png, converted with the official id -> trainId table)"""
+
+
+def read_image(path: str) -> np.ndarray:
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{path}: cannot read the image (missing, truncated or not an image file)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str) -> np.ndarray:
+    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise ValueError(f"{path}: cannot read the mask (missing, truncated or not an image file)")
+    if mask.ndim != 2:
+        raise ValueError(f"{path}: a mask must be a single-channel label image, got shape {mask.shape}")
+    return mask
+
+
+def lookup_table(mapping: dict[int, int] | None, num_classes: int) -> np.ndarray:
+    """A 256-entry table: file value -> train id (255 ignore); invalid values map to -1."""
+    lut = np.full(256, -1, np.int64)
+    if mapping is None:  # the file already holds train ids
+        lut[:num_classes] = np.arange(num_classes)
+    else:
+        lut[:] = 255
+        lut[list(mapping)] = list(mapping.values())
+        lut[35:255] = -1  # labelIds go up to 33 (and -1 license plate stored as 255)
+        lut[255] = 255
+    lut[255] = 255
+    return lut
+
+
+class SegmentationDataset(Dataset):
+    """Pairs of (image file, mask file); items are dicts with ``image``, ``mask`` and ``path``.
+
+    ``transform`` is an albumentations pipeline ending in Normalize + ToTensorV2; without one, items
+    are normalised at the files' own resolution (validation is evaluated at full resolution).
+    """
+
+    classes: tuple[str, ...] = ()
+
+    def __init__(self, images: list[str], masks: list[str | None], luts: list[np.ndarray], transform=None):
+        self.images, self.masks, self.luts = images, masks, luts
+        self.transform = transform if transform is not None else build_val_transform()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self):
+        return len(self.images)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw image (H, W, 3 uint8) and its mask in train ids (H, W uint8, 255 ignore)."""
+        img = read_image(self.images[i])
+        raw = read_mask(self.masks[i])
+        if raw.shape != img.shape[:2]:
+            raise ValueError(f"{self.masks[i]}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
+                             f"{self.images[i]} is {img.shape[1]}x{img.shape[0]} (W x H)")
+        if raw.dtype != np.uint8:
+            raise ValueError(f"{self.masks[i]}: expected an 8-bit label image, got {raw.dtype}")
+        mask = self.luts[i][raw]
+        if (mask < 0).any():
+            bad = np.unique(raw[mask < 0]).tolist()
+            raise ValueError(f"{self.masks[i]}: invalid label value(s) {bad[:10]} for this file's format "
+                             f"(valid: {np.flatnonzero(self.luts[i] >= 0).tolist()[:40]}...)")
+        return img, mask.astype(np.uint8)
+
+    def __getitem__(self, i) -> dict:
+        # The training sampler passes (index, seed): the augmentation of a sample is then a function
+        # of its position in the run, whatever worker or process loads it, so a resumed run is exact.
+        if isinstance(i, tuple):
+            i, seed = i
+            self.transform.set_random_seed(seed)
+        img, mask = self.load(i)
+        out = self.transform(image=img, mask=mask)
+        return {"image": out["image"], "mask": torch.as_tensor(out["mask"]).long(), "path": self.images[i]}
+
+
+class CityscapesDataset(SegmentationDataset):
+    """``CityscapesDataset(root, split)`` over the official layout (see ``LAYOUT``)."""
+
+    classes = CITYSCAPES_CLASSES
+
+    def __init__(self, root: str, split: str = "train", transform=None):
+        img_dir = os.path.join(root, "leftImg8bit", split)
+        images = sorted(glob.glob(os.path.join(img_dir, "*", "*_leftImg8bit.png")))
+        if not images:
+            why = "does not exist" if not os.path.isdir(root) else f"has no images for split {split!r}"
+            raise FileNotFoundError(f"dataset.root={root!r} {why}; expected the Cityscapes layout:\n{LAYOUT}")
+        masks, luts = [], []
+        train_lut = lookup_table(None, len(self.classes))
+        id_lut = lookup_table(CITYSCAPES_ID_TO_TRAINID, len(self.classes))
+        for path in images:
+            stem = os.path.basename(path)[: -len("_leftImg8bit.png")]
+            gt = os.path.join(root, "gtFine", split, os.path.basename(os.path.dirname(path)), stem + "_gtFine_")
+            if os.path.isfile(gt + "labelTrainIds.png"):
+                masks.append(gt + "labelTrainIds.png")
+                luts.append(train_lut)
+            elif os.path.isfile(gt + "labelIds.png"):
+                masks.append(gt + "labelIds.png")
+                luts.append(id_lut)
+            else:
+                raise FileNotFoundError(f"{path}: no mask {gt}labelTrainIds.png or {gt}labelIds.png; expected:\n{LAYOUT}")
+        super().__init__(images, masks, luts, transform)
+        self.root, self.split = root, split

@@ -1,0 +1,99 @@
+"""Albumentations 2.x pipelines for training and validation.
+
+Every pipeline is ``Compose(strict=True)``: albumentations 2.x otherwise only warns about an
+argument name it does not know (many 1.x names were renamed), and the augmentation would silently
+not happen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
+
+
+class CatMaxRatioCrop(A.RandomCrop):
+    """Random crop in which no single class covers more than ``cat_max_ratio`` of the labelled pixels.
+
+    As mmsegmentation's ``RandomCrop(cat_max_ratio=0.75)``: up to 10 tries, keeping the last one.
+    It keeps crops from being all road or all sky, which would waste an iteration. Pads with
+    ``fill_mask=255`` (ignore), never 0, when the image is smaller than the crop.
+    """
+
+    class InitSchema(A.RandomCrop.InitSchema):
+        cat_max_ratio: float
+        ignore_index: int
+
+    def __init__(self, height: int, width: int, cat_max_ratio: float = 0.75, ignore_index: int = IGNORE_INDEX,
+                 pad_if_needed: bool = True, pad_position: str = "center", border_mode: int = cv2.BORDER_CONSTANT,
+                 fill: float = 0.0, fill_mask: float = IGNORE_INDEX, p: float = 1.0):
+        super().__init__(height=height, width=width, pad_if_needed=pad_if_needed, pad_position=pad_position,
+                         fill=fill, fill_mask=fill_mask, border_mode=border_mode, p=p)
+        self.cat_max_ratio = cat_max_ratio
+        self.ignore_index = ignore_index
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        out = super().get_params_dependent_on_data(params, data)
+        mask = data.get("mask")
+        if mask is None or self.cat_max_ratio >= 1.0:
+            return out
+        pad = out["pad_params"]
+        if pad is not None:
+            mask = np.pad(mask, ((pad["pad_top"], pad["pad_bottom"]), (pad["pad_left"], pad["pad_right"])),
+                          constant_values=self.ignore_index)
+        for _ in range(10):
+            x0, y0, x1, y1 = out["crop_coords"]
+            labels, counts = np.unique(mask[y0:y1, x0:x1], return_counts=True)
+            counts = counts[labels != self.ignore_index]
+            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                break
+            out = super().get_params_dependent_on_data(params, data)
+            out["pad_params"] = pad  # padding is deterministic given the shape except its position; keep one
+        return out
+
+
+def normalize_to_tensor() -> list:
+    return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()]
+
+
+def build_train_transform(crop_size, scale_range=(0.5, 2.0), cat_max_ratio=0.75, flip=True,
+                          photometric=True) -> A.Compose:
+    """Random resize (ratio of the image's own size), crop, flip, photometric distortion, normalise.
+
+    ``photometric`` follows mmseg's PhotoMetricDistortion (brightness delta 32/255, contrast and
+    saturation 0.5-1.5, hue delta 18 degrees) with albumentations' ColorJitter.
+    """
+    h, w = _crop(crop_size)
+    lo, hi = scale_range
+    ts = [
+        A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
+                      mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+        CatMaxRatioCrop(height=h, width=w, cat_max_ratio=cat_max_ratio),
+    ]
+    if flip:
+        ts.append(A.HorizontalFlip(p=0.5))
+    if photometric:
+        ts.append(A.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360, p=0.5))
+    return A.Compose(ts + normalize_to_tensor(), strict=True)
+
+
+def build_val_transform() -> A.Compose:
+    """Validation runs at the files' own resolution: normalise only."""
+    return A.Compose(normalize_to_tensor(), strict=True)
+
+
+def _crop(crop_size) -> tuple[int, int]:
+    try:
+        h, w = (int(crop_size), int(crop_size)) if np.isscalar(crop_size) else (int(crop_size[0]), int(crop_size[1]))
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"dataset.crop_size={crop_size!r}: expected [H, W] of positive integers") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"dataset.crop_size={crop_size!r}: expected [H, W] of positive integers")
+    return h, w

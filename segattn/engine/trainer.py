@@ -1,0 +1,207 @@
+"""The training loop: one function, read top to bottom (torchvision references / nanoGPT shape)."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from ..data import build_dataset, build_train_transform, seed_worker
+from ..data.sampler import TrainSampler
+from ..models.segmentor import build_model
+from .checkpoint import clean_stale_tmp, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .evaluate import evaluate
+from .logging import iou_table, log_validation, metrics_json, write_json
+from .optim import build_optimizer, build_scheduler
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def amp_dtype(amp) -> torch.dtype | None:
+    if amp in (None, False, "off", "no", "fp32"):
+        return None
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    raise ValueError(f"trainer.amp={amp!r}; expected off, bf16 or fp16")
+
+
+def check_writable(run_dir: str) -> None:
+    """Fail at start-up, not after the first hour, when the run directory cannot take a checkpoint."""
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    probe = os.path.join(run_dir, "checkpoints", ".write_probe")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 1024)
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"the run directory {run_dir!r} is not writable ({e.strerror}); "
+                      f"set hydra.run.dir to a writable folder with free space") from None
+
+
+def find_resume(resume, ckpt_dir: str) -> str | None:
+    if resume in (None, False, ""):
+        return None
+    if resume == "auto":
+        last = os.path.join(ckpt_dir, "last.pt")
+        return last if os.path.isfile(last) else None
+    return str(resume)
+
+
+def build_loaders(cfg: dict, seed: int, start_iter: int, rank: int = 0, world_size: int = 1):
+    d, t = cfg["dataset"], cfg["trainer"]
+    train_tf = build_train_transform(d["crop_size"], scale_range=tuple(d.get("scale_range", (0.5, 2.0))),
+                                     cat_max_ratio=d.get("cat_max_ratio", 0.75), flip=d.get("flip", True),
+                                     photometric=d.get("photometric", True))
+    train_set = build_dataset(d["name"], d["root"], d.get("train_split", "train"), train_tf)
+    val_set = build_dataset(d["name"], d["root"], d.get("val_split", "val"))
+    sampler = TrainSampler(len(train_set), t["batch_size"], seed, start_iter, rank, world_size)
+    workers = t.get("num_workers", 0)
+    # Loaders get generators of their own: creating an iterator draws a worker base seed, and drawing
+    # it from the global generator would shift dropout's random numbers on resume.
+    train_loader = DataLoader(train_set, batch_size=t["batch_size"], sampler=sampler, num_workers=workers,
+                              drop_last=True, worker_init_fn=seed_worker, persistent_workers=workers > 0,
+                              pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
+    # Validation images keep their own size (full resolution), so one per batch.
+    val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=workers,
+                            generator=torch.Generator().manual_seed(seed))
+    return train_set, val_set, train_loader, val_loader
+
+
+def train(cfg: dict, run_dir: str) -> dict:
+    """Train ``cfg`` (a plain dict: the composed Hydra config) writing into ``run_dir``; returns the last
+    validation metrics (as in ``metrics.json``)."""
+    t = cfg["trainer"]
+    max_iters = int(t["max_iters"])
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    check_writable(run_dir)
+    clean_stale_tmp(ckpt_dir)
+    seed_everything(int(cfg.get("seed", 0)))
+    device = resolve_device(t.get("device", "auto"))
+
+    resume_path = find_resume(cfg.get("resume"), ckpt_dir)
+    ckpt = load_checkpoint(resume_path) if resume_path else None
+    start_iter = int(ckpt["iter"]) if ckpt else 0
+
+    train_set, val_set, train_loader, val_loader = build_loaders(cfg, int(cfg.get("seed", 0)), start_iter)
+    classes = train_set.classes
+    num_classes = len(classes)
+
+    model = build_model(cfg["backbone"], cfg["head"], num_classes, cfg.get("model", {}).get("aux_head"))
+    model.to(device)
+    optimizer = build_optimizer(model, **cfg["optimizer"])
+    scheduler = build_scheduler(optimizer, max_iters, **cfg["scheduler"])
+    best = -1.0
+    if ckpt:
+        if ckpt["config"].get("num_classes", num_classes) != num_classes:
+            raise ValueError(f"resume={resume_path!r} has {ckpt['config'].get('num_classes')} classes, "
+                             f"the dataset {num_classes}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        best = ckpt.get("best", best)
+        print(f"resumed from {resume_path} at iteration {start_iter}", file=sys.stderr)
+
+    dtype = amp_dtype(t.get("amp"))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    writer = SummaryWriter(run_dir)
+    saved_cfg = dict(cfg, num_classes=num_classes, classes=list(classes))
+
+    def checkpoint(name: str, it: int):
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "iter": it, "config": saved_cfg,
+                         "best": best, "rng": rng_state()}, os.path.join(ckpt_dir, name))
+
+    metrics = None
+    batches = iter(train_loader)
+    model.train()
+    # stop_at ends the process early (e.g. a time-limited job) while the schedule still runs over
+    # max_iters; resume=auto continues from there.
+    stop_at = min(int(t.get("stop_at") or max_iters), max_iters)
+    bar = tqdm(range(start_iter, stop_at), initial=start_iter, total=max_iters, desc="train",
+               disable=not t.get("progress", True), dynamic_ncols=True)
+    t_data = t_step = 0.0
+    for it in bar:
+        tic = time.perf_counter()
+        batch = next(batches)
+        images = batch["image"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        t_data += time.perf_counter() - tic
+
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            outputs = model(images)
+        loss, parts = model.loss({k: v.float() for k, v in outputs.items()}, masks)
+        if not torch.isfinite(loss):
+            if t.get("skip_nonfinite", False):
+                optimizer.zero_grad(set_to_none=True)
+                print(f"iteration {it + 1}: non-finite loss {loss.item()}, step skipped", file=sys.stderr)
+                scheduler.step()
+                continue
+            raise FloatingPointError(
+                f"iteration {it + 1}: the loss is {loss.item()} ({ {k: float(v) for k, v in parts.items()} }); "
+                f"stopping before anything is saved. The last good checkpoint is in {ckpt_dir}. "
+                f"Lower optimizer.lr, set trainer.grad_clip, or set trainer.skip_nonfinite=true.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if t.get("grad_clip"):
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(t["grad_clip"]))
+        scaler.step(optimizer)
+        scaler.update()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        t_step += time.perf_counter() - tic
+        step = it + 1
+
+        if step % t.get("log_interval", 10) == 0 or step == max_iters:
+            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/lr", lr, step)
+            for k, v in parts.items():
+                writer.add_scalar(f"train/loss_{k}", float(v), step)
+            writer.add_scalar("train/data_time_share", t_data / max(t_step, 1e-9), step)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+
+        if step % t.get("val_interval", max_iters) == 0 or step == max_iters:
+            metrics, samples = evaluate(model, val_loader, num_classes, device, progress=t.get("progress", True), keep=2)
+            model.train()
+            log_validation(writer, metrics, classes, samples, step)
+            write_json(metrics_json(metrics, classes, iter=step), os.path.join(run_dir, "metrics.json"))
+            tqdm.write(f"iter {step}: val mIoU {100 * metrics['mIoU']:.2f}  aAcc {100 * metrics['aAcc']:.2f}")
+            if not math.isnan(metrics["mIoU"]) and metrics["mIoU"] > best:
+                best = metrics["mIoU"]
+                checkpoint("best.pt", step)
+
+        ckpt_interval = t.get("ckpt_interval") or 0
+        if ckpt_interval and step % ckpt_interval == 0:
+            checkpoint(f"iter_{step}.pt", step)
+            keep = t.get("keep_ckpts") or 0
+            old = sorted((int(f[5:-3]) for f in os.listdir(ckpt_dir) if f.startswith("iter_") and f.endswith(".pt")))
+            for n in old[:-keep] if keep else []:
+                os.remove(os.path.join(ckpt_dir, f"iter_{n}.pt"))
+        if (ckpt_interval and step % ckpt_interval == 0) or step % t.get("val_interval", max_iters) == 0 \
+                or step in (stop_at, max_iters):
+            checkpoint("last.pt", step)
+    bar.close()
+    writer.close()
+    if metrics is None:  # nothing validated in this process (resumed a finished run, or stopped early)
+        metrics, _ = evaluate(model, val_loader, num_classes, device)
+    print(iou_table(metrics, classes))
+    return metrics_json(metrics, classes, iter=max(stop_at, start_iter))

@@ -1,0 +1,80 @@
+"""Criss-cross attention (Huang et al., "CCNet: Criss-Cross Attention for Semantic Segmentation", TPAMI 2020)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .registry import register
+
+
+@register("cc")
+class CrissCrossAttention(nn.Module):
+    """CCNet's ``CrissCrossAttention``, applied ``recurrence`` times with shared weights (RCCA).
+
+    Each pixel u attends to the H + W - 1 pixels of its own row and column (Sec. 3.2): the
+    affinities d_{i,u} = Q_u^T Omega_{i,u} of the column and of the row go through ONE softmax
+    together, and the pixel itself is counted once because, as in the official pure-PyTorch code,
+    the diagonal of the column term is masked with -inf. The output is
+    H'_u = gamma * sum_i A_{i,u} Phi_{i,u} + H_u with gamma initialised to zero, so every
+    recurrence starts as the identity.
+
+    ``recurrence`` R: the paper's RCCA (Sec. 3.3) applies the same module twice (R = 2) so that
+    information from every pixel reaches every other; R = 1 sees only the criss-cross path.
+    ``reduction``: query and key have C // reduction channels (C/8 in the paper and code),
+    the value keeps C.
+
+    Memory is O(N HW (H+W)): the row and column affinities are computed with einsum, never as an
+    HW x HW matrix (the paper's point against the non-local block).
+    """
+
+    # Seed: 矩阵乘法 叉乘 空间 (weights from Q K products, applied as a matrix product with V over
+    # the positions of the row and column).
+    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    paper = "CCNet: Criss-Cross Attention for Semantic Segmentation (2020)"
+
+    def __init__(self, channels: int, recurrence: int = 2, reduction: int = 8):
+        super().__init__()
+        if int(channels) < 1:
+            raise ValueError(f"cc: channels must be >= 1, got {channels}")
+        if int(recurrence) != recurrence or int(recurrence) < 1:
+            raise ValueError(f"cc: recurrence must be a positive integer, got {recurrence!r}")
+        if int(reduction) != reduction or int(reduction) < 1:
+            raise ValueError(f"cc: reduction must be a positive integer, got {reduction!r}")
+        self.channels = int(channels)
+        self.recurrence = int(recurrence)
+        # max(1, ...) as mmcv: a layer narrower than the reduction still gets a one-channel key.
+        self.key_channels = max(1, self.channels // int(reduction))
+        self.query_conv = nn.Conv2d(self.channels, self.key_channels, 1)
+        self.key_conv = nn.Conv2d(self.channels, self.key_channels, 1)
+        self.value_conv = nn.Conv2d(self.channels, self.channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The criss-cross attention of one pass: (column part (N, H, W, H), row part (N, H, W, W)).
+
+        For pixel (h, w), ``col[n, h, w, g]`` weights pixel (g, w) and ``row[n, h, w, v]`` weights
+        pixel (h, v); together they sum to one, and ``col[..., h, w, h]`` is zero (self counted once,
+        in the row part).
+        """
+        h = x.shape[2]
+        q = self.query_conv(x)
+        k = self.key_conv(x)
+        energy_col = torch.einsum("nchw,ncgw->nhwg", q, k)
+        energy_row = torch.einsum("nchw,nchv->nhwv", q, k)
+        self_mask = torch.eye(h, dtype=torch.bool, device=x.device).view(1, h, 1, h)
+        energy_col = energy_col.masked_fill(self_mask, float("-inf"))
+        att = torch.cat([energy_col, energy_row], dim=-1).softmax(dim=-1)
+        return att[..., :h], att[..., h:]
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One criss-cross pass (the official module's forward)."""
+        att_col, att_row = self.attention(x)
+        v = self.value_conv(x)
+        out = torch.einsum("nhwg,ncgw->nchw", att_col, v) + torch.einsum("nhwv,nchv->nchw", att_row, v)
+        return self.gamma * out + x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.recurrence):
+            x = self.step(x)
+        return x

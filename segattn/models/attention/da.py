@@ -1,0 +1,155 @@
+"""Dual attention (Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .registry import register
+
+
+class PositionAttention(nn.Module):
+    """DANet's ``PAM_Module`` (Sec. 3.2): E = gamma * V softmax(Q^T K)^T + X over the HW positions.
+
+    Query and key are 1x1 convolutions to C // reduction channels (C/8 in the official code),
+    the value keeps C; no scaling of the logits, as in the official code. gamma starts at zero so
+    the module is the identity at initialisation and "gradually learns to assign more weight".
+    """
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        self.key_channels = max(1, channels // reduction)
+        self.query_conv = nn.Conv2d(channels, self.key_channels, 1)
+        self.key_conv = nn.Conv2d(channels, self.key_channels, 1)
+        self.value_conv = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """S of the paper's Eq. 1 as (N, HW, HW): row i is pixel i's distribution over positions."""
+        query = self.query_conv(x).flatten(2).transpose(1, 2)  # (N, HW, C')
+        key = self.key_conv(x).flatten(2)  # (N, C', HW)
+        return torch.bmm(query, key).softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value = self.value_conv(x).flatten(2)  # (N, C, HW)
+        out = torch.bmm(value, self.attention(x).transpose(1, 2))
+        return self.gamma * out.view_as(x) + x
+
+
+class ChannelAttention(nn.Module):
+    """DANet's ``CAM_Module`` (Sec. 3.3): E = gamma * softmax(X X^T) X + X over the C channels.
+
+    As in the official code, the softmax is taken over rowmax(X X^T) - X X^T rather than X X^T:
+    subtracting from the row maximum turns "most similar" into the smallest logit, and the
+    released models were trained that way (the paper's Eq. 3 writes plain X X^T). No convolutions
+    are used, to keep the relationship between the original channel maps (Sec. 3.3).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, C, C) channel attention map X of the paper's Eq. 3 (rows sum to one)."""
+        # X X^T sums over all HW positions (~9.4k at a 97x97 map) and overflows float16 under
+        # AMP, so the channel energies are always computed in (at least) float32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            feats = x.flatten(2)
+            if feats.dtype in (torch.float16, torch.bfloat16):
+                feats = feats.float()
+            energy = torch.bmm(feats, feats.transpose(1, 2))
+            energy_new = energy.amax(dim=-1, keepdim=True) - energy
+            return energy_new.softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.bmm(self.attention(x).to(x.dtype), x.flatten(2))
+        return self.gamma * out.view_as(x) + x
+
+
+@register("da")
+class DualAttention(nn.Module):
+    """DANet's two branches on one input, fused by summation: PAM(x) + CAM(x).
+
+    In DANet each branch has its own 3x3 conv before and after it and the two are summed at the
+    end (Sec. 3.4, element-wise sum); this module is the mechanism alone, so it sums the two modules'
+    outputs directly (2x at initialisation, both gammas being zero). ``DAHead`` below uses the
+    branches ``pam`` and ``cam`` separately, as the paper's head does.
+    """
+
+    # Seed: 矩阵乘法 叉乘 空间域, 通道域 (matrix-product weights applied as a matrix product,
+    # an HW x HW map for positions and a C x C map for channels).
+    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial+channel")
+    paper = "Dual Attention Network for Scene Segmentation (2019)"
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        if int(channels) < 1:
+            raise ValueError(f"da: channels must be >= 1, got {channels}")
+        if int(reduction) != reduction or int(reduction) < 1:
+            raise ValueError(f"da: reduction must be a positive integer, got {reduction!r}")
+        self.channels = int(channels)
+        self.pam = PositionAttention(self.channels, int(reduction))
+        self.cam = ChannelAttention()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pam(x) + self.cam(x)
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DAHead(nn.Module):
+    """DANet's head (official ``DANetHead``, mmsegmentation ``DAHead``) on the last backbone stage.
+
+    Per branch: conv3x3 reduce + BN + ReLU -> PAM or CAM -> conv3x3 + BN + ReLU -> classifier; the
+    two branch features are summed for the main classifier. All three outputs are supervised
+    with weight 1 (the official code's loss over the three outputs, mmsegmentation's three
+    ``loss_decode`` terms); inference uses only the fused ``out``.
+
+    Every classifier is preceded by Dropout2d(dropout) as in both codes (0.1), and initialised
+    N(0, 0.01) as mmsegmentation's decode heads are.
+    """
+
+    loss_weights = {"out": 1.0, "pam": 1.0, "cam": 1.0}
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        num_classes: int,
+        channels: int = 512,
+        dropout: float = 0.1,
+        concat_input: bool = False,
+        **hyper_params,
+    ):
+        super().__init__()
+        if concat_input:
+            raise ValueError(
+                "da head: concat_input must be false (DANet's head does not concatenate the backbone feature)"
+            )
+        cin = int(in_channels[-1])
+        self.attention = DualAttention(channels, **hyper_params)
+        self.pam_in = _conv_bn_relu(cin, channels)
+        self.pam_out = _conv_bn_relu(channels, channels)
+        self.cam_in = _conv_bn_relu(cin, channels)
+        self.cam_out = _conv_bn_relu(channels, channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.pam_cls = nn.Conv2d(channels, num_classes, 1)
+        self.cam_cls = nn.Conv2d(channels, num_classes, 1)
+        self.cls = nn.Conv2d(channels, num_classes, 1)
+        for conv in (self.pam_cls, self.cam_cls, self.cls):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = feats[-1]
+        pam_feat = self.pam_out(self.attention.pam(self.pam_in(x)))
+        cam_feat = self.cam_out(self.attention.cam(self.cam_in(x)))
+        return {
+            "out": self.cls(self.dropout(pam_feat + cam_feat)),
+            "pam": self.pam_cls(self.dropout(pam_feat)),
+            "cam": self.cam_cls(self.dropout(cam_feat)),
+        }
+
+
+HEAD = DAHead

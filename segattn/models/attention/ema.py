@@ -1,0 +1,117 @@
+"""Expectation-maximisation attention (Li et al., "Expectation-Maximization Attention Networks
+for Semantic Segmentation", ICCV 2019)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register
+
+
+def _l2norm(t: torch.Tensor, dim: int) -> torch.Tensor:
+    # The official ``_l2norm``: t / (1e-6 + ||t||).
+    return t / (1e-6 + t.norm(dim=dim, keepdim=True))
+
+
+@register("ema")
+class EMAttention(nn.Module):
+    """The official ``EMAU``: conv1x1 -> EM attention -> ReLU -> conv1x1 + BN -> + input -> ReLU.
+
+    The EM attention keeps K bases mu (a (1, C, K) buffer, initialised N(0, 2/K) and
+    L2-normalised over C). For ``stages`` = T steps on the flattened map X (C x N):
+      E: Z = softmax over the K bases of X^T mu                        (N x K responsibilities)
+      M: mu = X Z / (1e-6 + sum_n Z), then L2-normalised over C.
+    The map is reconstructed as X~ = mu Z^T with the last Z and mu. The official code runs the
+    EM steps under ``torch.no_grad()``, and the reconstruction uses only their results, so no
+    gradient flows through the attention and the first conv1x1, which only feeds it, never
+    receives one. It is frozen explicitly (``requires_grad=False``, as mmsegmentation does); it
+    maps the non-negative input to (-inf, inf) so the bases can point anywhere.
+
+    Bases maintenance (the paper's moving average): in training, after the forward, the buffer
+    moves towards the batch mean of the final bases, mu0 <- m * mu0 + (1 - m) * mean_b(mu_T) with ``momentum``
+    m = 0.9 (official ``EM_MOM``). Under torch.distributed the mean is also taken over the
+    processes (the official single-process DataParallel code averages over the whole batch; this
+    is mmsegmentation's ``reduce_mean``). The batch mean is L2-normalised before the update (as
+    mmsegmentation) and the result again, so the buffer stays on the unit sphere like every
+    base the E-step sees later (the official code skips the last renormalisation; a blend of
+    two unit vectors is slightly shorter).
+
+    Initialisation as the official code: convs N(0, sqrt(2 / (k*k*out))), BN weight 1 — not
+    zero — so the module does not start as the identity (the residual ReLU(x + ...) is there
+    from the start).
+    """
+
+    # Seed: 矩阵乘法 叉乘 通道（特殊）. The weights come from a matrix product (X^T mu) and are
+    # applied by one (mu Z^T), but "domain" is spatial here: Z (N x K) holds one distribution per
+    # position, each base is a Z-weighted mean over all positions, and X~ = mu Z^T re-expresses every
+    # position from them, i.e. the low-rank (K) form of the HW x HW non-local map Z Z^T the paper
+    # derives EMA from. The seed's "special channel" refers to the K-dimensional bottleneck
+    # ("c 降到 k 再升回 c"), which is the number of bases, not a weighting of feature channels.
+    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    paper = "Expectation-Maximization Attention Networks for Semantic Segmentation (2019)"
+
+    def __init__(self, channels: int, num_bases: int = 64, stages: int = 3, momentum: float = 0.9):
+        super().__init__()
+        if int(channels) < 1:
+            raise ValueError(f"ema: channels must be >= 1, got {channels}")
+        if int(num_bases) != num_bases or int(num_bases) < 1:
+            raise ValueError(f"ema: num_bases must be a positive integer, got {num_bases!r}")
+        if int(stages) != stages or int(stages) < 1:
+            raise ValueError(f"ema: stages must be a positive integer (EM iterations), got {stages!r}")
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"ema: momentum must be in [0, 1] (weight of the old bases), got {momentum!r}")
+        self.channels = int(channels)
+        self.num_bases = int(num_bases)
+        self.stages = int(stages)
+        self.momentum = float(momentum)
+
+        bases = torch.empty(1, self.channels, self.num_bases).normal_(0, math.sqrt(2.0 / self.num_bases))
+        self.register_buffer("bases", _l2norm(bases, dim=1))
+
+        self.conv1 = nn.Conv2d(self.channels, self.channels, 1)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(self.channels, self.channels, 1, bias=False), nn.BatchNorm2d(self.channels)
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0, math.sqrt(2.0 / n))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.conv1.requires_grad_(False)
+
+    @torch.no_grad()
+    def em(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the EM steps on ``feats`` (N, C, HW): returns bases mu (N, C, K), responsibilities z (N, HW, K)."""
+        mu = self.bases.to(feats.dtype).expand(feats.shape[0], -1, -1)
+        for _ in range(self.stages):
+            z = torch.bmm(feats.transpose(1, 2), mu).softmax(dim=2)  # E-step
+            z_ = z / (1e-6 + z.sum(dim=1, keepdim=True))
+            mu = _l2norm(torch.bmm(feats, z_), dim=1)  # M-step
+        return mu, z
+
+    @torch.no_grad()
+    def update_bases(self, mu: torch.Tensor) -> None:
+        """Moving average of the buffer towards the batch (and process) mean of ``mu`` (N, C, K)."""
+        mean = mu.mean(dim=0, keepdim=True).to(self.bases.dtype)
+        if dist.is_available() and dist.is_initialized():
+            mean = mean / dist.get_world_size()
+            dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+        mean = _l2norm(mean, dim=1)
+        self.bases.mul_(self.momentum).add_(mean, alpha=1.0 - self.momentum)
+        self.bases.copy_(_l2norm(self.bases, dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        feats = self.conv1(x).flatten(2)
+        mu, z = self.em(feats)
+        recon = F.relu(torch.bmm(mu, z.transpose(1, 2)).view(n, c, h, w))
+        if self.training:
+            self.update_bases(mu)
+        return F.relu(x + self.conv2(recon))

@@ -1,0 +1,113 @@
+"""Non-local block (Wang et al., "Non-local Neural Networks", CVPR 2018)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register
+
+_MODES = ("embedded_gaussian", "gaussian", "dot_product")
+
+
+@register("nl")
+class NonLocal2d(nn.Module):
+    """The non-local block z = x + W_z(y), y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j) (paper Eq. 1, 6).
+
+    ``mode`` picks the pairwise function f of Sec. 3.2: ``embedded_gaussian`` (the default and
+    the one the segmentation recipes use) is softmax over j of theta(x_i)^T phi(x_j);
+    ``gaussian`` drops the theta/phi embeddings; ``dot_product`` uses f = theta^T phi normalised
+    by N, the number of positions. (The ``concatenation`` variant is left out: it materialises an
+    HW x HW x 2C' tensor, and the paper finds the variants perform alike.)
+
+    ``reduction`` sets the bottleneck C' = C // reduction (the paper halves the channels, Sec.
+    3.3). ``use_scale`` divides the embedded-Gaussian logits by sqrt(C'), as the authors'
+    released Caffe2 code and mmcv's ``NonLocal2d`` do (not in the paper's equations); like
+    mmcv, it does not touch the plain ``gaussian`` mode.
+    ``sub_sample`` max-pools phi and g by 2 (Sec. 3.3, "a subsampling trick"); ceil mode keeps
+    maps of odd or unit size valid.
+    ``use_bn`` follows the paper's implementation details (Sec. 4): W_z is followed by BN whose
+    scale is initialised to zero, so the block starts as the identity and can be inserted into a
+    pre-trained network; without BN the W_z convolution itself is zero-initialised. theta, phi
+    and g start from N(0, 0.01) as in the released code.
+    """
+
+    # Seed: 矩阵乘法 叉乘 (weights from a matrix product theta^T phi, applied as an HW x HW matrix
+    # product with g) over the spatial positions.
+    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    paper = "Non-local Neural Networks (2018)"
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 2,
+        use_scale: bool = True,
+        mode: str = "embedded_gaussian",
+        sub_sample: bool = False,
+        use_bn: bool = True,
+    ):
+        super().__init__()
+        if int(channels) < 1:
+            raise ValueError(f"nl: channels must be >= 1, got {channels}")
+        if int(reduction) != reduction or int(reduction) < 1:
+            raise ValueError(f"nl: reduction must be a positive integer, got {reduction!r}")
+        if mode not in _MODES:
+            raise ValueError(f"nl: mode must be one of {_MODES}, got {mode!r}")
+        self.channels = int(channels)
+        self.reduction = int(reduction)
+        # max(1, ...) as mmcv: a very narrow input still gets a one-channel embedding.
+        self.inter_channels = max(1, self.channels // self.reduction)
+        self.use_scale = bool(use_scale)
+        self.mode = mode
+        self.sub_sample = bool(sub_sample)
+        self.use_bn = bool(use_bn)
+
+        c, ci = self.channels, self.inter_channels
+        self.g = nn.Conv2d(c, ci, 1)
+        if mode != "gaussian":
+            self.theta = nn.Conv2d(c, ci, 1)
+            self.phi = nn.Conv2d(c, ci, 1)
+        if self.use_bn:
+            self.conv_out = nn.Sequential(nn.Conv2d(ci, c, 1, bias=False), nn.BatchNorm2d(c))
+        else:
+            self.conv_out = nn.Conv2d(ci, c, 1)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True) if self.sub_sample else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name in ("g", "theta", "phi"):
+            conv = getattr(self, name, None)
+            if conv is not None:
+                nn.init.normal_(conv.weight, std=0.01)
+                nn.init.zeros_(conv.bias)
+        if self.use_bn:
+            nn.init.kaiming_normal_(self.conv_out[0].weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(self.conv_out[1].weight)
+            nn.init.zeros_(self.conv_out[1].bias)
+        else:
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
+
+    def pairwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised f(x_i, x_j)/C(x) as an (N, HW, HW') matrix (HW' = keys after sub-sampling)."""
+        if self.mode == "gaussian":
+            query = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+            key = self.pool(x).flatten(2)  # (N, C, HW')
+        else:
+            query = self.theta(x).flatten(2).transpose(1, 2)
+            key = self.pool(self.phi(x)).flatten(2)
+        logits = torch.bmm(query, key)
+        if self.mode == "dot_product":
+            # Sec. 3.2: C(x) = N, the number of positions, which keeps the gradient simple.
+            return logits / key.shape[-1]
+        if self.use_scale and self.mode == "embedded_gaussian":
+            logits = logits / query.shape[-1] ** 0.5
+        return logits.softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        value = self.pool(self.g(x)).flatten(2).transpose(1, 2)  # (N, HW', C')
+        y = torch.bmm(self.pairwise(x), value)  # (N, HW, C')
+        y = y.transpose(1, 2).reshape(n, self.inter_channels, h, w)
+        return x + self.conv_out(y)

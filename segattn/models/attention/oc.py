@@ -1,0 +1,216 @@
+"""Object context (Yuan & Wang, "OCNet: Object Context Network for Scene Parsing", 2018).
+
+Three registered modules, after the official ``oc_module/`` code: ``oc`` (``BaseOC_Module``),
+``oc_pyramid`` (``Pyramid_OC_Module``) and ``oc_asp`` (``ASP_OC_Module``). All map C -> C.
+
+The official code normalises with InPlaceABNSync, whose default activation is a leaky ReLU
+(slope 0.01) because in-place ABN needs an invertible activation; that is a memory trick of
+the library, so BN + ReLU is used here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register
+
+
+def _positive_ints(name: str, what: str, values) -> tuple[int, ...]:
+    if isinstance(values, (int, float)):
+        values = [values]
+    try:
+        out = tuple(int(v) for v in values)
+        ok = len(out) > 0 and all(o == v and o >= 1 for o, v in zip(out, values))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: {what} must be a non-empty list of positive integers, got {values!r}")
+    return out
+
+
+def _check_dropout(name: str, key: str, p: float) -> float:
+    if not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"{name}: {key} must be in [0, 1), got {p!r}")
+    return float(p)
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1, bias: bool = True) -> list[nn.Module]:
+    pad = dilation * (kernel // 2)
+    conv = nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=bias)
+    return [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def _region_bounds(size: int, grid: int) -> list[tuple[int, int]]:
+    """Split ``size`` rows into ``grid`` regions as the official Pyramid-OC does.
+
+    Regions are ``size // grid`` long and the last one takes the remainder (7 rows, grid 3:
+    [0, 2), [2, 4), [4, 7)). A grid finer than the map (official code: empty regions) gives one
+    row per region instead.
+    """
+    grid = min(grid, size)
+    step = size // grid
+    starts = [i * step for i in range(grid)]
+    return list(zip(starts, starts[1:] + [size]))
+
+
+class SelfAttentionBlock(nn.Module):
+    """OCNet's ``SelfAttentionBlock2D``, or ``PyramidSelfAttentionBlock2D`` when ``grid`` > 1.
+
+    The object context of pixel p is c_p = W sum_q softmax_q(k_p^T k_q / sqrt(d_k)) v_q: query
+    and key share ONE transform f_key (conv1x1 + BN + ReLU; official ``self.f_query =
+    self.f_key``), the value is a plain conv1x1 and W, a conv1x1 back to ``out_channels``, starts
+    at zero (official init), so the context is zero at initialisation.
+
+    ``grid`` = s splits the map into s x s regions and each pixel attends only inside its own
+    region (Pyramid-OC). ``scale`` > 1 max-pools the map by ``scale`` before the
+    attention and upsamples the context back (official ``scale`` option, used by ASP-OC).
+    """
+
+    def __init__(
+        self, in_channels: int, key_channels: int, value_channels: int, out_channels: int, grid: int = 1, scale: int = 1
+    ):
+        super().__init__()
+        self.key_channels = key_channels
+        self.grid = grid
+        self.scale = scale
+        self.f_key = nn.Sequential(*_conv_bn_relu(in_channels, key_channels))
+        self.f_value = nn.Conv2d(in_channels, value_channels, 1)
+        self.W = nn.Conv2d(value_channels, out_channels, 1)
+        nn.init.zeros_(self.W.weight)
+        nn.init.zeros_(self.W.bias)
+
+    def attend(self, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Self-attention inside one region: (N, Ck, h, w), (N, Cv, h, w) -> (N, Cv, h, w)."""
+        k = key.flatten(2)  # (N, Ck, hw), also the query
+        sim = (torch.bmm(k.transpose(1, 2), k) * self.key_channels**-0.5).softmax(dim=-1)
+        return torch.bmm(value.flatten(2), sim.transpose(1, 2)).view_as(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2:]
+        if self.scale > 1:
+            # Floor mode as the official nn.MaxPool2d; ceil mode only where a side is shorter
+            # than the window, which floor mode would pool to nothing.
+            x = F.max_pool2d(x, self.scale, ceil_mode=min(h, w) < self.scale)
+        key, value = self.f_key(x), self.f_value(x)
+        if self.grid == 1:
+            context = self.attend(key, value)
+        else:
+            rows = []
+            for r0, r1 in _region_bounds(x.shape[2], self.grid):
+                regions = [
+                    self.attend(key[:, :, r0:r1, c0:c1], value[:, :, r0:r1, c0:c1])
+                    for c0, c1 in _region_bounds(x.shape[3], self.grid)
+                ]
+                rows.append(torch.cat(regions, dim=3))
+            context = torch.cat(rows, dim=2)
+        context = self.W(context)
+        if self.scale > 1:
+            context = F.interpolate(context, size=(h, w), mode="bilinear", align_corners=True)
+        return context
+
+
+@register("oc")
+class BaseOC(nn.Module):
+    """OCNet's ``BaseOC_Module``: object context concatenated with the input, conv1x1 -> C.
+
+    Key and value have C/2 channels (official: 256 for the 512-channel input); the fusion is
+    conv1x1 + BN + ReLU + Dropout2d(``context_dropout`` = 0.05, the official default).
+    """
+
+    # Seed: 矩阵乘法 叉乘 空间 (pairwise key products applied as an HW x HW matrix product).
+    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    paper = "OCNet: Object Context Network for Scene Parsing (2018)"
+
+    def __init__(self, channels: int, context_dropout: float = 0.05):
+        super().__init__()
+        if int(channels) < 1:
+            raise ValueError(f"oc: channels must be >= 1, got {channels}")
+        c = self.channels = int(channels)
+        half = max(1, c // 2)
+        self.attention = SelfAttentionBlock(c, half, half, c)
+        self.fuse = nn.Sequential(
+            *_conv_bn_relu(2 * c, c), nn.Dropout2d(_check_dropout("oc", "context_dropout", context_dropout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([self.attention(x), x], dim=1))
+
+
+@register("oc_pyramid")
+class PyramidOC(nn.Module):
+    """OCNet's ``Pyramid_OC_Module``: object context within 1x1, 2x2, 3x3 and 6x6 partitions.
+
+    Each level is a self-attention block restricted to its regions (key C/2, value C, out C, as
+    the official code). The input is lifted to C x levels channels (conv1x1 + BN + ReLU,
+    official ``up_dr``) so that it weighs as much as all the contexts, everything is
+    concatenated and reduced back to C (conv1x1 + BN + ReLU + Dropout2d(0.05)).
+    """
+
+    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    paper = "OCNet: Object Context Network for Scene Parsing (2018)"
+
+    def __init__(self, channels: int, sizes: Sequence[int] = (1, 2, 3, 6), context_dropout: float = 0.05):
+        super().__init__()
+        if int(channels) < 1:
+            raise ValueError(f"oc_pyramid: channels must be >= 1, got {channels}")
+        c = self.channels = int(channels)
+        self.sizes = _positive_ints("oc_pyramid", "sizes", sizes)
+        g = len(self.sizes)
+        self.stages = nn.ModuleList(SelfAttentionBlock(c, max(1, c // 2), c, c, grid=s) for s in self.sizes)
+        self.up_dr = nn.Sequential(*_conv_bn_relu(c, c * g))
+        self.fuse = nn.Sequential(
+            *_conv_bn_relu(2 * c * g, c), nn.Dropout2d(_check_dropout("oc_pyramid", "context_dropout", context_dropout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([self.up_dr(x)] + [stage(x) for stage in self.stages], dim=1))
+
+
+@register("oc_asp")
+class ASPOC(nn.Module):
+    """OCNet's ``ASP_OC_Module``: the object context in parallel with ASPP branches.
+
+    Five branches of C/2 channels each (official: 256 for the 512-channel input): conv3x3 + BN
+    + ReLU followed by the object-context block (computed on a map max-pooled by
+    ``context_scale`` = 2, official ``sizes=[2]``, then conv1x1 + BN + ReLU), a conv1x1, and a
+    dilated conv3x3 per entry of ``dilations`` (12, 24, 36 at output stride 8). They are
+    concatenated and reduced to C by conv1x1 + BN + ReLU + Dropout2d(``context_dropout`` = 0.1).
+    """
+
+    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    paper = "OCNet: Object Context Network for Scene Parsing (2018)"
+
+    def __init__(
+        self,
+        channels: int,
+        dilations: Sequence[int] = (12, 24, 36),
+        context_scale: int = 2,
+        context_dropout: float = 0.1,
+    ):
+        super().__init__()
+        if int(channels) < 1:
+            raise ValueError(f"oc_asp: channels must be >= 1, got {channels}")
+        c = self.channels = int(channels)
+        self.dilations = _positive_ints("oc_asp", "dilations", dilations)
+        (self.context_scale,) = _positive_ints("oc_asp", "context_scale", context_scale)
+        b = max(1, c // 2)
+        self.context = nn.Sequential(
+            *_conv_bn_relu(c, b, kernel=3),
+            SelfAttentionBlock(b, max(1, b // 2), b, b, scale=self.context_scale),
+            *_conv_bn_relu(b, b),
+        )
+        self.branches = nn.ModuleList(
+            [nn.Sequential(*_conv_bn_relu(c, b, bias=False))]
+            + [nn.Sequential(*_conv_bn_relu(c, b, kernel=3, dilation=d, bias=False)) for d in self.dilations]
+        )
+        self.fuse = nn.Sequential(
+            *_conv_bn_relu(b * (2 + len(self.dilations)), c, bias=False),
+            nn.Dropout2d(_check_dropout("oc_asp", "context_dropout", context_dropout)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([self.context(x)] + [branch(x) for branch in self.branches], dim=1))

@@ -1,0 +1,62 @@
+"""One-decorator registry for attention mechanisms (timm's ``@register_model`` shape).
+
+Every mechanism is an ``nn.Module`` mapping ``(N, C, H, W) -> (N, C, H, W)`` and carries the
+seed notes' taxonomy: how its weights are computed and how they are applied.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+ATTENTIONS: dict[str, type[nn.Module]] = {}
+
+# The seed's words, in English. "weights": how the attention weights are computed
+# (矩阵乘法 matrix product, 全连接 MLP, 卷积 convolution, 池化 pooling). "applied": how they are
+# applied to the features (点乘 element-wise, 叉乘 matrix product, 加 addition). "domain": where
+# they act (空间域 space, 通道域 channels, 全部 all positions). A mechanism that mixes several
+# joins them with "+", e.g. "spatial+channel".
+TAXONOMY_WORDS = {
+    "weights": {"matmul", "mlp", "conv", "pool"},
+    "applied": {"elementwise", "matmul", "add"},
+    "domain": {"spatial", "channel", "all"},
+}
+
+
+def check_taxonomy(name: str, taxonomy: dict) -> None:
+    """Raise ValueError unless ``taxonomy`` uses exactly the seed's keys and words."""
+    if set(taxonomy) != set(TAXONOMY_WORDS):
+        raise ValueError(
+            f"attention {name!r}: taxonomy must have keys {sorted(TAXONOMY_WORDS)}, got {sorted(taxonomy)}"
+        )
+    for key, allowed in TAXONOMY_WORDS.items():
+        words = str(taxonomy[key]).split("+")
+        bad = [w for w in words if w not in allowed]
+        if bad:
+            raise ValueError(
+                f"attention {name!r}: taxonomy[{key!r}]={taxonomy[key]!r} uses {bad}; "
+                f"expected words from {sorted(allowed)} joined by '+'"
+            )
+
+
+def register(name: str):
+    """Class decorator: ``@register("cc")`` makes the class buildable as ``build_attention("cc", C)``."""
+
+    def deco(cls):
+        if name in ATTENTIONS:
+            raise ValueError(f"attention {name!r} is registered twice ({ATTENTIONS[name].__name__}, {cls.__name__})")
+        for attr in ("taxonomy", "paper"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"attention {name!r} ({cls.__name__}) must define class attribute {attr!r}")
+        check_taxonomy(name, cls.taxonomy)
+        cls.name = name
+        ATTENTIONS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_attention(name: str, channels: int, **kwargs) -> nn.Module:
+    """Build the registered mechanism ``name`` for ``channels`` input channels."""
+    if name not in ATTENTIONS:
+        raise KeyError(f"unknown attention {name!r}; choices: {', '.join(sorted(ATTENTIONS))}")
+    return ATTENTIONS[name](channels, **kwargs)

@@ -1,0 +1,160 @@
+"""Squeeze-and-Attention (Zhong et al., "Squeeze-and-Attention Networks for Semantic Segmentation", CVPR 2020).
+
+``SqueezeAttention`` is the SA module (registered as ``sa``); ``SAHead`` is the SANet decode head
+(``HEAD``), which puts SA modules on several backbone stages and supervises each of them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel_size: int, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(cout)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+@register("sa")
+class SqueezeAttention(nn.Module):
+    """The SA module (Sec. 3.3, Eqs. 3-5): X_out = X_attn * X_res + X_attn.
+
+    X_res = ReLU(BN(conv3x3(X))) is the ordinary "residual" convolution channel. X_attn is the
+    "attention" channel: X is average-pooled by ``pool_size`` (2 in the paper: a *spatial* squeeze,
+    unlike SE's global one, so the attention keeps a coarse map of pixel groups), passed through
+    two conv3x3+BN layers (the first with ReLU), squashed by a sigmoid and upsampled back to the
+    input size. The "+ X_attn" term lets the attention channel pass information even where the
+    residual channel is zero.
+
+    Choices where the paper is silent and the widely copied ``SqueezeAttentionBlock`` (no official
+    code was released) differs:
+    - the last attention conv has no ReLU before the sigmoid: sigmoid(ReLU(.)) would never fall
+      below 0.5, so the module could not suppress anything;
+    - the sigmoid comes before the upsampling, as in Up(sigma(.)) of Eq. 4; bilinear interpolation
+      of a map in (0, 1) stays in (0, 1), and the result fits any input size (the copied block's
+      ``Upsample(scale_factor=2)`` breaks on odd sizes);
+    - pooling uses ``ceil_mode`` so that a 1-pixel-wide input still has one pooled cell.
+    """
+
+    # Seed: 卷积 点乘 通道 (convolution weights, element-wise product). The attention map has one
+    # value per channel *and* per (pooled) position, so its domain is spatial+channel; it is applied
+    # by a product with X_res and then *added* (the "+ X_attn" term), hence elementwise+add.
+    taxonomy = dict(weights="conv", applied="elementwise+add", domain="spatial+channel")
+    paper = "Squeeze-and-Attention Networks for Semantic Segmentation (2020)"
+
+    def __init__(self, channels: int, pool_size: int = 2):
+        super().__init__()
+        channels = int(channels)
+        if channels < 1:
+            raise ValueError(f"sa: channels must be >= 1, got {channels}")
+        if isinstance(pool_size, bool) or int(pool_size) != pool_size or pool_size < 1:
+            raise ValueError(f"sa: pool_size must be a positive integer (paper: 2), got {pool_size!r}")
+        self.pool_size = int(pool_size)
+        self.res = _conv_bn_relu(channels, channels, 3)
+        self.attn = nn.Sequential(_conv_bn_relu(channels, channels, 3), _conv_bn_relu(channels, channels, 3, relu=False))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """X_attn in (0, 1), shape (N, C, H, W)."""
+        p = self.pool_size
+        y = F.avg_pool2d(x, p, p, ceil_mode=True) if p > 1 else x
+        y = torch.sigmoid(self.attn(y))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attention(x)
+        return a * self.res(x) + a
+
+
+STAGES = ("c2", "c3", "c4", "c5")
+
+
+class SAHead(nn.Module):
+    """SANet's decode head (Sec. 3.4, Fig. 3), on a dilated ResNet.
+
+    - Each selected backbone stage is reduced to ``channels`` (1x1 conv+BN+ReLU) and passed
+      through an SA module ("SA head"); a 1x1 classifier turns it into class-wise mask logits,
+      returned as ``mask_<stage>`` and supervised by the label (the paper's multi-stage masks).
+    - An FCN branch on c5 (conv3x3+BN+ReLU, classifier) gives the pixel-wise prediction ``dense``.
+    - The masks, resized to c5's resolution, are concatenated and merged by a 1x1 conv, and
+      "guide" the pixel-wise prediction: ``out = dense + merged``. Adding logits multiplies the two
+      predictions' class probabilities (softmax(a + b) is proportional to softmax(a) * softmax(b)),
+      which is the paper's mask-times-prediction fusion without the sign ambiguity of multiplying
+      raw logits.
+    - With ``class_presence_loss`` an image-level classifier (GAP of the c5 branch -> linear)
+      returns ``presence`` (N, num_classes) logits for the paper's categorical loss: a multi-label
+      BCE against the classes present in the label (see ``presence_keys``).
+
+    Loss weights follow L = L_mul + alpha * L_cat + beta * L_den: "out" 1, "presence" alpha
+    (``presence_weight``, 0.2), and beta (``dense_weight``, 0.8) shared equally by the dense
+    prediction and the per-stage masks, so adding a stage does not inflate the auxiliary losses.
+    """
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        num_classes: int,
+        channels: int = 512,
+        dropout: float = 0.1,
+        stages: list[str] | tuple[str, ...] = STAGES,
+        pool_size: int = 2,
+        dense_weight: float = 0.8,
+        class_presence_loss: bool = False,
+        presence_weight: float = 0.2,
+    ):
+        super().__init__()
+        if len(in_channels) != len(STAGES):
+            raise ValueError(f"sa head: in_channels must give the channels of {list(STAGES)}, got {list(in_channels)}")
+        stages = [str(s) for s in stages]
+        bad = [s for s in stages if s not in STAGES]
+        if not stages or bad or len(set(stages)) != len(stages):
+            raise ValueError(f"sa head: stages must be distinct names from {list(STAGES)}, got {stages}")
+        self.stages = [s for s in STAGES if s in stages]
+        self.num_classes = int(num_classes)
+
+        self.sa = nn.ModuleDict(
+            {
+                s: nn.Sequential(_conv_bn_relu(in_channels[STAGES.index(s)], channels, 1), SqueezeAttention(channels, pool_size))
+                for s in self.stages
+            }
+        )
+        self.mask_cls = nn.ModuleDict(
+            {s: nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1)) for s in self.stages}
+        )
+        self.merge = nn.Conv2d(len(self.stages) * num_classes, num_classes, 1)
+        self.dense = _conv_bn_relu(in_channels[-1], channels, 3)
+        self.dense_cls = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1))
+        self.presence = nn.Linear(channels, num_classes) if class_presence_loss else None
+
+        share = float(dense_weight) / (len(self.stages) + 1)
+        self.loss_weights = {"out": 1.0, "dense": share, **{f"mask_{s}": share for s in self.stages}}
+        # Keys holding (N, num_classes) image-level logits: the segmentor scores them with a
+        # multi-label BCE against the classes present in the label, not with a pixel-wise CE.
+        self.presence_keys = set()
+        if class_presence_loss:
+            self.loss_weights["presence"] = float(presence_weight)
+            self.presence_keys = {"presence"}
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        c5 = feats[-1]
+        size = c5.shape[-2:]
+        dense_feat = self.dense(c5)
+        outputs = {"dense": self.dense_cls(dense_feat)}
+        masks = []
+        for s in self.stages:
+            m = self.mask_cls[s](self.sa[s](feats[STAGES.index(s)]))
+            outputs[f"mask_{s}"] = m
+            if m.shape[-2:] != size:
+                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            masks.append(m)
+        outputs["out"] = outputs["dense"] + self.merge(torch.cat(masks, dim=1))
+        if self.presence is not None:
+            outputs["presence"] = self.presence(dense_feat.mean(dim=(2, 3)))
+        return outputs
+
+
+HEAD = SAHead

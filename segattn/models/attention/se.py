@@ -1,0 +1,48 @@
+"""Squeeze-and-Excitation (Hu et al., "Squeeze-and-Excitation Networks", TPAMI 2019)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .registry import register
+
+
+@register("se")
+class SqueezeExcitation(nn.Module):
+    """SENet's ``SELayer``: global average pool -> FC -> ReLU -> FC -> sigmoid, rescaling each channel.
+
+    ``reduction`` is the paper's r (16 in all its ResNet experiments, Sec. 6.1). The hidden width
+    is exactly ``channels // reduction``, as in the paper; timm rounds it to a multiple of 8, which
+    changes the capacity the ablations measured, so we do not. ``max(1, ...)`` only keeps a
+    layer narrower than r (e.g. C=8 with r=16) from having zero hidden units.
+    """
+
+    # Seed: 全连接 点乘 通道域 (fully connected weights, element-wise product, channel domain).
+    taxonomy = dict(weights="mlp", applied="elementwise", domain="channel")
+    paper = "Squeeze-and-Excitation Networks (2019)"
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        if int(channels) < 1:
+            raise ValueError(f"se: channels must be >= 1, got {channels}")
+        if int(reduction) < 1:
+            raise ValueError(f"se: reduction must be a positive integer, got {reduction}")
+        self.channels = int(channels)
+        self.reduction = int(reduction)
+        self.hidden = max(1, self.channels // self.reduction)
+        # Biases as in the paper's Eq. 3 and the released Caffe models (W1, W2 with bias terms).
+        self.fc = nn.Sequential(
+            nn.Linear(self.channels, self.hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(self.hidden, self.channels),
+            nn.Sigmoid(),
+        )
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The excitation s in (0, 1), shape (N, C, 1, 1)."""
+        n, c = x.shape[:2]
+        return self.fc(x.mean(dim=(2, 3))).view(n, c, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)

@@ -1,0 +1,98 @@
+"""Decode heads: the FCN baseline, a generic attention head, and the mechanisms' special heads.
+
+Every head takes the backbone's four stage outputs ``[c2, c3, c4, c5]`` and returns logits at the
+resolution of the stage it reads, either as a tensor or as a dict ``{"out": ..., <extra>: ...}``
+whose extra entries are trained with the head's ``loss_weights``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn as nn
+
+from .attention import ATTENTIONS, build_attention
+
+HEAD_KEYS = ("name", "channels", "dropout", "concat_input")
+
+
+def conv_bn_relu(cin, cout, k=3, dilation=1):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FCNHead(nn.Module):
+    """Fully Convolutional Networks for Semantic Segmentation (2015), as mmseg's FCNHead.
+
+    ``num_convs`` 3x3 conv-BN-ReLU layers on stage ``in_index``; with ``concat_input`` the input is
+    concatenated with their output and fused by one more 3x3 conv; dropout; 1x1 classifier.
+    """
+
+    loss_weights = {"out": 1.0}
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 512, num_convs: int = 2,
+                 concat_input: bool = True, dropout: float = 0.1, in_index: int = -1):
+        super().__init__()
+        self.in_index = in_index
+        layers = [conv_bn_relu(in_channels if i == 0 else channels, channels) for i in range(num_convs)]
+        self.convs = nn.Sequential(*layers) if layers else nn.Identity()
+        self.conv_cat = conv_bn_relu(in_channels + channels, channels) if concat_input else None
+        self.dropout = nn.Dropout2d(dropout)
+        self.cls = nn.Conv2d(channels if num_convs or concat_input else in_channels, num_classes, 1)
+
+    def forward(self, feats):
+        x = feats[self.in_index]
+        y = self.convs(x)
+        if self.conv_cat is not None:
+            y = self.conv_cat(torch.cat([x, y], 1))
+        return self.cls(self.dropout(y))
+
+
+class AttentionHead(nn.Module):
+    """reduce (3x3) -> attention mechanism -> project (3x3) [-> concat input, fuse] -> classifier.
+
+    The shape of mmseg's NLHead / CCHead / GCHead / EMAHead: the mechanism works on ``channels``
+    features, the convolutions around it belong to the head, not to the mechanism.
+    """
+
+    loss_weights = {"out": 1.0}
+
+    def __init__(self, in_channels: int, num_classes: int, attention: str, channels: int = 512,
+                 dropout: float = 0.1, concat_input: bool = True, **attention_kwargs):
+        super().__init__()
+        self.reduce = conv_bn_relu(in_channels, channels)
+        self.attention = build_attention(attention, channels, **attention_kwargs)
+        self.project = conv_bn_relu(channels, channels)
+        self.conv_cat = conv_bn_relu(in_channels + channels, channels) if concat_input else None
+        self.dropout = nn.Dropout2d(dropout)
+        self.cls = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, feats):
+        x = feats[-1]
+        y = self.project(self.attention(self.reduce(x)))
+        if self.conv_cat is not None:
+            y = self.conv_cat(torch.cat([x, y], 1))
+        return self.cls(self.dropout(y))
+
+
+def special_head(name: str):
+    """The mechanism file's ``HEAD`` class (e.g. DANet's three classifiers), or None."""
+    return getattr(sys.modules[ATTENTIONS[name].__module__], "HEAD", None)
+
+
+def build_head(cfg: dict, in_channels: list[int], num_classes: int) -> nn.Module:
+    """Build ``cfg["name"]`` (``fcn`` or any registered attention) on stages with ``in_channels``."""
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name == "fcn":
+        return FCNHead(in_channels[-1], num_classes, **cfg)
+    if name not in ATTENTIONS:
+        raise ValueError(f"head.name={name!r} is not a known head; choices: fcn, {', '.join(sorted(ATTENTIONS))}")
+    head_cls = special_head(name)
+    if head_cls is not None:
+        return head_cls(list(in_channels), num_classes, **cfg)
+    return AttentionHead(in_channels[-1], num_classes, name, **cfg)

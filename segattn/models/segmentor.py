@@ -1,0 +1,83 @@
+"""Backbone + decode head + auxiliary head; the loss; inference."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import ResNet
+from .heads import FCNHead, build_head
+
+
+class Segmentor(nn.Module):
+    """``forward(images)`` returns a dict of logits at feature resolution: ``out`` (the prediction),
+    ``aux`` (the auxiliary FCN head on stage 3, in training) and any extra outputs of the head.
+    ``loss(outputs, target)`` upsamples each to the label size and sums the weighted cross-entropies.
+    """
+
+    def __init__(self, backbone: ResNet, head: nn.Module, num_classes: int, aux_head: nn.Module | None = None,
+                 aux_weight: float = 0.4, ignore_index: int = 255):
+        super().__init__()
+        self.backbone, self.head, self.aux_head = backbone, head, aux_head
+        self.num_classes, self.aux_weight, self.ignore_index = num_classes, aux_weight, ignore_index
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(images)
+        out = self.head(feats)
+        out = dict(out) if isinstance(out, dict) else {"out": out}
+        if self.aux_head is not None and self.training:
+            out["aux"] = self.aux_head(feats)
+        return out
+
+    def loss_weights(self) -> dict[str, float]:
+        weights = dict(getattr(self.head, "loss_weights", {"out": 1.0}))
+        if self.aux_head is not None:
+            weights["aux"] = self.aux_weight
+        return weights
+
+    def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted sum of per-output losses; returns (total, {name: value})."""
+        weights = self.loss_weights()
+        presence = getattr(self.head, "presence_keys", ())
+        parts = {}
+        total = 0.0
+        for name, logits in outputs.items():
+            w = weights.get(name, 0.0)
+            if w == 0.0:
+                continue
+            if name in presence:
+                # Image-level multi-label loss: which classes appear in the (non-ignored) label.
+                present = torch.zeros_like(logits)
+                for i, t in enumerate(target):
+                    cls = t[t != self.ignore_index].unique()
+                    present[i, cls] = 1.0
+                part = F.binary_cross_entropy_with_logits(logits, present)
+            else:
+                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+                part = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+            parts[name] = part.detach()
+            total = total + w * part
+        return total, parts
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for the whole image at the input's resolution (``whole`` inference)."""
+        logits = self(images)["out"]
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | None = None) -> Segmentor:
+    """Build a Segmentor from plain dicts (the ``backbone``, ``head`` and ``model.aux_head`` config nodes)."""
+    bb_cfg = dict(backbone)
+    bb_cfg.pop("name", None)
+    bb = ResNet(**bb_cfg)
+    head_module = build_head(head, bb.channels, num_classes)
+    aux = dict(aux_head or {})
+    aux_weight = float(aux.pop("weight", 0.4))
+    aux_module = None
+    if aux_weight > 0:
+        # mmseg's auxiliary head: one 3x3 conv on stage 3 (c4), no concat, dropout 0.1.
+        aux_module = FCNHead(bb.channels[2], num_classes, channels=aux.pop("channels", 256), num_convs=1,
+                             concat_input=False, dropout=aux.pop("dropout", 0.1), in_index=2)
+    return Segmentor(bb, head_module, num_classes, aux_module, aux_weight)

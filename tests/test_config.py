@@ -1,0 +1,57 @@
+"""Every option of every config group composes, and the composed config builds what it names."""
+
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from conftest import REPO
+
+CONF = os.path.join(REPO, "conf")
+GROUPS = sorted(d for d in os.listdir(CONF) if os.path.isdir(os.path.join(CONF, d)) and d not in ("hydra", "experiment"))
+OPTIONS = [(g, f[:-5]) for g in GROUPS for f in sorted(os.listdir(os.path.join(CONF, g))) if f.endswith(".yaml")]
+EXPERIMENTS = sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "experiment")) if f.endswith(".yaml"))
+
+
+def _compose(overrides, name="train"):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def test_groups_are_the_design_groups():
+    assert {"backbone", "head", "dataset", "optimizer", "scheduler"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", OPTIONS)
+def test_every_option_composes(group, option):
+    cfg = _compose([f"{group}={option}"])
+    container = OmegaConf.to_container(cfg, resolve=True)
+    if "name" in container[group]:
+        assert container[group]["name"] == option
+    for key in ("max_iters", "batch_size", "num_workers", "val_interval", "ckpt_interval", "log_interval", "device", "amp"):
+        assert key in container["trainer"]
+    assert isinstance(container["dataset"]["crop_size"], list) and len(container["dataset"]["crop_size"]) == 2
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    cfg = _compose([f"+experiment={experiment}"])
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_published_recipe_values():
+    cfg = _compose(["+experiment=cityscapes_r50_d8_80k"])
+    assert cfg.backbone.depth == 50 and cfg.backbone.deep_stem and cfg.backbone.output_stride == 8
+    assert cfg.backbone.norm == "syncbn" and cfg.head.channels == 512 and cfg.head.dropout == 0.1
+    assert cfg.trainer.max_iters == 80000 and list(cfg.dataset.crop_size) == [512, 1024]
+    assert cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 0.0005
+    assert cfg.scheduler.name == "poly" and cfg.scheduler.power == 0.9 and cfg.scheduler.min_lr == 1e-4
+    assert cfg.model.aux_head.weight == 0.4
+
+
+def test_head_hyper_parameter_override():
+    cfg = _compose(["head=ema", "head.num_bases=32"])
+    assert cfg.head.name == "ema" and cfg.head.num_bases == 32
