@@ -1,5 +1,6 @@
 """Every registered mechanism, tested by default: contract, taxonomy, gradients, and as a head."""
 
+import math
 import os
 
 import pytest
@@ -75,3 +76,83 @@ def test_registry_rejects_bad_taxonomy_and_duplicates():
             paper = "x (2020)"
     with pytest.raises(KeyError, match="choices"):
         build_attention("nonexistent", 8)
+
+
+def _tiny_segmentor(name):
+    from segattn.models.segmentor import build_model
+
+    head = OmegaConf.to_container(OmegaConf.load(os.path.join(REPO, "conf", "head", f"{name}.yaml")))
+    head["channels"] = 64
+    return build_model({"depth": 18, "output_stride": 8, "width": 8}, head, num_classes=4, aux_head={"channels": 16})
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (2, 4, 4), generator=g).repeat_interleave(16, 1).repeat_interleave(16, 2)
+    images = torch.randn(2, 3, 64, 64, generator=g) * 0.5 + target[:, None].float()  # learnable from colour
+    return images, target
+
+
+@pytest.mark.parametrize("name", ["fcn"] + NAMES)
+def test_every_parameter_gets_a_gradient_and_a_few_steps_lower_the_loss(name):
+    """DDP runs without find_unused_parameters: every trainable parameter must be in the graph."""
+    torch.manual_seed(0)
+    model = _tiny_segmentor(name).train()
+    images, target = _batch()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
+    losses = []
+    for step in range(6):
+        loss, _ = model.loss(model(images), target)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+            assert not missing, f"parameters without gradient: {missing}"
+        opt.step()
+        losses.append(loss.item())
+    assert all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_of_one_odd_size_is_finite(name):
+    torch.manual_seed(0)
+    m = build_attention(name, C).eval()
+    with torch.no_grad():
+        for hw in [(1, 1), (3, 5), (9, 4)]:
+            y = m(torch.randn(1, C, *hw))
+            assert y.shape == (1, C, *hw) and torch.isfinite(y).all()
+
+
+def _saved_bytes(module, x):
+    """Bytes of the tensors autograd keeps for backward: the activation memory of a training step."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum()
+    return total
+
+
+def test_criss_cross_memory_is_far_below_non_local_at_97x97():
+    """CCNet's claim: the criss-cross map is HW x (H+W-1), the non-local one HW x HW."""
+    x = torch.randn(1, 64, 97, 97, requires_grad=True)
+    cc = _saved_bytes(build_attention("cc", 64, recurrence=2), x)
+    nl = _saved_bytes(build_attention("nl", 64), x)
+    ratio = nl / cc
+    print(f"saved activations at 97x97, C=64: nl {nl / 2**20:.1f} MiB, cc {cc / 2**20:.1f} MiB, ratio {ratio:.1f}")
+    assert ratio > 5
+
+
+def test_readme_heads_table_lists_every_head():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heads_table", os.path.join(REPO, "scripts", "heads_table.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    table = script.table()
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert table in readme, "README's heads table is out of date: paste `python scripts/heads_table.py`"
