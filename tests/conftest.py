@@ -60,3 +60,19 @@ def trained_run(tiny_root, tmp_path_factory) -> str:
     run_train([*TINY, f"dataset.root={tiny_root}", "trainer.max_iters=4", "trainer.val_interval=2",
                "trainer.log_interval=1", f"hydra.run.dir={run_dir}"])
     return run_dir
+
+
+def run_eval(argv: list[str]):
+    """Run eval.py's Hydra main in-process with ``argv`` overrides; returns its return value (the mIoU)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    import eval as eval_entry
+
+    GlobalHydra.instance().clear()
+    old = sys.argv
+    sys.argv = ["eval.py", *argv]
+    try:
+        return eval_entry.main()
+    finally:
+        sys.argv = old
+        GlobalHydra.instance().clear()

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
 import torch
 
 from . import synthetic
+from .ade20k import ADE20KDataset
 from .cityscapes import CityscapesDataset, SegmentationDataset
+from .folder import FolderDataset
 from .transforms import build_train_transform, build_val_transform
 
-DATASETS = {"mini": CityscapesDataset, "cityscapes": CityscapesDataset}
+DATASETS = {"mini": CityscapesDataset, "cityscapes": CityscapesDataset, "ade20k": ADE20KDataset,
+            "folder": FolderDataset}
 
-__all__ = ["CityscapesDataset", "SegmentationDataset", "build_dataset", "build_train_transform",
-           "build_val_transform", "seed_worker", "DATASETS"]
+__all__ = ["ADE20KDataset", "CityscapesDataset", "FolderDataset", "SegmentationDataset", "build_dataset",
+           "build_train_transform", "build_val_transform", "seed_worker", "DATASETS"]
 
 
-def build_dataset(name: str, root: str, split: str, transform=None):
-    """The dataset ``name`` (mini, cityscapes) at ``root``; the embedded one is generated if missing."""
+def build_dataset(name: str, root: str, split: str | None, transform=None, **options):
+    """The dataset ``name`` (mini, cityscapes, ade20k, folder) at ``root``; the embedded one is generated
+    if missing. ``options`` are the dataset config's other keys: ``folder`` reads ``classes``,
+    ``image_dir``, ``mask_dir`` (null: images only) and ``mask_suffix``; the rest are ignored here."""
     if name not in DATASETS:
         raise ValueError(f"dataset.name={name!r} is not a known dataset; choices: {', '.join(DATASETS)}")
     if name == "mini":
         synthetic.ensure(root)
+    if name == "folder":
+        image_dir, mask_dir = options.get("image_dir", "images"), options.get("mask_dir", "masks")
+        return FolderDataset(os.path.join(root, image_dir, split or ""),
+                             os.path.join(root, mask_dir, split or "") if mask_dir else None,
+                             options.get("classes"), transform, options.get("mask_suffix", ".png"))
     return DATASETS[name](root, split, transform)
 
 

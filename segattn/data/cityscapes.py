@@ -10,13 +10,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAINID
+from .labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_TRAINID_TO_ID
 from .transforms import build_val_transform
 
 LAYOUT = """\
   <root>/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
   <root>/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png
-      (or *_gtFine_labelIds.png, converted with the official id -> trainId table)"""
+      (or *_gtFine_labelIds.png, converted with the official id -> trainId table;
+       split test: images only, its official masks are placeholders)"""
+
+# train id -> labelId, what the official evaluation and test server read; anything else -> 0 (unlabeled).
+TRAINID_TO_LABELID = np.zeros(256, np.uint8)
+TRAINID_TO_LABELID[list(CITYSCAPES_TRAINID_TO_ID)] = list(CITYSCAPES_TRAINID_TO_ID.values())
 
 
 def read_image(path: str) -> np.ndarray:
@@ -54,13 +59,26 @@ class SegmentationDataset(Dataset):
 
     ``transform`` is an albumentations pipeline ending in Normalize + ToTensorV2; without one, items
     are normalised at the files' own resolution (validation is evaluated at full resolution).
+    A mask of ``None`` is an image to predict only: its mask is all 255 (ignore) and ``has_masks`` is
+    False, so eval.py exports the predictions and skips the metrics.
     """
 
     classes: tuple[str, ...] = ()
+    # train id -> the value the dataset's own label files use (identity here; see label_ids)
+    file_ids: np.ndarray = np.arange(256, dtype=np.uint8)
 
     def __init__(self, images: list[str], masks: list[str | None], luts: list[np.ndarray], transform=None):
         self.images, self.masks, self.luts = images, masks, luts
         self.transform = transform if transform is not None else build_val_transform()
+        self.has_masks = all(m is not None for m in masks)
+
+    def label_ids(self, pred: np.ndarray) -> np.ndarray:
+        """Train ids (H, W) -> the encoding of the dataset's label files (uint8), for exports."""
+        return self.file_ids[np.asarray(pred, dtype=np.int64)]
+
+    def prediction_name(self, path: str) -> str:
+        """The name of an image's exported prediction, without suffix: the image's file name stem."""
+        return os.path.splitext(os.path.basename(path))[0]
 
     @property
     def num_classes(self) -> int:
@@ -72,6 +90,8 @@ class SegmentationDataset(Dataset):
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw image (H, W, 3 uint8) and its mask in train ids (H, W uint8, 255 ignore)."""
         img = read_image(self.images[i])
+        if self.masks[i] is None:
+            return img, np.full(img.shape[:2], 255, np.uint8)
         raw = read_mask(self.masks[i])
         if raw.shape != img.shape[:2]:
             raise ValueError(f"{self.masks[i]}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
@@ -97,9 +117,14 @@ class SegmentationDataset(Dataset):
 
 
 class CityscapesDataset(SegmentationDataset):
-    """``CityscapesDataset(root, split)`` over the official layout (see ``LAYOUT``)."""
+    """``CityscapesDataset(root, split)`` over the official layout (see ``LAYOUT``).
+
+    The ``test`` split is read as images only: its official masks are placeholders, and its
+    predictions go to the evaluation server as labelIds (``label_ids``, ``prediction_name``).
+    """
 
     classes = CITYSCAPES_CLASSES
+    file_ids = TRAINID_TO_LABELID
 
     def __init__(self, root: str, split: str = "train", transform=None):
         img_dir = os.path.join(root, "leftImg8bit", split)
@@ -111,6 +136,10 @@ class CityscapesDataset(SegmentationDataset):
         train_lut = lookup_table(None, len(self.classes))
         id_lut = lookup_table(CITYSCAPES_ID_TO_TRAINID, len(self.classes))
         for path in images:
+            if split == "test":
+                masks.append(None)
+                luts.append(train_lut)
+                continue
             stem = os.path.basename(path)[: -len("_leftImg8bit.png")]
             gt = os.path.join(root, "gtFine", split, os.path.basename(os.path.dirname(path)), stem + "_gtFine_")
             if os.path.isfile(gt + "labelTrainIds.png"):
@@ -123,3 +152,7 @@ class CityscapesDataset(SegmentationDataset):
                 raise FileNotFoundError(f"{path}: no mask {gt}labelTrainIds.png or {gt}labelIds.png; expected:\n{LAYOUT}")
         super().__init__(images, masks, luts, transform)
         self.root, self.split = root, split
+
+    def prediction_name(self, path: str) -> str:
+        """``<city>_<seq>_<frame>``: the official scripts find a prediction by this prefix."""
+        return os.path.basename(path)[: -len("_leftImg8bit.png")]

@@ -12,7 +12,9 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
+from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.pytorch import ToTensorV2
+from pydantic import field_validator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,24 +61,85 @@ class CatMaxRatioCrop(A.RandomCrop):
         return out
 
 
+class RandomResizeToScale(A.DualTransform):
+    """mmsegmentation's ``RandomResize(scale=(long, short), ratio_range, keep_ratio=True)``.
+
+    A ratio ``r`` is drawn from ``ratio_range`` and the image is resized, keeping its aspect ratio, to
+    fit within ``int(long * r)`` x ``int(short * r)``: the size follows a fixed base scale, not the
+    image's own size, so images of different sizes (ADE20K's) reach comparable scales. For an image
+    of exactly the base scale (Cityscapes' 2048x1024 at (2048, 1024)) it equals a resize by ``r``.
+    """
+
+    class InitSchema(BaseTransformInitSchema):
+        scale: tuple[int, int]
+        ratio_range: tuple[float, float]
+        interpolation: int
+        mask_interpolation: int
+
+        @field_validator("scale")
+        @classmethod
+        def _positive_scale(cls, v):
+            if min(v) <= 0:
+                raise ValueError(f"scale={v}: expected two positive edge lengths (long, short)")
+            return v
+
+        @field_validator("ratio_range")
+        @classmethod
+        def _ordered_ratios(cls, v):
+            if not 0 < v[0] <= v[1]:
+                raise ValueError(f"ratio_range={v}: expected 0 < low <= high")
+            return v
+
+    def __init__(self, scale: tuple[int, int], ratio_range: tuple[float, float] = (0.5, 2.0),
+                 interpolation: int = cv2.INTER_LINEAR, mask_interpolation: int = cv2.INTER_NEAREST, p: float = 1.0):
+        super().__init__(p=p)
+        self.scale, self.ratio_range = tuple(scale), tuple(ratio_range)
+        self.interpolation, self.mask_interpolation = interpolation, mask_interpolation
+
+    @staticmethod
+    def target_size(h: int, w: int, scale, ratio: float) -> tuple[int, int]:
+        """(h, w) after the resize for ``ratio``, as mmcv computes it (truncated scale, rounded size)."""
+        a, b = int(scale[0] * ratio), int(scale[1] * ratio)
+        long, short = max(a, b), min(a, b)
+        f = min(long / max(h, w), short / min(h, w))
+        return int(h * f + 0.5), int(w * f + 0.5)
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        return {"size": self.target_size(h, w, self.scale, self.py_random.uniform(*self.ratio_range))}
+
+    def apply(self, img: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
+        return cv2.resize(img, (size[1], size[0]), interpolation=self.interpolation)
+
+    def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
+        return cv2.resize(mask, (size[1], size[0]), interpolation=self.mask_interpolation)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("scale", "ratio_range", "interpolation", "mask_interpolation")
+
+
 def normalize_to_tensor() -> list:
     return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()]
 
 
 def build_train_transform(crop_size, scale_range=(0.5, 2.0), cat_max_ratio=0.75, flip=True,
-                          photometric=True) -> A.Compose:
-    """Random resize (ratio of the image's own size), crop, flip, photometric distortion, normalise.
+                          photometric=True, base_scale=None) -> A.Compose:
+    """Random resize, crop, flip, photometric distortion, normalise.
+
+    The resize ratio from ``scale_range`` applies to the image's own size, or, with ``base_scale``
+    ``[long, short]`` (``dataset.base_scale``), to that base scale as mmseg's RandomResize does.
 
     ``photometric`` follows mmseg's PhotoMetricDistortion (brightness delta 32/255, contrast and
     saturation 0.5-1.5, hue delta 18 degrees) with albumentations' ColorJitter.
     """
     h, w = _crop(crop_size)
     lo, hi = scale_range
-    ts = [
-        A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=cv2.INTER_NEAREST, p=1.0),
-        CatMaxRatioCrop(height=h, width=w, cat_max_ratio=cat_max_ratio),
-    ]
+    if base_scale:
+        resize = RandomResizeToScale(scale=_base_scale(base_scale), ratio_range=(lo, hi))
+    else:
+        resize = A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
+                               mask_interpolation=cv2.INTER_NEAREST, p=1.0)
+    ts = [resize, CatMaxRatioCrop(height=h, width=w, cat_max_ratio=cat_max_ratio)]
     if flip:
         ts.append(A.HorizontalFlip(p=0.5))
     if photometric:
@@ -97,3 +160,13 @@ def _crop(crop_size) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise ValueError(f"dataset.crop_size={crop_size!r}: expected [H, W] of positive integers")
     return h, w
+
+
+def _base_scale(base_scale) -> tuple[int, int]:
+    try:
+        long, short = int(base_scale[0]), int(base_scale[1])
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"dataset.base_scale={base_scale!r}: expected [long edge, short edge], e.g. [2048, 512]") from None
+    if long <= 0 or short <= 0:
+        raise ValueError(f"dataset.base_scale={base_scale!r}: expected [long edge, short edge], e.g. [2048, 512]")
+    return long, short

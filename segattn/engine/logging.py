@@ -9,7 +9,7 @@ import os
 import numpy as np
 import torch
 
-from ..data.labels import colorize
+from ..data.labels import colorize, palette_for
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -63,6 +63,31 @@ def prediction_grid(samples, num_classes: int) -> np.ndarray:
     return np.concatenate(rows, 0)
 
 
+# viridis at five stops: dark (0) to yellow (1), readable in print and for colour-blind readers.
+_VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
+
+
+def confusion_image(confusion: torch.Tensor, size: int = 512) -> np.ndarray:
+    """The confusion matrix (rows ground truth, columns prediction) as an (H, W, 3) uint8 heat map.
+
+    Each row is normalised by its ground-truth pixels (the diagonal is the class accuracy, the rest
+    of the row where that class's pixels went), so rare classes are as visible as road and sky.
+    A strip of the class colours runs along the top and the left, as in the prediction grid.
+    """
+    m = confusion.double().cpu()
+    k = m.shape[0]
+    rows = (m / m.sum(1, keepdim=True).clamp(min=1)).numpy()
+    pos = rows * (len(_VIRIDIS) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_VIRIDIS) - 2)
+    heat = (_VIRIDIS[lo] + (pos - lo)[..., None] * (_VIRIDIS[lo + 1] - _VIRIDIS[lo])).round().astype(np.uint8)
+    cell = max(1, size // k)
+    heat = heat.repeat(cell, 0).repeat(cell, 1)
+    colours = palette_for(k)[:k].repeat(cell, 0)  # (k * cell, 3)
+    left = np.repeat(colours[:, None], cell, 1)
+    top = np.concatenate([np.zeros((cell, cell, 3), np.uint8), np.repeat(colours[None], cell, 0)], 1)
+    return np.concatenate([top, np.concatenate([left, heat], 1)], 0)
+
+
 def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
     writer.add_scalar("val/mIoU", metrics["mIoU"], step)
     writer.add_scalar("val/mAcc", metrics["mAcc"], step)
@@ -72,3 +97,30 @@ def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
             writer.add_scalar(f"val_iou/{name}", iou, step)
     if samples:
         writer.add_image("val/image_gt_pred", prediction_grid(samples, len(classes)), step, dataformats="HWC")
+    if "confusion" in metrics:
+        writer.add_image("val/confusion_matrix", confusion_image(metrics["confusion"]), step, dataformats="HWC")
+
+
+def log_hparams(writer, cfg: dict, metrics: dict, step: int) -> None:
+    """The run's hyper-parameters with its final mIoU, for TensorBoard's HParams tab.
+
+    Written into the run's own event file (``add_hparams`` would open a sub-run), so the HParams
+    tab lists one session per run directory next to its scalars.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    crop = cfg["dataset"].get("crop_size")
+    hp = {
+        "head": str(cfg["head"]["name"]),
+        "backbone": str(cfg["backbone"]["name"]),
+        "lr": float(cfg["optimizer"]["lr"]),
+        "crop": "x".join(str(c) for c in crop) if crop else "none",
+        "optimizer": str(cfg["optimizer"].get("name", "")),
+        "batch_size": int(cfg["trainer"]["batch_size"]),
+        "max_iters": int(cfg["trainer"]["max_iters"]),
+        "dataset": str(cfg["dataset"]["name"]),
+    }
+    miou = float(metrics["mIoU"])
+    for summary in hparams(hp, {"hparams/mIoU": miou}):
+        writer.file_writer.add_summary(summary, step)
+    writer.add_scalar("hparams/mIoU", miou, step)

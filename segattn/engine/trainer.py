@@ -7,6 +7,7 @@ import os
 import random
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from ..data.sampler import TrainSampler
 from ..models.segmentor import build_model
 from .checkpoint import clean_stale_tmp, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
-from .logging import iou_table, log_validation, metrics_json, write_json
+from .logging import iou_table, log_hparams, log_validation, metrics_json, write_json
 from .optim import build_optimizer, build_scheduler
 
 
@@ -62,16 +63,53 @@ def find_resume(resume, ckpt_dir: str) -> str | None:
     if resume == "auto":
         last = os.path.join(ckpt_dir, "last.pt")
         return last if os.path.isfile(last) else None
+    if not os.path.isfile(str(resume)):
+        raise FileNotFoundError(f"resume={resume!r}: no such checkpoint (resume=auto continues this run "
+                                f"directory's checkpoints/last.pt and starts fresh where there is none)")
     return str(resume)
+
+
+def make_model(cfg: dict, num_classes: int, pretrained: bool = True):
+    """The model the config describes (``backbone``, ``head``, ``model.*``). ``pretrained=False`` skips
+    ``backbone.pretrained``: the weights come from a checkpoint (resume, eval.py), and the ImageNet file
+    need not exist on the machine that resumes or evaluates."""
+    backbone = dict(cfg["backbone"]) if pretrained else dict(cfg["backbone"], pretrained=None)
+    m = cfg.get("model") or {}
+    return build_model(backbone, cfg["head"], num_classes, m.get("aux_head"), m.get("scale_attention"))
+
+
+def load_init_weights(model, path: str) -> list[str]:
+    """``model.init_from``: a new run starting from a checkpoint's weights only (fine-tuning: fresh
+    optimizer, schedule and iteration count). Weights whose shape differs -- the classifiers, when the
+    class count changes -- are skipped with a warning; any other mismatch is an error, since
+    fine-tuning half a network silently is worse than stopping. Returns the skipped keys."""
+    weights = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    skipped = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    result = model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
+    missing = [k for k in result.missing_keys if k not in skipped]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"model.init_from={path!r} does not fit this model (another head or backbone?): "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
+                         f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}; "
+                         f"to start only the backbone from it, use backbone.pretrained={path}")
+    if skipped:
+        warnings.warn(f"model.init_from={path!r}: {len(skipped)} weights have another shape here and start "
+                      f"fresh: {', '.join(skipped)}", stacklevel=2)
+    return skipped
 
 
 def build_loaders(cfg: dict, seed: int, start_iter: int, rank: int = 0, world_size: int = 1):
     d, t = cfg["dataset"], cfg["trainer"]
     train_tf = build_train_transform(d["crop_size"], scale_range=tuple(d.get("scale_range", (0.5, 2.0))),
                                      cat_max_ratio=d.get("cat_max_ratio", 0.75), flip=d.get("flip", True),
-                                     photometric=d.get("photometric", True))
-    train_set = build_dataset(d["name"], d["root"], d.get("train_split", "train"), train_tf)
-    val_set = build_dataset(d["name"], d["root"], d.get("val_split", "val"))
+                                     photometric=d.get("photometric", True), base_scale=d.get("base_scale"))
+    options = {k: v for k, v in d.items() if k not in ("name", "root")}
+    train_set = build_dataset(d["name"], d["root"], d.get("train_split", "train"), train_tf, **options)
+    val_set = build_dataset(d["name"], d["root"], d.get("val_split", "val"), **options)
+    if not train_set.has_masks:
+        raise ValueError(f"dataset {d['name']} at {d['root']!r}: the training split "
+                         f"{d.get('train_split', 'train')!r} has no masks to learn from")
     sampler = TrainSampler(len(train_set), t["batch_size"], seed, start_iter, rank, world_size)
     workers = t.get("num_workers", 0)
     # Loaders get generators of their own: creating an iterator draws a worker base seed, and drawing
@@ -104,7 +142,8 @@ def train(cfg: dict, run_dir: str) -> dict:
     classes = train_set.classes
     num_classes = len(classes)
 
-    model = build_model(cfg["backbone"], cfg["head"], num_classes, cfg.get("model", {}).get("aux_head"))
+    init_from = (cfg.get("model") or {}).get("init_from")
+    model = make_model(cfg, num_classes, pretrained=ckpt is None and not init_from)
     model.to(device)
     optimizer = build_optimizer(model, **cfg["optimizer"])
     scheduler = build_scheduler(optimizer, max_iters, **cfg["scheduler"])
@@ -119,6 +158,8 @@ def train(cfg: dict, run_dir: str) -> dict:
         set_rng_state(ckpt["rng"])
         best = ckpt.get("best", best)
         print(f"resumed from {resume_path} at iteration {start_iter}", file=sys.stderr)
+    elif init_from:
+        load_init_weights(model, init_from)
 
     dtype = amp_dtype(t.get("amp"))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -130,6 +171,8 @@ def train(cfg: dict, run_dir: str) -> dict:
                          "scheduler": scheduler.state_dict(), "iter": it, "config": saved_cfg,
                          "best": best, "rng": rng_state()}, os.path.join(ckpt_dir, name))
 
+    # Validation predicts as the dataset's benchmark does (whole, slide, multi-scale): conf/dataset/*.yaml.
+    val_inference = cfg["dataset"].get("inference")
     metrics = None
     batches = iter(train_loader)
     model.train()
@@ -180,7 +223,8 @@ def train(cfg: dict, run_dir: str) -> dict:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
 
         if step % t.get("val_interval", max_iters) == 0 or step == max_iters:
-            metrics, samples = evaluate(model, val_loader, num_classes, device, progress=t.get("progress", True), keep=2)
+            metrics, samples = evaluate(model, val_loader, num_classes, device, progress=t.get("progress", True),
+                                        keep=2, inference=val_inference)
             model.train()
             log_validation(writer, metrics, classes, samples, step)
             write_json(metrics_json(metrics, classes, iter=step), os.path.join(run_dir, "metrics.json"))
@@ -200,8 +244,10 @@ def train(cfg: dict, run_dir: str) -> dict:
                 or step in (stop_at, max_iters):
             checkpoint("last.pt", step)
     bar.close()
-    writer.close()
     if metrics is None:  # nothing validated in this process (resumed a finished run, or stopped early)
-        metrics, _ = evaluate(model, val_loader, num_classes, device)
+        metrics, _ = evaluate(model, val_loader, num_classes, device, inference=val_inference)
+    if start_iter < stop_at == max_iters:  # this process finished the run: its final mIoU
+        log_hparams(writer, cfg, metrics, max_iters)
+    writer.close()
     print(iou_table(metrics, classes))
     return metrics_json(metrics, classes, iter=max(stop_at, start_iter))

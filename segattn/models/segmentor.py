@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from .backbone import ResNet
 from .heads import FCNHead, build_head
+from .inference import infer
 
 
 class Segmentor(nn.Module):
@@ -61,16 +62,32 @@ class Segmentor(nn.Module):
         return total, parts
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for the whole image at the input's resolution (``whole`` inference)."""
-        logits = self(images)["out"]
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    def predict(self, images: torch.Tensor, mode: str = "whole", crop_size=None, stride=None, scales=None,
+                flip: bool = False, base_scale=None) -> torch.Tensor:
+        """Class scores at the input's resolution (``segattn.models.inference.infer``): the logits of one
+        ``whole`` or ``slide`` pass, or softmax probabilities averaged over ``scales`` and ``flip``."""
+        return infer(self, images, mode, crop_size, stride, scales, flip, base_scale)
 
 
-def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | None = None) -> Segmentor:
-    """Build a Segmentor from plain dicts (the ``backbone``, ``head`` and ``model.aux_head`` config nodes)."""
+def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | None = None,
+                scale_attention: dict | None = None) -> nn.Module:
+    """Build a Segmentor from plain dicts (the ``backbone``, ``head``, ``model.aux_head`` and
+    ``model.scale_attention`` config nodes). With ``model.scale_attention.scales`` set, the Segmentor is
+    wrapped in :class:`~segattn.models.scale_attention.ScaleAttention` (same interface)."""
+    from .block_attention import block_attention, block_widths
+    from .scale_attention import wrap
+
     bb_cfg = dict(backbone)
     bb_cfg.pop("name", None)
+    attention_name = bb_cfg.pop("block_attention", None)
+    attention_kwargs = bb_cfg.pop("block_attention_kwargs", None)
+    if callable(attention_name):  # library use: a ``channels -> nn.Module`` factory of one's own
+        bb_cfg["block_attention"] = attention_name
+    elif attention_name:
+        widths = block_widths(bb_cfg.get("depth", 50), bb_cfg.get("width", 64))
+        bb_cfg["block_attention"] = block_attention(attention_name, attention_kwargs, widths)
+    elif attention_kwargs:
+        raise ValueError(f"backbone.block_attention_kwargs={attention_kwargs} is set but backbone.block_attention is null")
     bb = ResNet(**bb_cfg)
     head_module = build_head(head, bb.channels, num_classes)
     aux = dict(aux_head or {})
@@ -80,4 +97,4 @@ def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | N
         # mmseg's auxiliary head: one 3x3 conv on stage 3 (c4), no concat, dropout 0.1.
         aux_module = FCNHead(bb.channels[2], num_classes, channels=aux.pop("channels", 256), num_convs=1,
                              concat_input=False, dropout=aux.pop("dropout", 0.1), in_index=2)
-    return Segmentor(bb, head_module, num_classes, aux_module, aux_weight)
+    return wrap(Segmentor(bb, head_module, num_classes, aux_module, aux_weight), scale_attention)

@@ -1,0 +1,69 @@
+"""Any folder of images, with an optional parallel folder of masks and a class list from the config."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .cityscapes import SegmentationDataset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+LAYOUT = """\
+  <images>/<name>.<jpg|png|...>      (sub-folders allowed)
+  <masks>/<name>.png                  (same relative path and name; 8-bit, value k = classes[k], 255 = ignore)
+      with dataset=folder: <images> = <root>/<image_dir>/<split>, <masks> = <root>/<mask_dir>/<split>
+      (image_dir: images, mask_dir: masks by default; mask_dir: null predicts the images only)"""
+
+
+def list_images(directory: str) -> list[str]:
+    found = []
+    for parent, _, files in os.walk(directory):
+        found += [os.path.join(parent, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def train_id_table(num_classes: int) -> np.ndarray:
+    """File value -> train id: 0..num_classes-1 and 255 (ignore) as they are, anything else invalid (-1)."""
+    lut = np.full(256, -1, np.int64)
+    lut[:num_classes] = np.arange(num_classes)
+    lut[255] = 255
+    return lut
+
+
+class FolderDataset(SegmentationDataset):
+    """``FolderDataset(images, masks, classes)``: image files under ``images`` (recursively), each with
+    ``<masks>/<same relative path, mask_suffix>``. Without ``masks`` the images are predicted only
+    (``has_masks`` False). ``classes`` names the mask values 0..K-1 (required with masks)."""
+
+    def __init__(self, images: str, masks: str | None = None, classes=None, transform=None,
+                 mask_suffix: str = ".png"):
+        files = list_images(images) if os.path.isdir(images) else []
+        if not files:
+            why = "does not exist" if not os.path.isdir(images) else "holds no image files"
+            raise FileNotFoundError(f"image folder {images!r} {why} ({', '.join(IMAGE_EXTENSIONS)}); "
+                                    f"expected the folder layout:\n{LAYOUT}")
+        if masks is not None and not classes:
+            raise ValueError(f"dataset.classes is empty: list the class names of the masks in {masks!r} "
+                             f"(value k is classes[k])")
+        if classes is not None and len(classes) > 255:
+            raise ValueError(f"dataset.classes has {len(classes)} names; 8-bit masks hold at most 255 classes")
+        self.classes = tuple(classes or ())
+        self.image_root = images
+        mask_files = []
+        for path in files:
+            if masks is None:
+                mask_files.append(None)
+                continue
+            mask = os.path.join(masks, os.path.splitext(os.path.relpath(path, images))[0] + mask_suffix)
+            if not os.path.isfile(mask):
+                raise FileNotFoundError(f"{path}: no mask {mask}; expected the folder layout:\n{LAYOUT}")
+            mask_files.append(mask)
+        lut = train_id_table(len(self.classes))
+        super().__init__(files, mask_files, [lut] * len(files), transform)
+        self.masks_root = masks
+
+    def prediction_name(self, path: str) -> str:
+        """The image's path relative to the image folder, without extension (sub-folders kept)."""
+        return os.path.splitext(os.path.relpath(path, self.image_root))[0]

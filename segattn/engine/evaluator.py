@@ -1,0 +1,91 @@
+"""What ``eval.py`` does: rebuild a checkpoint's model and dataset, evaluate a split, export predictions.
+
+Everything comes from the config stored in the checkpoint -- the model, the dataset choice and its
+validation ``inference`` settings -- so by default a checkpoint is evaluated exactly as validation
+during training did; the eval config only overrides what it sets (``dataset.root``, ``inference.*``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from torch.utils.data import DataLoader
+
+from ..data import FolderDataset, build_dataset
+from .checkpoint import load_checkpoint
+from .evaluate import evaluate
+from .export import PredictionWriter, check_format
+from .logging import iou_table, metrics_json, write_json
+from .trainer import make_model, resolve_device
+
+
+def _set(node: dict | None) -> dict:
+    """The keys an eval config node sets (null means: as in the checkpoint)."""
+    return {k: v for k, v in (node or {}).items() if v is not None}
+
+
+def evaluate_checkpoint(cfg: dict, run_dir: str) -> dict:
+    """Evaluate ``cfg["checkpoint"]`` as configured (conf/eval.yaml, a plain dict); writes
+    ``<run_dir>/eval.json`` and returns its content."""
+    path = cfg["checkpoint"]
+    ckpt = load_checkpoint(path)
+    train_cfg = ckpt["config"]
+
+    d = dict(train_cfg["dataset"])
+    overrides = _set(cfg.get("dataset"))
+    split = overrides.pop("split", None) or d.get("val_split", "val")
+    d.update(overrides)
+    inference = dict(d.get("inference") or {"mode": "whole"})
+    inference.update(_set(cfg.get("inference")))
+    export_dir, fmt = cfg.get("export_dir"), cfg.get("export_format") or "labelids"
+    if export_dir:
+        check_format(fmt)
+
+    classes = list(train_cfg.get("classes") or [])
+    if cfg.get("images"):  # a plain folder of pictures, predicted with the checkpoint's classes
+        dataset = FolderDataset(cfg["images"], None, classes)
+        source = f"images={cfg['images']!r}"
+    else:
+        options = {k: v for k, v in d.items() if k not in ("name", "root")}
+        if d["name"] == "folder" and not options.get("classes"):
+            options["classes"] = classes
+        dataset = build_dataset(d["name"], d["root"], split, **options)
+        source = f"dataset {d['name']} at {d['root']!r} (split {split})"
+    classes = classes or list(dataset.classes)
+    num_classes = int(train_cfg.get("num_classes", len(classes)))
+    if dataset.num_classes != num_classes:
+        raise ValueError(f"checkpoint={path!r} predicts {num_classes} classes (trained on "
+                         f"{train_cfg['dataset']['name']}: {', '.join(classes[:4])}, ...) but {source} has "
+                         f"{dataset.num_classes}; evaluate it on data of the classes it was trained on")
+    if tuple(dataset.classes) != tuple(classes) and dataset.has_masks:
+        warnings.warn(f"{source} names its classes {list(dataset.classes)[:4]}... but checkpoint={path!r} "
+                      f"was trained on {classes[:4]}...; the metrics pair them by index")
+    if not dataset.has_masks and not export_dir:
+        raise ValueError(f"{source} has no masks, so there is nothing to measure; set export_dir=DIR "
+                         f"(and export_format=labelids|trainids|color) to write the predictions")
+
+    device = resolve_device(cfg.get("device", "auto"))
+    model = make_model(train_cfg, num_classes, pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    # Images keep their own size (the benchmarks score full resolution), so one per batch.
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=int(cfg.get("num_workers") or 0))
+    writer = PredictionWriter(export_dir, fmt, dataset) if export_dir else None
+    metrics, _ = evaluate(model, loader, num_classes, device, progress=cfg.get("progress", True),
+                          inference=inference, on_prediction=writer)
+
+    info = {"checkpoint": os.path.abspath(path), "iter": int(ckpt["iter"]), "dataset": d["name"],
+            "root": cfg.get("images") or d["root"], "split": None if cfg.get("images") else split,
+            "images": len(dataset), "inference": inference}
+    if writer is not None:
+        info["export"] = {"dir": os.path.abspath(export_dir), "format": fmt, "files": writer.written}
+    if dataset.has_masks:
+        result = metrics_json(metrics, classes, **info)
+        print(iou_table(metrics, classes))
+    else:
+        result = info
+    if writer is not None:
+        print(f"wrote {writer.written} predictions ({fmt}) to {export_dir}")
+    write_json(result, os.path.join(run_dir, "eval.json"))
+    return result
