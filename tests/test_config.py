@@ -55,3 +55,36 @@ def test_published_recipe_values():
 def test_head_hyper_parameter_override():
     cfg = _compose(["head=ema", "head.num_bases=32"])
     assert cfg.head.name == "ema" and cfg.head.num_bases == 32
+
+
+def test_every_head_has_its_published_recipes():
+    from segattn.models.attention import ATTENTIONS
+
+    for head in ["fcn", *ATTENTIONS]:
+        for suffix in ("r50_d8_cityscapes_80k", "r101_d8_cityscapes_80k", "r50_d8_ade20k_160k"):
+            assert f"{head}_{suffix}" in EXPERIMENTS, f"conf/experiment/{head}_{suffix}.yaml is missing (scripts/make_recipes.py)"
+    cfg = _compose(["+experiment=cc_r101_d8_cityscapes_80k"])
+    assert cfg.head.name == "cc" and cfg.head.recurrence == 2 and cfg.backbone.depth == 101
+    assert cfg.backbone.deep_stem and cfg.trainer.max_iters == 80000
+    cfg = _compose(["+experiment=psa_r50_d8_cityscapes_80k"])
+    assert list(cfg.head.mask_size) == [97, 97]
+
+
+@pytest.mark.parametrize("suffix", ["r50_d8_cityscapes_80k", "r101_d8_cityscapes_80k", "r50_d8_ade20k_160k"])
+def test_psa_recipes_validate_with_windows_its_mask_covers(suffix):
+    from segattn.models.attention import build_attention
+
+    cfg = _compose([f"+experiment=psa_{suffix}"])
+    inf = cfg.dataset.inference
+    assert inf.mode == "slide"
+    h, w = (-(-s // cfg.backbone.output_stride) for s in inf.crop_size)  # feature size of one window
+    psa = build_attention("psa", 8, mask_size=list(cfg.head.mask_size)).eval()
+    import torch
+
+    with torch.no_grad():
+        assert psa(torch.randn(1, 8, h, w)).shape == (1, 8, h, w)
+
+
+def test_cityscapes_recipes_test_like_mmseg():
+    assert _compose(["+experiment=cityscapes_r50_d8_80k"]).dataset.inference.mode == "whole"
+    assert _compose(["dataset=cityscapes"]).dataset.inference.mode == "slide"

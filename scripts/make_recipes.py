@@ -1,0 +1,77 @@
+"""Write the published-recipe experiment files, one per head and setting: ``python scripts/make_recipes.py``.
+
+conf/experiment/<head>_<backbone>_<dataset>.yaml composes the base recipe (cityscapes_r50_d8_80k,
+cityscapes_r101_d8_80k, ade20k_r50_d8_160k) with ``head=<head>`` and the head's settings that
+mmsegmentation changes per dataset. tests/test_config.py checks that every head has all three.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from segattn.models.attention import ATTENTIONS  # noqa: E402
+
+CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "experiment")
+BASES = {
+    "r50_d8_cityscapes_80k": ("cityscapes_r50_d8_80k", "Cityscapes 512x1024, 80k iterations, R50-D8"),
+    "r101_d8_cityscapes_80k": ("cityscapes_r101_d8_80k", "Cityscapes 512x1024, 80k iterations, R101-D8"),
+    "r50_d8_ade20k_160k": ("ade20k_r50_d8_160k", "ADE20K 512x512, 160k iterations, R50-D8"),
+}
+# mmsegmentation 1.x single-scale val mIoU, where it publishes the recipe (DESIGN.md).
+PUBLISHED = {
+    ("fcn", "r50_d8_cityscapes_80k"): 73.61, ("fcn", "r101_d8_cityscapes_80k"): 75.13,
+    ("psa", "r50_d8_cityscapes_80k"): 77.24, ("psa", "r101_d8_cityscapes_80k"): 79.31,
+    ("da", "r50_d8_cityscapes_80k"): 79.34, ("da", "r101_d8_cityscapes_80k"): 80.41,
+    ("cc", "r50_d8_cityscapes_80k"): 79.03, ("cc", "r101_d8_cityscapes_80k"): 78.87,
+    ("ema", "r50_d8_cityscapes_80k"): 77.59, ("ema", "r101_d8_cityscapes_80k"): 79.10,
+    ("nl", "r50_d8_cityscapes_80k"): 78.01, ("nl", "r101_d8_cityscapes_80k"): 78.93,
+    ("gc", "r50_d8_cityscapes_80k"): 78.48, ("gc", "r101_d8_cityscapes_80k"): 79.03,
+}
+# Head settings that depend on the crop: PSANet's over-complete mask must cover the feature map
+# (output stride 8, shrunk by 2 inside the module). mmseg's psamask op silently truncates the
+# reach on larger maps; ours refuses them, so PSANet validates with slide windows the mask covers:
+# 769x769 windows (97x97 features) on Cityscapes, 512x512 (64x64) on ADE20K. mmseg uses (66, 66)
+# for ADE20K; our mask must be odd ((2h-1) x (2w-1)), and 65 reaches 66x66 features.
+_PSA_CS = {"head": {"mask_size": "[97, 97]"},
+           "dataset": {"inference": {"mode": "slide", "crop_size": "[769, 769]", "stride": "[513, 513]"}}}
+EXTRA = {
+    ("psa", "r50_d8_cityscapes_80k"): _PSA_CS,
+    ("psa", "r101_d8_cityscapes_80k"): _PSA_CS,
+    ("psa", "r50_d8_ade20k_160k"): {"head": {"mask_size": "[65, 65]"},
+                                    "dataset": {"inference": {"mode": "slide", "crop_size": "[512, 512]",
+                                                              "stride": "[341, 341]", "base_scale": "[2048, 512]"}}},
+}
+
+
+def yaml_lines(node: dict, indent: int = 0) -> list[str]:
+    lines = []
+    for k, v in node.items():
+        if isinstance(v, dict):
+            lines += [" " * indent + f"{k}:"] + yaml_lines(v, indent + 2)
+        else:
+            lines.append(" " * indent + f"{k}: {v}")
+    return lines
+
+
+def main():
+    for head in ["fcn", *sorted(ATTENTIONS)]:
+        paper = "FCN baseline" if head == "fcn" else ATTENTIONS[head].paper
+        for suffix, (base, what) in BASES.items():
+            miou = PUBLISHED.get((head, suffix))
+            lines = ["# @package _global_",
+                     f"# {paper}: {what} (mmsegmentation settings).",
+                     f"# Published single-scale val mIoU: {miou}" if miou else "# No published mmsegmentation number for this head/setting.",
+                     f"#   python train.py +experiment={head}_{suffix} dataset.root=...",
+                     "defaults:", f"  - {base}", f"  - override /head: {head}"]
+            extra = EXTRA.get((head, suffix))
+            if extra:
+                lines += [""] + yaml_lines(extra)
+            path = os.path.join(CONF, f"{head}_{suffix}.yaml")
+            with open(path + ".tmp", "w") as f:
+                f.write("\n".join(lines) + "\n")
+            os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    main()
