@@ -18,6 +18,7 @@ from .evaluate import evaluate
 from .export import PredictionWriter, check_format
 from .logging import iou_table, metrics_json, write_json
 from .trainer import make_model, resolve_device
+from ..viz import write_attention_pictures
 
 
 def _set(node: dict | None) -> dict:
@@ -78,6 +79,13 @@ def evaluate_checkpoint(cfg: dict, run_dir: str) -> dict:
     info = {"checkpoint": os.path.abspath(path), "iter": int(ckpt["iter"]), "dataset": d["name"],
             "root": cfg.get("images") or d["root"], "split": None if cfg.get("images") else split,
             "images": len(dataset), "inference": inference}
+    vis = cfg.get("visualize") or {}
+    if vis.get("points") or vis.get("out_dir"):
+        vis_dir = vis.get("out_dir") or os.path.join(run_dir, "attention")
+        pictures = write_attention_pictures(model, dataset, vis_dir, vis.get("points"),
+                                            int(vis.get("num_images") or 2), vis.get("max_size", 1024))
+        info["attention_pictures"] = {"dir": os.path.abspath(vis_dir), "files": len(pictures)}
+        print(f"wrote {len(pictures)} attention pictures to {vis_dir}")
     if writer is not None:
         info["export"] = {"dir": os.path.abspath(export_dir), "format": fmt, "files": writer.written}
     if dataset.has_masks:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .record import Recorder
 from .registry import register
 
 
-class ChannelGate(nn.Module):
+class ChannelGate(Recorder, nn.Module):
     """CBAM's channel attention (Eq. 2): sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F))).
 
     One MLP is shared by both descriptors (the paper's "shared network"); biases as in the
@@ -26,10 +27,16 @@ class ChannelGate(nn.Module):
         return torch.sigmoid(logits).view(n, c, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+        gate = self.gate(x)
+        if self.recording:
+            self.record(gate=gate.flatten(1))
+        return x * gate
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        return {"channel": self.recorded["gate"]}
 
 
-class SpatialGate(nn.Module):
+class SpatialGate(Recorder, nn.Module):
     """CBAM's spatial attention (Eq. 3): sigmoid(conv7x7([MaxPool_c(F); AvgPool_c(F)])).
 
     The paper writes conv -> sigmoid; the official ``SpatialGate`` is ``BasicConv(2, 1, 7,
@@ -51,11 +58,17 @@ class SpatialGate(nn.Module):
         return torch.sigmoid(self.bn(self.conv(pooled)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+        gate = self.gate(x)
+        if self.recording:
+            self.record(gate=gate, size=tuple(x.shape[-2:]))
+        return x * gate
+
+    def spatial_maps(self, index: int = 0) -> dict[str, torch.Tensor]:
+        return {"spatial": self.recorded["gate"][index, 0]}
 
 
 @register("cbam")
-class CBAM(nn.Module):
+class CBAM(Recorder, nn.Module):
     """Channel gate, then spatial gate, applied in sequence (the paper's best order, Table 3)."""
 
     # Seed: 全连接 点乘 空间域 通道域. The channel weights come from an MLP and the spatial ones from
@@ -76,3 +89,10 @@ class CBAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spatial_gate(self.channel_gate(x))
+
+    # The two gates record themselves; these read them back.
+    def spatial_maps(self, index: int = 0) -> dict[str, torch.Tensor]:
+        return self.spatial_gate.spatial_maps(index)
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        return self.channel_gate.gate_values()

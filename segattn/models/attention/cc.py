@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .record import Recorder
 from .registry import register
 
 
 @register("cc")
-class CrissCrossAttention(nn.Module):
+class CrissCrossAttention(Recorder, nn.Module):
     """CCNet's ``CrissCrossAttention``, applied ``recurrence`` times with shared weights (RCCA).
 
     Each pixel u attends to the H + W - 1 pixels of its own row and column (Sec. 3.2): the
@@ -70,11 +71,43 @@ class CrissCrossAttention(nn.Module):
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One criss-cross pass (the official module's forward)."""
         att_col, att_row = self.attention(x)
+        if self.recording:
+            self.recorded.setdefault("passes", []).append((att_col.detach(), att_row.detach()))
         v = self.value_conv(x)
         out = torch.einsum("nhwg,ncgw->nchw", att_col, v) + torch.einsum("nhwv,nchv->nchw", att_row, v)
         return self.gamma * out + x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recording:
+            self.record(size=tuple(x.shape[-2:]), passes=[])
         for _ in range(self.recurrence):
             x = self.step(x)
         return x
+
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        """Where pixel (y, x) gathers from: ``composed`` over all recurrences, then each pass's own
+        criss-cross map (``pass1``, ...).
+
+        Pass r mixes positions by its attention A_r (row-stochastic, HW x HW but non-zero only on
+        each pixel's row and column), so after R passes pixel u has gathered from e_u^T A_R ... A_1
+        (the values' convolutions and the residual aside): with R = 2 every pixel reaches every
+        other, the paper's argument for the recurrence. Composed here one pass at a time on an
+        (H, W) distribution, never as an HW x HW matrix.
+        """
+        h, w = self.recorded["size"]
+        passes = [(col[index].float(), row[index].float()) for col, row in self.recorded["passes"]]
+
+        def through(d: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+            # d^T A: each position p hands d[p] to its column (col[p]) and its row (row[p]).
+            return torch.einsum("gw,gwa->aw", d, col) + torch.einsum("hv,hvb->hb", d, row)
+
+        composed = passes[0][0].new_zeros(h, w)
+        composed[y, x] = 1.0
+        for col, row in reversed(passes):
+            composed = through(composed, col, row)
+        own = {}
+        for r, (col, row) in enumerate(passes, 1):
+            d = col.new_zeros(h, w)
+            d[y, x] = 1.0
+            own[f"pass{r}"] = through(d, col, row)
+        return {"composed": composed, **own}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .record import Recorder
 from .registry import register
 
 
-class PositionAttention(nn.Module):
+class PositionAttention(Recorder, nn.Module):
     """DANet's ``PAM_Module`` (Sec. 3.2): E = gamma * V softmax(Q^T K)^T + X over the HW positions.
 
     Query and key are 1x1 convolutions to C // reduction channels (C/8 in the official code),
@@ -32,11 +33,19 @@ class PositionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value = self.value_conv(x).flatten(2)  # (N, C, HW)
-        out = torch.bmm(value, self.attention(x).transpose(1, 2))
+        attention = self.attention(x)
+        if self.recording:
+            self.record(attention=attention, size=tuple(x.shape[-2:]))
+        out = torch.bmm(value, attention.transpose(1, 2))
         return self.gamma * out.view_as(x) + x
 
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        """Row (y, x) of S: where that position gathers its features from (sums to one)."""
+        h, w = self.recorded["size"]
+        return {"position": self.recorded["attention"][index, y * w + x].view(h, w)}
 
-class ChannelAttention(nn.Module):
+
+class ChannelAttention(Recorder, nn.Module):
     """DANet's ``CAM_Module`` (Sec. 3.3): E = gamma * softmax(X X^T) X + X over the C channels.
 
     As in the official code, the softmax is taken over rowmax(X X^T) - X X^T rather than X X^T:
@@ -62,12 +71,19 @@ class ChannelAttention(nn.Module):
             return energy_new.softmax(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.bmm(self.attention(x).to(x.dtype), x.flatten(2))
+        attention = self.attention(x)
+        if self.recording:
+            self.record(attention=attention)
+        out = torch.bmm(attention.to(x.dtype), x.flatten(2))
         return self.gamma * out.view_as(x) + x
+
+    def channel_matrix(self, index: int = 0) -> torch.Tensor:
+        """The recorded (C, C) map: row i is channel i's distribution over the channels."""
+        return self.recorded["attention"][index]
 
 
 @register("da")
-class DualAttention(nn.Module):
+class DualAttention(Recorder, nn.Module):
     """DANet's two branches on one input, fused by summation: PAM(x) + CAM(x).
 
     In DANet each branch has its own 3x3 conv before and after it and the two are summed at the
@@ -93,6 +109,13 @@ class DualAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pam(x) + self.cam(x)
+
+    # The branches record (DAHead calls them one by one); these read them back.
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        return self.pam.attention_maps(y, x, index)
+
+    def channel_matrix(self, index: int = 0) -> torch.Tensor:
+        return self.cam.channel_matrix(index)
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:

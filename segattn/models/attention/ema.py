@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .record import Recorder
 from .registry import register
 
 
@@ -19,7 +20,7 @@ def _l2norm(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 @register("ema")
-class EMAttention(nn.Module):
+class EMAttention(Recorder, nn.Module):
     """The official ``EMAU``: conv1x1 -> EM attention -> ReLU -> conv1x1 + BN -> + input -> ReLU.
 
     The EM attention keeps K bases mu (a (1, C, K) buffer, initialised N(0, 2/K) and
@@ -107,10 +108,27 @@ class EMAttention(nn.Module):
         self.bases.mul_(self.momentum).add_(mean, alpha=1.0 - self.momentum)
         self.bases.copy_(_l2norm(self.bases, dim=1))
 
+    def responsibilities(self, index: int = 0) -> torch.Tensor:
+        """The last E-step's Z as (K, H, W) maps: how much each position belongs to each base."""
+        h, w = self.recorded["size"]
+        return self.recorded["responsibilities"][index].t().reshape(self.num_bases, h, w)
+
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        """The low-rank non-local map EMA stands for: position u is rebuilt as sum_k z_uk mu_k, and
+        base mu_k (before its L2 normalisation) is the Z-weighted mean sum_v z_vk x_v / sum_v z_vk,
+        so u gathers from v with weight sum_k z_uk z_vk / sum_v' z_v'k (sums to one over v).
+        """
+        h, w = self.recorded["size"]
+        z = self.recorded["responsibilities"][index].float()  # (HW, K)
+        z_norm = z / (1e-6 + z.sum(dim=0, keepdim=True))  # the M-step's normalisation
+        return {"attention": (z_norm @ z[y * w + x]).view(h, w)}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         feats = self.conv1(x).flatten(2)
         mu, z = self.em(feats)
+        if self.recording:
+            self.record(responsibilities=z, size=(h, w))
         recon = F.relu(torch.bmm(mu, z.transpose(1, 2)).view(n, c, h, w))
         if self.training:
             self.update_bases(mu)

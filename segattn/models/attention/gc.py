@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .record import Recorder
 from .registry import register
 
 _FUSIONS = ("channel_add", "channel_mul")
@@ -23,7 +24,7 @@ def _transform(channels: int, planes: int) -> nn.Sequential:
 
 
 @register("gc")
-class ContextBlock(nn.Module):
+class ContextBlock(Recorder, nn.Module):
     """The official ``ContextBlock``: context modelling, transform, fusion (paper Fig. 4d).
 
     Context modelling (``pooling_type='att'``) is attention pooling: a 1x1 conv W_k gives one
@@ -101,15 +102,33 @@ class ContextBlock(nn.Module):
         """The global context vector, (N, C, 1, 1)."""
         n, c = x.shape[:2]
         if self.pooling_type == "avg":
+            if self.recording:
+                self.record(pooling=x.new_full((n, x.shape[2] * x.shape[3]), 1.0 / (x.shape[2] * x.shape[3])))
             return x.mean(dim=(2, 3), keepdim=True)
         weights = self.spatial_weights(x)  # (N, HW)
+        if self.recording:
+            self.record(pooling=weights)
         return torch.bmm(x.flatten(2), weights.unsqueeze(-1)).view(n, c, 1, 1)
 
+    def spatial_maps(self, index: int = 0) -> dict[str, torch.Tensor]:
+        """The attention-pooling weights as an (H, W) map, the same for every query (the point of GC)."""
+        h, w = self.recorded["size"]
+        return {"pooling": self.recorded["pooling"][index].view(h, w)}
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        """``channel_mul``'s (N, C) gates; none for ``channel_add`` alone (it adds, nothing to gate)."""
+        return {"channel_mul": self.recorded["channel_mul"]} if "channel_mul" in self.recorded else {}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recording:
+            self.record(size=tuple(x.shape[-2:]))
         context = self.context(x)
         out = x
         if self.channel_mul_conv is not None:
-            out = out * torch.sigmoid(self.channel_mul_conv(context))
+            gate = torch.sigmoid(self.channel_mul_conv(context))
+            if self.recording:
+                self.record(channel_mul=gate.flatten(1))
+            out = out * gate
         if self.channel_add_conv is not None:
             out = out + self.channel_add_conv(context)
         return out

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .record import Recorder
 from .registry import register
 
 
@@ -39,7 +40,7 @@ def sinusoidal_encoding_2d(channels: int, height: int, width: int, device=None) 
 
 
 @register("mhsa")
-class MultiHeadSelfAttention(nn.Module):
+class MultiHeadSelfAttention(Recorder, nn.Module):
     """One Transformer encoder layer (Sec. 3.1) whose tokens are the H*W pixels.
 
     x' = x + PE (Sec. 3.5, added once at the input as the paper adds it to the embeddings);
@@ -118,10 +119,27 @@ class MultiHeadSelfAttention(nn.Module):
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         # The fused kernel computes softmax(QK^T / sqrt(d_k)) V without storing the L x L matrix.
         y = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, d_k)
+        if self.recording:
+            # The fused kernel does not return its weights: the same softmax, computed explicitly
+            # (in float32, as under AMP the kernel accumulates in float32 too) only for the record,
+            # one head at a time so that only one head's logits exist beside the record.
+            weights = q.new_empty(n, self.num_heads, length, length, dtype=torch.float32)
+            for i in range(self.num_heads):
+                logits = q[:, i].float() @ k[:, i].float().transpose(-2, -1) * self.head_dim**-0.5
+                weights[:, i] = logits.softmax(dim=-1)
+            self.record(attention=weights)  # (N, heads, L, L)
         return self.out(y.transpose(1, 2).reshape(n, length, c))
+
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        """Position (y, x)'s attention over the pixels: the mean over heads, then each head."""
+        h, w = self.recorded["size"]
+        per_head = self.recorded["attention"][index, :, y * w + x].view(self.num_heads, h, w)
+        return {"mean": per_head.mean(dim=0), **{f"head{i}": a for i, a in enumerate(per_head)}}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
+        if self.recording:
+            self.record(size=(h, w))
         if self.pos_encoding:
             x = x + sinusoidal_encoding_2d(c, h, w, device=x.device).to(x.dtype)
         tokens = self.drop(x.flatten(2).transpose(1, 2))  # (N, HW, C)

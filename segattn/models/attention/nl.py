@@ -6,13 +6,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .record import Recorder, spread, window_index
 from .registry import register
 
 _MODES = ("embedded_gaussian", "gaussian", "dot_product")
 
 
 @register("nl")
-class NonLocal2d(nn.Module):
+class NonLocal2d(Recorder, nn.Module):
     """The non-local block z = x + W_z(y), y_i = 1/C(x) sum_j f(x_i, x_j) g(x_j) (paper Eq. 1, 6).
 
     ``mode`` picks the pairwise function f of Sec. 3.2: ``embedded_gaussian`` (the default and
@@ -105,9 +106,25 @@ class NonLocal2d(nn.Module):
             logits = logits / query.shape[-1] ** 0.5
         return logits.softmax(dim=-1)
 
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        """f(x_i, x_j)/C(x) of position i = (y, x) over the input positions j (see ``record.py``).
+
+        With ``sub_sample`` a key is the max of a 2x2 window; its weight is shared by the window.
+        """
+        h, w = self.recorded["size"]
+        kh, kw = self.recorded["key_size"]
+        row = self.recorded["attention"][index, y * w + x].view(kh, kw)
+        if (kh, kw) != (h, w):
+            row = spread(row, window_index(h, kh, 2), window_index(w, kw, 2))
+        return {"attention": row}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
-        value = self.pool(self.g(x)).flatten(2).transpose(1, 2)  # (N, HW', C')
-        y = torch.bmm(self.pairwise(x), value)  # (N, HW, C')
+        g = self.pool(self.g(x))
+        value = g.flatten(2).transpose(1, 2)  # (N, HW', C')
+        attention = self.pairwise(x)
+        if self.recording:
+            self.record(attention=attention, size=(h, w), key_size=tuple(g.shape[-2:]))
+        y = torch.bmm(attention, value)  # (N, HW, C')
         y = y.transpose(1, 2).reshape(n, self.inter_channels, h, w)
         return x + self.conv_out(y)

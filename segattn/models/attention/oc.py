@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .record import Recorder, spread, window_index
 from .registry import register
 
 
@@ -57,7 +58,7 @@ def _region_bounds(size: int, grid: int) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [size]))
 
 
-class SelfAttentionBlock(nn.Module):
+class SelfAttentionBlock(Recorder, nn.Module):
     """OCNet's ``SelfAttentionBlock2D``, or ``PyramidSelfAttentionBlock2D`` when ``grid`` > 1.
 
     The object context of pixel p is c_p = W sum_q softmax_q(k_p^T k_q / sqrt(d_k)) v_q: query
@@ -83,11 +84,34 @@ class SelfAttentionBlock(nn.Module):
         nn.init.zeros_(self.W.weight)
         nn.init.zeros_(self.W.bias)
 
-    def attend(self, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """Self-attention inside one region: (N, Ck, h, w), (N, Cv, h, w) -> (N, Cv, h, w)."""
+    def attend(self, key: torch.Tensor, value: torch.Tensor, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """Self-attention inside one region: (N, Ck, h, w), (N, Cv, h, w) -> (N, Cv, h, w).
+
+        ``origin`` is the region's top-left cell on the attention grid, kept with the weights
+        when recording.
+        """
         k = key.flatten(2)  # (N, Ck, hw), also the query
         sim = (torch.bmm(k.transpose(1, 2), k) * self.key_channels**-0.5).softmax(dim=-1)
+        if self.recording:
+            self.recorded.setdefault("regions", []).append((origin, tuple(key.shape[-2:]), sim.detach()))
         return torch.bmm(value.flatten(2), sim.transpose(1, 2)).view_as(value)
+
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        """Position (y, x)'s attention over its region (the whole map unless Pyramid-OC).
+
+        With ``scale`` > 1 the attention runs on the max-pooled map: (y, x) asks its pooling
+        window, whose weights are shared by the input positions of each window.
+        """
+        h, w = self.recorded["size"]
+        ah, aw = self.recorded["grid_size"]
+        rows, cols = window_index(h, ah, self.scale), window_index(w, aw, self.scale)
+        qy, qx = int(rows[y]), int(cols[x])
+        coarse = None
+        for (r0, c0), (rh, rw), sim in self.recorded["regions"]:
+            if r0 <= qy < r0 + rh and c0 <= qx < c0 + rw:
+                coarse = sim.new_zeros(ah, aw)
+                coarse[r0:r0 + rh, c0:c0 + rw] = sim[index, (qy - r0) * rw + (qx - c0)].view(rh, rw)
+        return {"attention": spread(coarse, rows, cols) if self.scale > 1 else coarse}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2:]
@@ -95,6 +119,8 @@ class SelfAttentionBlock(nn.Module):
             # Floor mode as the official nn.MaxPool2d; ceil mode only where a side is shorter
             # than the window, which floor mode would pool to nothing.
             x = F.max_pool2d(x, self.scale, ceil_mode=min(h, w) < self.scale)
+        if self.recording:
+            self.record(size=(h, w), grid_size=tuple(x.shape[-2:]), regions=[])
         key, value = self.f_key(x), self.f_value(x)
         if self.grid == 1:
             context = self.attend(key, value)
@@ -102,7 +128,7 @@ class SelfAttentionBlock(nn.Module):
             rows = []
             for r0, r1 in _region_bounds(x.shape[2], self.grid):
                 regions = [
-                    self.attend(key[:, :, r0:r1, c0:c1], value[:, :, r0:r1, c0:c1])
+                    self.attend(key[:, :, r0:r1, c0:c1], value[:, :, r0:r1, c0:c1], (r0, c0))
                     for c0, c1 in _region_bounds(x.shape[3], self.grid)
                 ]
                 rows.append(torch.cat(regions, dim=3))
@@ -114,7 +140,7 @@ class SelfAttentionBlock(nn.Module):
 
 
 @register("oc")
-class BaseOC(nn.Module):
+class BaseOC(Recorder, nn.Module):
     """OCNet's ``BaseOC_Module``: object context concatenated with the input, conv1x1 -> C.
 
     Key and value have C/2 channels (official: 256 for the 512-channel input); the fusion is
@@ -139,9 +165,12 @@ class BaseOC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat([self.attention(x), x], dim=1))
 
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        return self.attention.attention_maps(y, x, index)
+
 
 @register("oc_pyramid")
-class PyramidOC(nn.Module):
+class PyramidOC(Recorder, nn.Module):
     """OCNet's ``Pyramid_OC_Module``: object context within 1x1, 2x2, 3x3 and 6x6 partitions.
 
     Each level is a self-attention block restricted to its regions (key C/2, value C, out C, as
@@ -169,9 +198,16 @@ class PyramidOC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat([self.up_dr(x)] + [stage(x) for stage in self.stages], dim=1))
 
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        """The mean of the levels' maps (each sums to one over its region), then each level."""
+        levels = {
+            f"grid{s}": stage.attention_maps(y, x, index)["attention"] for s, stage in zip(self.sizes, self.stages)
+        }
+        return {"mean": torch.stack(list(levels.values())).mean(dim=0), **levels}
+
 
 @register("oc_asp")
-class ASPOC(nn.Module):
+class ASPOC(Recorder, nn.Module):
     """OCNet's ``ASP_OC_Module``: the object context in parallel with ASPP branches.
 
     Five branches of C/2 channels each (official: 256 for the 512-channel input): conv3x3 + BN
@@ -214,3 +250,8 @@ class ASPOC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat([self.context(x)] + [branch(x) for branch in self.branches], dim=1))
+
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        # The context branch's 3x3 conv keeps the size, so (y, x) is the same position there.
+        block = next(m for m in self.context if isinstance(m, SelfAttentionBlock))
+        return block.attention_maps(y, x, index)

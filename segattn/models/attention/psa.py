@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .record import Recorder, spread
 from .registry import register
 
 _PSA_TYPES = ("collect", "distribute", "bi-direction")
@@ -72,7 +73,7 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 
 @register("psa")
-class PointwiseSpatialAttention(nn.Module):
+class PointwiseSpatialAttention(Recorder, nn.Module):
     """The official ``PSA`` module (hszhao/semseg ``model/psanet.py``), kept as a C -> C map.
 
     Each branch (collect, distribute) reduces the input with a 1x1 conv+BN+ReLU to
@@ -159,6 +160,28 @@ class PointwiseSpatialAttention(nn.Module):
         a = psa_mask(self.attention[branch](feat), branch, self.mask_size).view(n, h * w, h * w)
         return a.softmax(dim=1) if self.psa_softmax else a
 
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        """The paper's two masks of position i = (y, x): ``collect``, the weights i gathers the
+        other positions with (column i of A, sums to one), and ``distribute``, the weights i's
+        feature enters the other positions with (row i of A; each receiver's weights sum to one).
+
+        The attention runs on the shrunk grid (align-corners resizing): (y, x) asks its nearest
+        cell there, and a cell's weight is shared by the input positions nearest to it.
+        """
+        (h, w), (sh, sw) = self.recorded["size"], self.recorded["grid_size"]
+
+        def nearest(size: int, small: int) -> torch.Tensor:
+            return (torch.arange(size) * ((small - 1) / max(size - 1, 1)) + 0.5).floor().long()
+
+        rows, cols = nearest(h, sh), nearest(w, sw)
+        i = int(rows[y]) * sw + int(cols[x])
+        maps = {}
+        for branch in self.branches:
+            a = self.recorded[branch][index]
+            m = (a[:, i] if branch == "collect" else a[i, :]).view(sh, sw)
+            maps[branch] = spread(m, rows, cols) if (sh, sw) != (h, w) else m
+        return maps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         max_h, max_w = self.max_feature_size()
@@ -172,12 +195,17 @@ class PointwiseSpatialAttention(nn.Module):
         # The official shrink: (h - 1) // s + 1 with align_corners=True, which keeps the corner
         # pixels aligned for the 8k+1 crop sizes the recipes use.
         sh, sw = (h - 1) // self.shrink_factor + 1, (w - 1) // self.shrink_factor + 1
+        if self.recording:
+            self.record(size=(h, w), grid_size=(sh, sw))
         outs = []
         for branch in self.branches:
             feat = self.reduce[branch](x)
             if (sh, sw) != (h, w):
                 feat = F.interpolate(feat, size=(sh, sw), mode="bilinear", align_corners=True)
-            agg = torch.bmm(feat.flatten(2), self.attention_map(feat, branch))
+            attention = self.attention_map(feat, branch)
+            if self.recording:
+                self.record(**{branch: attention})
+            agg = torch.bmm(feat.flatten(2), attention)
             outs.append(agg.view(n, self.inner_channels, sh, sw) / self.normalization_factor)
         out = self.proj(torch.cat(outs, dim=1))
         if (sh, sw) != (h, w):

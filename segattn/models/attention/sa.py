@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .record import Recorder
 from .registry import register
 
 
@@ -21,7 +22,7 @@ def _conv_bn_relu(cin: int, cout: int, kernel_size: int, relu: bool = True) -> n
 
 
 @register("sa")
-class SqueezeAttention(nn.Module):
+class SqueezeAttention(Recorder, nn.Module):
     """The SA module (Sec. 3.3, Eqs. 3-5): X_out = X_attn * X_res + X_attn.
 
     X_res = ReLU(BN(conv3x3(X))) is the ordinary "residual" convolution channel. X_attn is the
@@ -67,7 +68,17 @@ class SqueezeAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.attention(x)
+        if self.recording:
+            self.record(attention=a, size=tuple(x.shape[-2:]))
         return a * self.res(x) + a
+
+    def spatial_maps(self, index: int = 0) -> dict[str, torch.Tensor]:
+        """X_attn averaged over the channels: where the attention branch lets features through."""
+        return {"mean": self.recorded["attention"][index].mean(dim=0)}
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        """X_attn averaged over the positions, (N, C): how much of each channel passes."""
+        return {"mean": self.recorded["attention"].mean(dim=(2, 3))}
 
 
 STAGES = ("c2", "c3", "c4", "c5")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .record import Recorder
 from .registry import register
 
 
 @register("se")
-class SqueezeExcitation(nn.Module):
+class SqueezeExcitation(Recorder, nn.Module):
     """SENet's ``SELayer``: global average pool -> FC -> ReLU -> FC -> sigmoid, rescaling each channel.
 
     ``reduction`` is the paper's r (16 in all its ResNet experiments, Sec. 6.1). The hidden width
@@ -45,4 +46,10 @@ class SqueezeExcitation(nn.Module):
         return self.fc(x.mean(dim=(2, 3))).view(n, c, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+        gate = self.gate(x)
+        if self.recording:
+            self.record(gate=gate.flatten(1))
+        return x * gate
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        return {"channel": self.recorded["gate"]}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .record import Recorder
 from .registry import register
 
 
 @register("sge")
-class SpatialGroupEnhance(nn.Module):
+class SpatialGroupEnhance(Recorder, nn.Module):
     """The official ``SpatialGroupEnhance``: within each of ``groups`` channel groups, every
     position is scored by its similarity to the group's global descriptor, and the normalised
     score gates that position.
@@ -54,7 +55,15 @@ class SpatialGroupEnhance(nn.Module):
         score = (score / std).reshape(n, self.groups, h, w)
         return torch.sigmoid(score * self.weight + self.bias)
 
+    def spatial_maps(self, index: int = 0) -> dict[str, torch.Tensor]:
+        """The groups' spatial gates: their mean first, then ``group<g>`` for each group."""
+        g = self.recorded["gate"][index]
+        return {"mean": g.mean(dim=0), **{f"group{i}": m for i, m in enumerate(g)}}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        gate = self.gate(x).unsqueeze(2)
+        gate = self.gate(x)
+        if self.recording:
+            self.record(gate=gate, size=(h, w))
+        gate = gate.unsqueeze(2)
         return (x.reshape(n, self.groups, c // self.groups, h, w) * gate).reshape(n, c, h, w)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .record import Recorder
 from .registry import register
 
 
 @register("sk")
-class SelectiveKernel(nn.Module):
+class SelectiveKernel(Recorder, nn.Module):
     """SKNet's ``SKConv``: Split (M kernels) -> Fuse (sum, GAP, fc) -> Select (softmax over branches).
 
     Defaults are the paper's SKNet-50 setting (Sec. 3.1, Table 1): M=2 branches, G=32 groups,
@@ -80,4 +81,12 @@ class SelectiveKernel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = torch.stack([conv(x) for conv in self.convs], dim=1)
-        return (self.branch_weights(feats) * feats).sum(dim=1)
+        weights = self.branch_weights(feats)
+        if self.recording:
+            self.record(branch_weights=weights.flatten(2))
+        return (weights * feats).sum(dim=1)
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        """Each branch's (N, C) weights (branch m: 3x3 conv of dilation m + 1); they sum to one."""
+        w = self.recorded["branch_weights"]
+        return {f"branch{m}": w[:, m] for m in range(self.branches)}
