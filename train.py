@@ -1,16 +1,19 @@
 """Train a segmentor: ``python train.py [head=cc] [dataset=cityscapes dataset.root=...] [key=value ...]``.
 
-Hydra composes conf/train.yaml with the overrides; segattn.engine.train does the rest.
+Hydra composes conf/train.yaml with the overrides; segattn.engine.train does the rest. Under
+``torchrun --nproc_per_node=N train.py ...`` every process runs this file; only rank 0 gets a run
+directory (see ``_quiet_nonzero_rank``).
 """
 
 import os
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from segattn.engine import train
-
+from segattn.engine.distributed import env_rank
 
 # An absolute config path, so that tests can import this module and call main() in-process.
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
@@ -22,5 +25,20 @@ def main(cfg: DictConfig) -> float:
     return metrics["mIoU"]  # the value a sweeper would optimise
 
 
+def _quiet_nonzero_rank(argv: list[str]) -> list[str]:
+    """Overrides that stop Hydra from creating anything on ranks > 0.
+
+    Each torchrun process resolves ``hydra.run.dir`` by itself (its timestamp may differ from rank
+    0's), and Hydra would create that folder, ``.hydra/`` and a log file in it. Ranks > 0 run in the
+    current directory instead, with Hydra's output and file logging off; the trainer takes rank 0's
+    run directory over torch.distributed.
+    """
+    if env_rank() == 0 or "--multirun" in argv or "-m" in argv:
+        return argv
+    return [*argv, "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled"]
+
+
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *_quiet_nonzero_rank(sys.argv[1:])]
     main()

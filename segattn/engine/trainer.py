@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -15,13 +16,18 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
+
 from ..data import build_dataset, build_train_transform, seed_worker
 from ..data.sampler import TrainSampler
 from ..models.segmentor import build_model
+from . import distributed
 from .checkpoint import clean_stale_tmp, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluate import evaluate
 from .logging import iou_table, log_hparams, log_validation, metrics_json, write_json
 from .optim import build_optimizer, build_scheduler
+from ..viz import log_attention_pictures
 
 
 def seed_everything(seed: int) -> None:
@@ -117,34 +123,78 @@ def build_loaders(cfg: dict, seed: int, start_iter: int, rank: int = 0, world_si
     train_loader = DataLoader(train_set, batch_size=t["batch_size"], sampler=sampler, num_workers=workers,
                               drop_last=True, worker_init_fn=seed_worker, persistent_workers=workers > 0,
                               pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
-    # Validation images keep their own size (full resolution), so one per batch.
-    val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=workers,
+    # Validation images keep their own size (full resolution), so one per batch. Under DDP each rank
+    # predicts every world_size-th image (no padding, so no image counts twice) and the confusion
+    # matrices are summed: the mIoU equals the single-process one.
+    val_shard = val_set if world_size == 1 else Subset(val_set, range(rank, len(val_set), world_size))
+    val_loader = DataLoader(val_shard, batch_size=1, shuffle=False, num_workers=workers,
                             generator=torch.Generator().manual_seed(seed))
     return train_set, val_set, train_loader, val_loader
 
 
+def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """SyncBatchNorm -> BatchNorm2d (same parameters and statistics): PyTorch has no SyncBN on the CPU."""
+    out = module
+    if isinstance(module, torch.nn.SyncBatchNorm):
+        out = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                   module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+    for name, child in module.named_children():
+        out.add_module(name, revert_sync_batchnorm(child))
+    return out
+
+
+def compile_backend(value) -> str | None:
+    """``trainer.compile``: false, true (inductor) or a torch.compile backend name."""
+    if value in (None, False, "false", "off"):
+        return None
+    return "inductor" if value is True or value == "true" else str(value)
+
+
 def train(cfg: dict, run_dir: str) -> dict:
     """Train ``cfg`` (a plain dict: the composed Hydra config) writing into ``run_dir``; returns the last
-    validation metrics (as in ``metrics.json``)."""
+    validation metrics (as in ``metrics.json``).
+
+    Under torchrun (or Slurm tasks) every process runs this function: rank 0 chooses the run directory
+    and alone writes checkpoints, metrics and TensorBoard; the others only compute.
+    """
     t = cfg["trainer"]
     max_iters = int(t["max_iters"])
+    rank, world_size, device = distributed.init(t.get("device", "auto"), float(t.get("dist_timeout_s") or 1800))
+    main_process = rank == 0
+    run_dir = distributed.broadcast_object(run_dir)  # ranks > 0 have no run directory of their own
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    check_writable(run_dir)
-    clean_stale_tmp(ckpt_dir)
-    seed_everything(int(cfg.get("seed", 0)))
-    device = resolve_device(t.get("device", "auto"))
+    if main_process:
+        check_writable(run_dir)
+        clean_stale_tmp(ckpt_dir)
+    seed = int(cfg.get("seed", 0))
+    seed_everything(seed + rank)  # dropout differs per rank, as it would across a bigger batch
+    accum = int(t.get("grad_accum") or 1)
 
-    resume_path = find_resume(cfg.get("resume"), ckpt_dir)
+    resume_path = distributed.broadcast_object(find_resume(cfg.get("resume"), ckpt_dir) if main_process else None)
     ckpt = load_checkpoint(resume_path) if resume_path else None
     start_iter = int(ckpt["iter"]) if ckpt else 0
 
-    train_set, val_set, train_loader, val_loader = build_loaders(cfg, int(cfg.get("seed", 0)), start_iter)
+    # The sampler counts micro-batches: with gradient accumulation an iteration (one optimizer
+    # step) consumes `accum` of them.
+    train_set, val_set, train_loader, val_loader = build_loaders(cfg, seed, start_iter * accum, rank, world_size)
     classes = train_set.classes
     num_classes = len(classes)
 
     init_from = (cfg.get("model") or {}).get("init_from")
     model = make_model(cfg, num_classes, pretrained=ckpt is None and not init_from)
+    sync_bn = t.get("sync_bn")
+    if sync_bn is None:  # default: SyncBN with several GPU processes
+        sync_bn = world_size > 1 and device.type == "cuda"
+    if sync_bn and world_size > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif device.type != "cuda" or world_size == 1:
+        # No SyncBN on the CPU, and with one process it would only be a slower BN.
+        model = revert_sync_batchnorm(model)
     model.to(device)
+    channels_last = bool(t.get("channels_last"))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, **cfg["optimizer"])
     scheduler = build_scheduler(optimizer, max_iters, **cfg["scheduler"])
     best = -1.0
@@ -155,21 +205,32 @@ def train(cfg: dict, run_dir: str) -> dict:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
+        # Each rank continues its own random stream (dropout differs per rank), so resume is exact under DDP too.
+        ranks = ckpt.get("rng_ranks") or []
+        set_rng_state(ranks[rank] if len(ranks) == world_size else ckpt["rng"])
         best = ckpt.get("best", best)
         print(f"resumed from {resume_path} at iteration {start_iter}", file=sys.stderr)
     elif init_from:
         load_init_weights(model, init_from)
+    net = model
+    if world_size > 1:  # DDP starts every rank from rank 0's parameters and buffers
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    backend = compile_backend(t.get("compile"))
+    if backend:
+        net = torch.compile(net, backend=backend)
 
     dtype = amp_dtype(t.get("amp"))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    writer = SummaryWriter(run_dir)
+    writer = SummaryWriter(run_dir) if main_process else None
     saved_cfg = dict(cfg, num_classes=num_classes, classes=list(classes))
 
     def checkpoint(name: str, it: int):
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "iter": it, "config": saved_cfg,
-                         "best": best, "rng": rng_state()}, os.path.join(ckpt_dir, name))
+        """Called by every rank at the same iterations: the random states of all ranks are gathered."""
+        rngs = distributed.all_gather_object(rng_state())
+        if main_process:
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "iter": it, "config": saved_cfg,
+                             "best": best, "rng": rngs[0], "rng_ranks": rngs}, os.path.join(ckpt_dir, name))
 
     # Validation predicts as the dataset's benchmark does (whole, slide, multi-scale): conf/dataset/*.yaml.
     val_inference = cfg["dataset"].get("inference")
@@ -179,31 +240,46 @@ def train(cfg: dict, run_dir: str) -> dict:
     # stop_at ends the process early (e.g. a time-limited job) while the schedule still runs over
     # max_iters; resume=auto continues from there.
     stop_at = min(int(t.get("stop_at") or max_iters), max_iters)
+    show = t.get("progress", True) and main_process
     bar = tqdm(range(start_iter, stop_at), initial=start_iter, total=max_iters, desc="train",
-               disable=not t.get("progress", True), dynamic_ncols=True)
+               disable=not show, dynamic_ncols=True)
     t_data = t_step = 0.0
     for it in bar:
         tic = time.perf_counter()
-        batch = next(batches)
-        images = batch["image"].to(device, non_blocking=True)
-        masks = batch["mask"].to(device, non_blocking=True)
-        t_data += time.perf_counter() - tic
-
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            outputs = model(images)
-        loss, parts = model.loss({k: v.float() for k, v in outputs.items()}, masks)
-        if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss = 0.0
+        finite = True
+        for micro in range(accum):
+            batch = next(batches)
+            images = batch["image"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            t_data += time.perf_counter() - tic if micro == 0 else 0.0
+            # Only the last micro-batch's backward all-reduces gradients under DDP.
+            sync = micro == accum - 1 or not isinstance(net, DistributedDataParallel)
+            with (contextlib.nullcontext() if sync else net.no_sync()):
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    outputs = net(images)
+                micro_loss, parts = model.loss({k: v.float() for k, v in outputs.items()}, masks)
+                finite = finite and bool(torch.isfinite(micro_loss))
+                # Dividing by accum makes the summed gradients those of one accum-times bigger batch.
+                scaler.scale(micro_loss / accum).backward()
+            loss += micro_loss.detach() / accum
+        if distributed.is_dist():  # every rank takes the same decision, or the others would hang
+            flag = torch.tensor([0.0 if finite else 1.0], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            finite = flag.item() == 0.0
+        if not finite:
             if t.get("skip_nonfinite", False):
                 optimizer.zero_grad(set_to_none=True)
-                print(f"iteration {it + 1}: non-finite loss {loss.item()}, step skipped", file=sys.stderr)
+                print(f"iteration {it + 1}: non-finite loss {float(loss)}, step skipped", file=sys.stderr)
                 scheduler.step()
                 continue
             raise FloatingPointError(
-                f"iteration {it + 1}: the loss is {loss.item()} ({ {k: float(v) for k, v in parts.items()} }); "
+                f"iteration {it + 1}: the loss is {float(loss)} ({ {k: float(v) for k, v in parts.items()} }); "
                 f"stopping before anything is saved. The last good checkpoint is in {ckpt_dir}. "
                 f"Lower optimizer.lr, set trainer.grad_clip, or set trainer.skip_nonfinite=true.")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
         if t.get("grad_clip"):
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(t["grad_clip"]))
@@ -214,7 +290,7 @@ def train(cfg: dict, run_dir: str) -> dict:
         t_step += time.perf_counter() - tic
         step = it + 1
 
-        if step % t.get("log_interval", 10) == 0 or step == max_iters:
+        if main_process and (step % t.get("log_interval", 10) == 0 or step == max_iters):
             writer.add_scalar("train/loss", loss.item(), step)
             writer.add_scalar("train/lr", lr, step)
             for k, v in parts.items():
@@ -222,32 +298,45 @@ def train(cfg: dict, run_dir: str) -> dict:
             writer.add_scalar("train/data_time_share", t_data / max(t_step, 1e-9), step)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
 
-        if step % t.get("val_interval", max_iters) == 0 or step == max_iters:
-            metrics, samples = evaluate(model, val_loader, num_classes, device, progress=t.get("progress", True),
+        validate = step % t.get("val_interval", max_iters) == 0 or step == max_iters
+        ckpt_interval = t.get("ckpt_interval") or 0
+        if validate or (ckpt_interval and step % ckpt_interval == 0) or step == stop_at:
+            # Without SyncBN the ranks' BN statistics drift apart: evaluate and save rank 0's.
+            distributed.broadcast_buffers(model)
+        if validate:
+            metrics, samples = evaluate(model, val_loader, num_classes, device, progress=show,
                                         keep=2, inference=val_inference)
             model.train()
-            log_validation(writer, metrics, classes, samples, step)
-            write_json(metrics_json(metrics, classes, iter=step), os.path.join(run_dir, "metrics.json"))
-            tqdm.write(f"iter {step}: val mIoU {100 * metrics['mIoU']:.2f}  aAcc {100 * metrics['aAcc']:.2f}")
+            if main_process:
+                log_validation(writer, metrics, classes, samples, step)
+                # The same image and pixels at every validation, so TensorBoard shows the maps sharpen.
+                vis = cfg.get("visualize") or {}
+                log_attention_pictures(writer, model, val_set[0]["image"], vis.get("points"), step,
+                                       vis.get("max_size", 512))
+                write_json(metrics_json(metrics, classes, iter=step), os.path.join(run_dir, "metrics.json"))
+                tqdm.write(f"iter {step}: val mIoU {100 * metrics['mIoU']:.2f}  aAcc {100 * metrics['aAcc']:.2f}")
             if not math.isnan(metrics["mIoU"]) and metrics["mIoU"] > best:
                 best = metrics["mIoU"]
                 checkpoint("best.pt", step)
 
-        ckpt_interval = t.get("ckpt_interval") or 0
         if ckpt_interval and step % ckpt_interval == 0:
             checkpoint(f"iter_{step}.pt", step)
             keep = t.get("keep_ckpts") or 0
-            old = sorted((int(f[5:-3]) for f in os.listdir(ckpt_dir) if f.startswith("iter_") and f.endswith(".pt")))
-            for n in old[:-keep] if keep else []:
-                os.remove(os.path.join(ckpt_dir, f"iter_{n}.pt"))
+            if main_process and keep:
+                old = sorted(int(f[5:-3]) for f in os.listdir(ckpt_dir) if f.startswith("iter_") and f.endswith(".pt"))
+                for n in old[:-keep]:
+                    os.remove(os.path.join(ckpt_dir, f"iter_{n}.pt"))
         if (ckpt_interval and step % ckpt_interval == 0) or step % t.get("val_interval", max_iters) == 0 \
                 or step in (stop_at, max_iters):
             checkpoint("last.pt", step)
     bar.close()
     if metrics is None:  # nothing validated in this process (resumed a finished run, or stopped early)
         metrics, _ = evaluate(model, val_loader, num_classes, device, inference=val_inference)
-    if start_iter < stop_at == max_iters:  # this process finished the run: its final mIoU
-        log_hparams(writer, cfg, metrics, max_iters)
-    writer.close()
-    print(iou_table(metrics, classes))
+    if main_process:
+        if start_iter < stop_at == max_iters:  # this process finished the run: its final mIoU
+            log_hparams(writer, cfg, metrics, max_iters)
+        writer.close()
+        print(iou_table(metrics, classes))
+    distributed.barrier()  # nobody leaves (and tears the group down) while rank 0 still writes
+    distributed.cleanup()
     return metrics_json(metrics, classes, iter=max(stop_at, start_iter))

@@ -1,0 +1,102 @@
+"""torch.distributed in a dozen lines (nanoGPT's shape): torchrun or Slurm tasks, one process per device.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR; Slurm tasks started by Hydra's submitit
+launcher get the same variables from ``submitit.helpers.TorchDistributedEnvironment``. Backend
+``nccl`` on GPUs, ``gloo`` on the CPU (so the distributed path is tested on CPU-only machines).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def env_world_size() -> int:
+    """How many processes the launcher started (1 outside torchrun/Slurm)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if "SLURM_NTASKS" in os.environ and "SLURM_PROCID" in os.environ and "SUBMITIT_EXECUTOR" in os.environ:
+        return int(os.environ["SLURM_NTASKS"])
+    return 1
+
+
+def env_rank() -> int:
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if "SUBMITIT_EXECUTOR" in os.environ and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"])
+    return 0
+
+
+def init(device_name: str | None = "auto", timeout_s: float = 1800) -> tuple[int, int, torch.device]:
+    """Join the process group when launched with several processes; returns (rank, world_size, device).
+
+    ``timeout_s`` bounds every collective: a rank that died makes the others fail with a message
+    after at most that long instead of hanging forever (torchrun also tears the job down).
+    """
+    world = env_world_size()
+    if world > 1 and "RANK" not in os.environ:  # a Slurm task: export torchrun's variables
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device_name in (None, "auto"):
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(device_name)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)  # one GPU per process
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    rank = dist.get_rank() if world > 1 else 0
+    return rank, world, device
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s value of ``obj`` on every rank (e.g. the run directory rank 0 chose)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if not is_dist():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BN running statistics, EMA bases).
+
+    Without SyncBN (there is none on the CPU) each rank's BN statistics drift apart during
+    training; broadcasting them before validation and checkpoints makes every rank evaluate the
+    model that is checkpointed.
+    """
+    if is_dist():
+        for b in module.buffers():
+            dist.broadcast(b, src)
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
