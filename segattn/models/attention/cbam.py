@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .record import Recorder
+from .record import GatedChannels, Recorder
 from .registry import register
 
 
-class ChannelGate(Recorder, nn.Module):
+class ChannelGate(GatedChannels, nn.Module):
     """CBAM's channel attention (Eq. 2): sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F))).
 
     One MLP is shared by both descriptors (the paper's "shared network"); biases as in the
@@ -25,15 +25,6 @@ class ChannelGate(Recorder, nn.Module):
         n, c = x.shape[:2]
         logits = self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3)))
         return torch.sigmoid(logits).view(n, c, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(x)
-        if self.recording:
-            self.record(gate=gate.flatten(1))
-        return x * gate
-
-    def gate_values(self) -> dict[str, torch.Tensor]:
-        return {"channel": self.recorded["gate"]}
 
 
 class SpatialGate(Recorder, nn.Module):

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .record import Recorder
+from .record import GatedChannels
 from .registry import register
 
 
@@ -22,7 +22,7 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
 
 
 @register("eca")
-class ECA(Recorder, nn.Module):
+class ECA(GatedChannels, nn.Module):
     """ECA's ``eca_layer``: GAP -> 1-D convolution across channels -> sigmoid -> rescale.
 
     No dimensionality reduction (Sec. 3.2.1 shows that SE's bottleneck hurts), and each channel's
@@ -52,11 +52,3 @@ class ECA(Recorder, nn.Module):
         y = x.mean(dim=(2, 3)).view(n, 1, c)
         return torch.sigmoid(self.conv(y)).view(n, c, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(x)
-        if self.recording:
-            self.record(gate=gate.flatten(1))
-        return x * gate
-
-    def gate_values(self) -> dict[str, torch.Tensor]:
-        return {"channel": self.recorded["gate"]}

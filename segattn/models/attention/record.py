@@ -52,6 +52,20 @@ class Recorder:
         self.recorded.update({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()})
 
 
+class GatedChannels(Recorder):
+    """Mixin for the channel gates (SE, ECA, CBAM's channel part): ``x * self.gate(x)`` with a gate
+    of shape (N, C, 1, 1) in (0, 1), recorded when asked. A subclass defines only ``gate``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.gate(x)
+        if self.recording:
+            self.record(gate=gate.flatten(1))
+        return x * gate
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        return {"channel": self.recorded["gate"]}
+
+
 @contextmanager
 def record_attention(model: nn.Module):
     """Within the block, every attention module of ``model`` (or ``model`` itself) records its

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .record import Recorder
+from .record import GatedChannels
 from .registry import register
 
 
 @register("se")
-class SqueezeExcitation(Recorder, nn.Module):
+class SqueezeExcitation(GatedChannels, nn.Module):
     """SENet's ``SELayer``: global average pool -> FC -> ReLU -> FC -> sigmoid, rescaling each channel.
 
     ``reduction`` is the paper's r (16 in all its ResNet experiments, Sec. 6.1). The hidden width
@@ -45,11 +45,3 @@ class SqueezeExcitation(Recorder, nn.Module):
         n, c = x.shape[:2]
         return self.fc(x.mean(dim=(2, 3))).view(n, c, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(x)
-        if self.recording:
-            self.record(gate=gate.flatten(1))
-        return x * gate
-
-    def gate_values(self) -> dict[str, torch.Tensor]:
-        return {"channel": self.recorded["gate"]}
