@@ -37,20 +37,26 @@ def tiny_root(tmp_path_factory) -> str:
     return root
 
 
-def run_train(argv: list[str]):
-    """Run train.py's Hydra main in-process with ``argv`` overrides; returns its return value."""
+def _run_hydra_main(module_name: str, argv: list[str]):
+    """Call an entry point's Hydra ``main()`` in-process with ``argv`` overrides; returns its return value."""
+    import importlib
+
     from hydra.core.global_hydra import GlobalHydra
 
-    import train
-
+    entry = importlib.import_module(module_name)
     GlobalHydra.instance().clear()
     old = sys.argv
-    sys.argv = ["train.py", *argv]
+    sys.argv = [f"{module_name}.py", *argv]
     try:
-        return train.main()
+        return entry.main()
     finally:
         sys.argv = old
         GlobalHydra.instance().clear()
+
+
+def run_train(argv: list[str]):
+    """train.py in-process; returns its return value (the final mIoU)."""
+    return _run_hydra_main("train", argv)
 
 
 @pytest.fixture(scope="session")
@@ -63,16 +69,5 @@ def trained_run(tiny_root, tmp_path_factory) -> str:
 
 
 def run_eval(argv: list[str]):
-    """Run eval.py's Hydra main in-process with ``argv`` overrides; returns its return value (the mIoU)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    import eval as eval_entry
-
-    GlobalHydra.instance().clear()
-    old = sys.argv
-    sys.argv = ["eval.py", *argv]
-    try:
-        return eval_entry.main()
-    finally:
-        sys.argv = old
-        GlobalHydra.instance().clear()
+    """eval.py in-process; returns its return value (the mIoU)."""
+    return _run_hydra_main("eval", argv)
