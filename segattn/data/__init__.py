@@ -10,6 +10,7 @@ import torch
 
 from . import synthetic
 from .ade20k import ADE20KDataset
+from .check import DatasetError, check_dataset
 from .cityscapes import CityscapesDataset, SegmentationDataset
 from .folder import FolderDataset
 from .transforms import build_train_transform, build_val_transform
@@ -18,7 +19,7 @@ DATASETS = {"mini": CityscapesDataset, "cityscapes": CityscapesDataset, "ade20k"
             "folder": FolderDataset}
 
 __all__ = ["ADE20KDataset", "CityscapesDataset", "FolderDataset", "SegmentationDataset", "build_dataset",
-           "build_train_transform", "build_val_transform", "seed_worker", "DATASETS"]
+           "build_train_transform", "build_val_transform", "seed_worker", "DATASETS", "DatasetError", "check_dataset"]
 
 
 def build_dataset(name: str, root: str, split: str | None, transform=None, **options):

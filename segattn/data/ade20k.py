@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from .check import missing_masks
 from .cityscapes import SegmentationDataset
 
 LAYOUT = """\
@@ -74,11 +75,10 @@ class ADE20KDataset(SegmentationDataset):
         ann_dir = os.path.join(base, "annotations", folder)
         masks = []
         if os.path.isdir(ann_dir):
-            for path in images:
-                mask = os.path.join(ann_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-                if not os.path.isfile(mask):
-                    raise FileNotFoundError(f"{path}: no annotation {mask}; expected:\n{LAYOUT}")
-                masks.append(mask)
+            masks = [os.path.join(ann_dir, os.path.splitext(os.path.basename(p))[0] + ".png") for p in images]
+            missing = [(p, m) for p, m in zip(images, masks) if not os.path.isfile(m)]
+            if missing:
+                raise missing_masks(missing, LAYOUT)
         else:
             masks = [None] * len(images)
         lut = reduce_zero_label_table(len(self.classes))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .check import DatasetError, jpeg_is_complete, missing_masks, valid_values
 from .labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_TRAINID_TO_ID
 from .transforms import build_val_transform
 
@@ -25,18 +26,28 @@ TRAINID_TO_LABELID[list(CITYSCAPES_TRAINID_TO_ID)] = list(CITYSCAPES_TRAINID_TO_
 
 
 def read_image(path: str) -> np.ndarray:
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the image ({e.strerror})") from None
+    # A JPEG cut short is looked for in the bytes: cv2.imread returns it with its missing rows filled
+    # with grey, and only prints a warning.
+    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
+        raise DatasetError(f"{path}: the JPEG file is truncated (no end-of-image marker after its image data); "
+                           f"copy it again from the original")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # as imread: EXIF turns too
     if img is None:
-        raise ValueError(f"{path}: cannot read the image (missing, truncated or not an image file)")
+        raise DatasetError(f"{path}: cannot read the image (empty, truncated or not an image file)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: str) -> np.ndarray:
     mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if mask is None:
-        raise ValueError(f"{path}: cannot read the mask (missing, truncated or not an image file)")
+        raise DatasetError(f"{path}: cannot read the mask (missing, truncated or not an image file)")
     if mask.ndim != 2:
-        raise ValueError(f"{path}: a mask must be a single-channel label image, got shape {mask.shape}")
+        raise DatasetError(f"{path}: a mask must be a single-channel label image, got shape {mask.shape}")
     return mask
 
 
@@ -48,7 +59,7 @@ def lookup_table(mapping: dict[int, int] | None, num_classes: int) -> np.ndarray
     else:
         lut[:] = 255
         lut[list(mapping)] = list(mapping.values())
-        lut[35:255] = -1  # labelIds go up to 33 (and -1 license plate stored as 255)
+        lut[34:255] = -1  # labelIds go up to 33 (and -1, the license plate, stored as 255)
         lut[255] = 255
     lut[255] = 255
     return lut
@@ -94,15 +105,15 @@ class SegmentationDataset(Dataset):
             return img, np.full(img.shape[:2], 255, np.uint8)
         raw = read_mask(self.masks[i])
         if raw.shape != img.shape[:2]:
-            raise ValueError(f"{self.masks[i]}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
-                             f"{self.images[i]} is {img.shape[1]}x{img.shape[0]} (W x H)")
+            raise DatasetError(f"{self.masks[i]}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
+                               f"{self.images[i]} is {img.shape[1]}x{img.shape[0]} (W x H)")
         if raw.dtype != np.uint8:
-            raise ValueError(f"{self.masks[i]}: expected an 8-bit label image, got {raw.dtype}")
+            raise DatasetError(f"{self.masks[i]}: expected an 8-bit label image, got {raw.dtype}")
         mask = self.luts[i][raw]
         if (mask < 0).any():
             bad = np.unique(raw[mask < 0]).tolist()
-            raise ValueError(f"{self.masks[i]}: invalid label value(s) {bad[:10]} for this file's format "
-                             f"(valid: {np.flatnonzero(self.luts[i] >= 0).tolist()[:40]}...)")
+            raise DatasetError(f"{self.masks[i]}: invalid label value(s) {bad[:10]}{'...' if len(bad) > 10 else ''} "
+                               f"for this file's format (valid: {valid_values(self.luts[i])})")
         return img, mask.astype(np.uint8)
 
     def __getitem__(self, i) -> dict:
@@ -132,7 +143,7 @@ class CityscapesDataset(SegmentationDataset):
         if not images:
             why = "does not exist" if not os.path.isdir(root) else f"has no images for split {split!r}"
             raise FileNotFoundError(f"dataset.root={root!r} {why}; expected the Cityscapes layout:\n{LAYOUT}")
-        masks, luts = [], []
+        masks, luts, missing = [], [], []
         train_lut = lookup_table(None, len(self.classes))
         id_lut = lookup_table(CITYSCAPES_ID_TO_TRAINID, len(self.classes))
         for path in images:
@@ -149,7 +160,9 @@ class CityscapesDataset(SegmentationDataset):
                 masks.append(gt + "labelIds.png")
                 luts.append(id_lut)
             else:
-                raise FileNotFoundError(f"{path}: no mask {gt}labelTrainIds.png or {gt}labelIds.png; expected:\n{LAYOUT}")
+                missing.append((path, f"{gt}labelTrainIds.png or {gt}labelIds.png"))
+        if missing:  # all of them at once: fixing one per start would take as many starts
+            raise missing_masks(missing, LAYOUT)
         super().__init__(images, masks, luts, transform)
         self.root, self.split = root, split
 

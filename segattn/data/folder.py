@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from .check import missing_masks
 from .cityscapes import SegmentationDataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -51,15 +52,13 @@ class FolderDataset(SegmentationDataset):
             raise ValueError(f"dataset.classes has {len(classes)} names; 8-bit masks hold at most 255 classes")
         self.classes = tuple(classes or ())
         self.image_root = images
-        mask_files = []
-        for path in files:
-            if masks is None:
-                mask_files.append(None)
-                continue
-            mask = os.path.join(masks, os.path.splitext(os.path.relpath(path, images))[0] + mask_suffix)
-            if not os.path.isfile(mask):
-                raise FileNotFoundError(f"{path}: no mask {mask}; expected the folder layout:\n{LAYOUT}")
-            mask_files.append(mask)
+        mask_files = [None] * len(files)
+        if masks is not None:
+            mask_files = [os.path.join(masks, os.path.splitext(os.path.relpath(p, images))[0] + mask_suffix)
+                          for p in files]
+            missing = [(p, m) for p, m in zip(files, mask_files) if not os.path.isfile(m)]
+            if missing:
+                raise missing_masks(missing, LAYOUT)
         lut = train_id_table(len(self.classes))
         super().__init__(files, mask_files, [lut] * len(files), transform)
         self.masks_root = masks

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import pickle
 import random
+import re
+import shutil
+import sys
 
 import numpy as np
 import torch
@@ -12,12 +17,48 @@ import torch
 REQUIRED_KEYS = ("model", "iter", "config")
 
 
+def first_nonfinite(weights: dict) -> str | None:
+    """The name of the first floating-point tensor in ``weights`` holding NaN or inf, or None."""
+    for name, value in weights.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
 def save_checkpoint(state: dict, path: str) -> None:
-    """Write ``state`` atomically: a kill during the write leaves the previous file intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write ``state`` atomically: a kill during the write leaves the previous file intact.
+
+    The data is written to ``<path>.tmp``, flushed to disk and renamed over ``path``, so ``path`` is
+    always either the old or the new checkpoint, never a mixture. Weights that are NaN or infinite
+    (a run that diverged within its last step) are refused, so the checkpoint on disk stays a good one.
+    """
+    bad = first_nonfinite(state.get("model") or {})
+    if bad is not None:
+        raise FloatingPointError(
+            f"not writing {path}: the model's {bad} holds NaN or infinite values at iteration {state.get('iter')}, "
+            f"so training has diverged; the checkpoints already written are kept. Lower optimizer.lr or set "
+            f"trainer.grad_clip, then resume from the last good checkpoint (resume=PATH).")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, or a power cut could leave an empty file
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        # torch's zip writer reports a full disk as a RuntimeError; both mean the write failed.
+        if isinstance(e, (OSError, RuntimeError)):
+            try:
+                free = f"{shutil.disk_usage(directory).free / 2**30:.2f} GiB are free in {directory}"
+            except OSError:
+                free = f"{directory} cannot be examined"
+            raise OSError(f"cannot write the checkpoint {path} ({type(e).__name__}: {str(e)[:200]}); {free}. "
+                          f"The previous {os.path.basename(path)}, if any, is intact.") from e
+        raise
 
 
 def load_checkpoint(path: str) -> dict:
@@ -26,20 +67,34 @@ def load_checkpoint(path: str) -> dict:
         raise FileNotFoundError(f"checkpoint={path!r}: no such file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, foreign pickle, not a torch file at all
+    except pickle.UnpicklingError as e:  # weights_only refused a Python object: never a segattn checkpoint
+        found = re.search(r"(unsupported GLOBAL|Unsupported global|Unsupported operand)[^\n]*", str(e))
+        what = found.group(0).strip().rstrip(".") if found else type(e).__name__
+        raise ValueError(
+            f"checkpoint={path!r} holds Python objects, not only tensors and plain containers ({what}). Such a "
+            f"file can run code when it is unpickled, so segattn refuses it (checkpoints are loaded with "
+            f"weights_only=True); a segattn checkpoint never holds any.") from None
+    except Exception as e:  # truncated file, not a torch file at all
+        first = str(e).split(". ")[0][:200]  # torch's first sentence says what failed; the rest is generic advice
         raise ValueError(f"checkpoint={path!r} cannot be loaded as a segattn checkpoint "
-                         f"(truncated, or not written by segattn): {type(e).__name__}: {str(e)[:300]}") from None
+                         f"(truncated, or not written by segattn): {type(e).__name__}: {first}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else None
+        got = (f"a dict of {len(keys)} keys ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
+               if keys is not None else type(ckpt).__name__)
         raise ValueError(f"checkpoint={path!r} is not a segattn checkpoint: expected a dict with keys "
-                         f"{list(REQUIRED_KEYS)}, got {sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
+                         f"{list(REQUIRED_KEYS)}, got {got}. ImageNet or open-mmlab backbone weights go to "
+                         f"backbone.pretrained=PATH.")
     return ckpt
 
 
 def clean_stale_tmp(directory: str) -> list[str]:
     """Remove half-written ``*.pt.tmp`` files left by a run that was killed during a write."""
-    stale = glob.glob(os.path.join(directory, "*.pt.tmp"))
+    stale = sorted(glob.glob(os.path.join(directory, "*.pt.tmp")))
     for f in stale:
         os.remove(f)
+        print(f"removed {f}: half-written by a run stopped during a checkpoint write "
+              f"(the checkpoint it was replacing is intact)", file=sys.stderr)
     return stale
 
 

@@ -27,6 +27,7 @@ from .checkpoint import clean_stale_tmp, load_checkpoint, rng_state, save_checkp
 from .evaluate import evaluate
 from .logging import iou_table, log_hparams, log_validation, metrics_json, write_json
 from .optim import build_optimizer, build_scheduler
+from .preflight import preflight_checks
 from ..viz import log_attention_pictures
 
 
@@ -52,9 +53,9 @@ def amp_dtype(amp) -> torch.dtype | None:
 
 def check_writable(run_dir: str) -> None:
     """Fail at start-up, not after the first hour, when the run directory cannot take a checkpoint."""
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     probe = os.path.join(run_dir, "checkpoints", ".write_probe")
     try:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
         with open(probe, "wb") as f:
             f.write(b"\0" * 1024)
         os.remove(probe)
@@ -178,6 +179,8 @@ def train(cfg: dict, run_dir: str) -> dict:
     # The sampler counts micro-batches: with gradient accumulation an iteration (one optimizer
     # step) consumes `accum` of them.
     train_set, val_set, train_loader, val_loader = build_loaders(cfg, seed, start_iter * accum, rank, world_size)
+    if main_process:  # dataset.check, free disk space, run_info.json: before the first iteration, not hours in
+        preflight_checks(cfg, run_dir, train_set, val_set)
     classes = train_set.classes
     num_classes = len(classes)
 
@@ -247,6 +250,9 @@ def train(cfg: dict, run_dir: str) -> dict:
     for it in bar:
         tic = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
+        skip_nonfinite = t.get("skip_nonfinite", False)
+        # A skipped step must not leave a NaN batch's statistics in BatchNorm's running buffers.
+        saved_buffers = [b.clone() for b in model.buffers()] if skip_nonfinite else None
         loss = 0.0
         finite = True
         for micro in range(accum):
@@ -270,21 +276,23 @@ def train(cfg: dict, run_dir: str) -> dict:
             flag = torch.tensor([0.0 if finite else 1.0], device=device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             finite = flag.item() == 0.0
-        if not finite:
-            if t.get("skip_nonfinite", False):
-                optimizer.zero_grad(set_to_none=True)
-                print(f"iteration {it + 1}: non-finite loss {float(loss)}, step skipped", file=sys.stderr)
-                scheduler.step()
-                continue
+        if not finite and not skip_nonfinite:
             raise FloatingPointError(
                 f"iteration {it + 1}: the loss is {float(loss)} ({ {k: float(v) for k, v in parts.items()} }); "
                 f"stopping before anything is saved. The last good checkpoint is in {ckpt_dir}. "
                 f"Lower optimizer.lr, set trainer.grad_clip, or set trainer.skip_nonfinite=true.")
-        if t.get("grad_clip"):
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(t["grad_clip"]))
-        scaler.step(optimizer)
-        scaler.update()
+        if not finite:  # skip only the optimizer step: logging, validation and checkpoints go on
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, old in zip(model.buffers(), saved_buffers):
+                    b.copy_(old)
+            print(f"iteration {it + 1}: non-finite loss {float(loss)}, step skipped", file=sys.stderr)
+        else:
+            if t.get("grad_clip"):
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(t["grad_clip"]))
+            scaler.step(optimizer)
+            scaler.update()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         t_step += time.perf_counter() - tic

@@ -9,6 +9,7 @@ weights that the published segmentation recipes start from.
 from __future__ import annotations
 
 import os
+import pickle
 from collections import OrderedDict
 from typing import Callable
 
@@ -219,7 +220,16 @@ class ResNet(nn.Module):
         """
         if not os.path.isfile(path):
             raise FileNotFoundError(f"backbone.pretrained={path!r}: no such file (weights are never downloaded)")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # weights_only refused a Python object: unpickling it could run code
+            raise ValueError(f"backbone.pretrained={path!r} holds Python objects, not only tensors; it is "
+                             f"refused, since unpickling such a file can run code (weights_only=True)") from None
+        except Exception as e:
+            raise ValueError(f"backbone.pretrained={path!r} cannot be loaded (truncated, or not a torch file): "
+                             f"{type(e).__name__}: {str(e).split('. ')[0][:200]}") from None
+        if not isinstance(sd, dict):
+            raise ValueError(f"backbone.pretrained={path!r}: expected a dict of weights, got {type(sd).__name__}")
         if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
             sd = sd["model"]  # our own checkpoint
         elif isinstance(sd, dict) and "state_dict" in sd:

@@ -1,0 +1,154 @@
+"""Start-up checks and records, run before the first iteration: what would otherwise fail hours in.
+
+- ``dataset.check=true``: every sample of the train and val splits is loaded once and every bad
+  file is listed in one error (without it, each sample is still checked when it is loaded);
+- free disk space for the checkpoints the run will keep (writability: ``trainer.check_writable``);
+- ``run_info.json``: the seed, the package versions and the git commit the run was started with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+
+import cv2
+import numpy as np
+import torch
+
+from ..data.check import check_dataset
+from .logging import write_json
+
+# Room for what a run writes besides checkpoints (TensorBoard events, metrics, predictions shown).
+MARGIN_BYTES = 64 * 2**20
+
+
+def preflight_checks(cfg: dict, run_dir: str, train_set, val_set) -> dict:
+    """The start-up checks of ``train``, then ``run_info.json``; returns what was recorded.
+
+    Called by the main process only: the scan reads the whole dataset once, and the other two
+    concern the directory only it writes to.
+    """
+    d, t = cfg["dataset"], cfg["trainer"]
+    if d.get("check"):
+        n = check_dataset({"train": train_set, "val": val_set}, workers=int(t.get("num_workers") or 0),
+                          progress=bool(t.get("progress", True)), report=os.path.join(run_dir, "dataset_check.txt"))
+        print(f"dataset.check: all {n} samples of the train and val splits can be used", file=sys.stderr)
+    check_free_space(run_dir, checkpoint_bytes(cfg, len(train_set.classes)), checkpoint_copies(t))
+    return write_run_info(run_dir, cfg)
+
+
+# --- disk space ----------------------------------------------------------------------------------
+
+def checkpoint_bytes(cfg: dict, num_classes: int) -> int:
+    """About how large one checkpoint of ``cfg`` is: the model's tensors plus the optimizer's state
+    (SGD's momentum is one copy of the parameters, AdamW's two moments are two).
+
+    The model is built on the meta device: shapes without memory or initialisation, so a ResNet-101
+    costs no more than a ResNet-18 here.
+    """
+    from .trainer import make_model  # the trainer imports this module
+
+    try:
+        with torch.device("meta"):
+            model = make_model(cfg, num_classes, pretrained=False)
+    except Exception:  # a module whose constructor computes with tensor values: build it for real
+        model = make_model(cfg, num_classes, pretrained=False)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    tensors = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    moments = {"sgd": 1, "adamw": 2}.get((cfg.get("optimizer") or {}).get("name"), 2)
+    return tensors + moments * params
+
+
+def checkpoint_copies(trainer: dict) -> int:
+    """How many checkpoint files a run holds at its peak: last.pt, best.pt, the iter_<N>.pt it keeps
+    (``trainer.keep_ckpts``, or all of them when that is 0) and the one being written."""
+    interval = int(trainer.get("ckpt_interval") or 0)
+    written = int(trainer["max_iters"]) // interval if interval else 0
+    keep = int(trainer.get("keep_ckpts") or 0)
+    return 3 + (min(keep, written) if keep else written)
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_free_space(run_dir: str, checkpoint_size: int, copies: int) -> None:
+    """Fail now, not at the first checkpoint hours from now, when the disk cannot hold the run's
+    checkpoints. Checkpoints already in ``run_dir`` (a resumed run) are replaced, so they count as space."""
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    existing = sum(os.path.getsize(f) for f in glob.glob(os.path.join(ckpt_dir, "*.pt")))
+    need = max(0, checkpoint_size * copies - existing) + MARGIN_BYTES
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise OSError(
+            f"only {_size(free)} free on the disk of the run directory {run_dir}, but this run needs about "
+            f"{_size(need)}: it holds up to {copies} checkpoints of about {_size(checkpoint_size)} at once "
+            f"(last.pt, best.pt, {copies - 3} iter_<N>.pt and the one being written). Free some space, set "
+            f"hydra.run.dir to a larger disk, or keep fewer checkpoints (trainer.keep_ckpts, trainer.ckpt_interval).")
+
+
+# --- what the run was started with ----------------------------------------------------------------
+
+def versions() -> dict:
+    """Python and the packages that change results (a missing one is "not installed")."""
+    def dist(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    # From the installed metadata, not by importing: torchvision alone takes a second to import.
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": dist("torchvision"),
+            "albumentations": dist("albumentations"), "hydra-core": dist("hydra-core"),
+            "numpy": np.__version__, "opencv": cv2.__version__, "cuda": torch.version.cuda or "none",
+            "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none"}
+
+
+def git_state(path: str | None = None) -> dict:
+    """The commit of the checkout that holds ``path`` (default: this package's source) and whether
+    tracked files differ from it. ``{"commit": "unknown", "dirty": None}`` when that is not a git
+    checkout (an installed package, a tarball) or git is not installed."""
+    root = os.path.realpath(path or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
+
+    try:
+        # Only the checkout whose top is this folder: an installed copy inside some other repository
+        # (a virtualenv in a project) must not report that repository's commit.
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != root:
+            return {"commit": "unknown", "dirty": None}
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def write_run_info(run_dir: str, cfg: dict) -> dict:
+    """Write ``<run_dir>/run_info.json`` (atomically) and return it. A resumed run keeps the earlier
+    starts under ``earlier``: a run continued with other code or packages says so."""
+    info = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seed": int(cfg.get("seed", 0)),
+            "command": list(sys.argv),
+            "resume": cfg.get("resume"),
+            "versions": versions(),
+            "git": git_state(),
+            "host": platform.node(),
+            "platform": platform.platform()}
+    path = os.path.join(run_dir, "run_info.json")
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        info["earlier"] = old.pop("earlier", []) + [old]
+    except (OSError, ValueError, AttributeError):
+        pass
+    write_json(info, path)
+    return info
