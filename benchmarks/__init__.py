@@ -1,0 +1,1 @@
+"""Cost and speed measurements of the heads (see benchmarks/README.md); not part of the library."""

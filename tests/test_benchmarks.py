@@ -1,0 +1,83 @@
+"""The benchmark scripts run end to end on tiny sizes (so they cannot rot), and their measuring tools
+count what they claim to count. No wall-clock assertions: timings on a shared machine prove nothing."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import torch
+
+from benchmarks import common, context, heads, scaling, train_speed
+from segattn.models.attention import build_attention
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_flops_and_memory_tools_count_what_they_claim():
+    # Non-local at 8x8, C=512, C'=256: four 1x1 convs and two HW x HW x C' products, 2 FLOPs per MAC.
+    hw, c, ci = 64, 512, 256
+    m = build_attention("nl", c).eval()
+    x = torch.randn(1, c, 8, 8)
+    f = common.count_flops(lambda: m(x))
+    assert f.matmul == 2 * (3 * hw * c * ci + hw * ci * c) + 2 * (2 * hw * hw * ci)
+    assert f.other_by_op["_softmax"] == 5 * hw * hw and not f.uncounted
+    # Memory counted on meta is what real CPU tensors allocate (mhsa: the CPU's flash attention kernel).
+    for name, ch in (("cc", 32), ("mhsa", 32), ("psa", 32)):
+        on_meta = common.activation_memory(build_attention(name, ch),
+                                           lambda: [torch.empty(1, ch, 12, 12, device="meta")], "meta")
+        on_cpu = common.activation_memory(build_attention(name, ch), lambda: [torch.randn(1, ch, 12, 12)], "cpu")
+        # Equal up to BatchNorm's saved statistics (2 x C floats per layer: empty on the CPU in eval).
+        for k in on_cpu:
+            assert abs(on_meta[k] - on_cpu[k]) <= 2048, (name, k, on_meta, on_cpu)
+        assert 0 < on_meta["fwd"] < on_meta["train"]
+
+
+def test_heads_benchmark_tiny(tmp_path):
+    out = heads.main(["--size", "8", "--heads", "fcn,cc,nl", "--quick", "--rounds", "1", "--warmup", "0",
+                      "--threads", "2", "--out", str(tmp_path)])
+    md = open(tmp_path / "heads_s8.md").read()
+    for name in ("fcn", "cc", "nl"):
+        assert f"\n| {name} | " in md
+    rows = {r["head"]: r for r in _rows(tmp_path / "heads_s8.csv")}
+    assert set(rows) == {"fcn", "cc", "nl"} and rows["fcn"]["mech_flops"] == ""
+    assert float(rows["cc"]["mech_fwd_s"]) > 0 and int(rows["nl"]["head_params"]) > int(rows["fcn"]["head_params"])
+    # The EMANet table's 43.1 GMACs (fc0 + EMAU at 65x65) is reproduced by our counts.
+    assert "| 43.1 | 43.1 |" in md
+    assert torch.get_num_threads() == 2, "main() must restore the caller's thread count"
+    assert out["times"].keys() >= {"cc", "nl"}
+
+
+def test_scaling_benchmark_tiny(tmp_path):
+    out = scaling.main(["--quick", "--sizes", "8,12,16", "--heads", "nl,cc,gc", "--channels", "16", "--rounds", "1",
+                        "--warmup", "0", "--out", str(tmp_path)])
+    assert os.path.isfile(tmp_path / "scaling.md") and len(_rows(tmp_path / "scaling.csv")) == 9
+    slopes = scaling.exponents(out["rows"], ["nl", "cc", "gc"], "flops")
+    assert slopes["nl"] > 1.4 > slopes["cc"] > slopes["gc"] - 0.05 and 0.9 < slopes["gc"] < 1.1
+
+
+def test_train_speed_benchmark_tiny(tmp_path, tiny_root):
+    out = train_speed.main(["--quick", "--configs", "default", "--steps", "1", "--warmup", "0", "--peak-sizes", "128",
+                            "--root", tiny_root, "--out", str(tmp_path), "--overrides", "backbone.width=8",
+                            "head.channels=16", "model.aux_head.channels=8", "dataset.crop_size=[32,32]",
+                            "trainer.batch_size=2", "trainer.num_workers=0"])
+    r = out["results"][0]
+    assert r["batch"] == 2 and r["step_flops"] > 0 and 0 <= r["data_share"] <= 1 and r["images_per_s"] > 0
+    assert "| default | resnet18 + fcn | 32x32 |" in open(tmp_path / "train_speed.md").read()
+
+
+def test_context_benchmark_tiny(tmp_path):
+    out = context.main(["--quick", "--heads", "fcn,gc", "--iters", "1", "--batch", "2", "--train-images", "2",
+                        "--val-images", "2", "--size", "16x320", "--width", "8", "--channels", "16",
+                        "--out", str(tmp_path)])
+    # The FCN provably cannot see the marker from the objects; the task puts them beyond its reach.
+    assert out["info"]["fcn_marker_grad"] == 0.0
+    assert out["info"]["x0"] > out["info"]["radius"] + context.MARKER_W
+    md = open(tmp_path / "context.md").read()
+    assert "\n| fcn | " in md and "\n| gc | " in md
+    with pytest.raises(SystemExit, match="no room"):
+        context.main(["--heads", "fcn", "--size", "16x200", "--out", str(tmp_path)])
