@@ -26,7 +26,6 @@ import io
 import os
 import platform
 import statistics
-import tempfile
 import time
 import weakref
 from collections import Counter
@@ -37,6 +36,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from torch.utils.weak import WeakIdKeyDictionary
+
+from segattn.io import atomic_write
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -519,21 +520,8 @@ def markdown_table(headers: list[str], rows: list[list], align: str | None = Non
 
 def write_atomic(path: str, data: str | bytes) -> str:
     """Write ``path`` through a temporary file in the same folder, then rename it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        # mkstemp creates the file private (0600); results are ordinary files for everyone to read.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
     return path
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .io import atomic_write
 from .models.attention.record import (
     Recorder,
     attention_for,
@@ -209,20 +210,11 @@ def save_png(image: np.ndarray, path: str, colors: int | None = None) -> str:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"save_png({path!r}): expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # Beside the target (same file system, so the rename is atomic), with the umask's permissions.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            pil = Image.fromarray(image)
-            if colors:
-                pil = pil.quantize(colors=int(colors), method=Image.Quantize.MEDIANCUT)
-            pil.save(f, format="PNG", optimize=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        pil = Image.fromarray(image)
+        if colors:
+            pil = pil.quantize(colors=int(colors), method=Image.Quantize.MEDIANCUT)
+        pil.save(f, format="PNG", optimize=True)
     return path
 
 

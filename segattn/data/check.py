@@ -8,11 +8,12 @@ the splits up front instead and lists every bad file in one error.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from ..io import atomic_write
 
 # How many bad files an error lists before pointing at the full report.
 SHOWN = 50
@@ -124,10 +125,8 @@ def check_dataset(splits: dict, workers: int = 0, progress: bool = False, report
     if len(problems) > SHOWN:
         more = f"... and {len(problems) - SHOWN} more"
         if report:
-            tmp = report + ".tmp"
-            with open(tmp, "w") as f:
+            with atomic_write(report, "w") as f:
                 f.write("\n".join(problems) + "\n")
-            os.replace(tmp, report)
             more += f" (all of them in {report})"
         lines.append(more)
     raise DatasetError(

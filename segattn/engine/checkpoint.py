@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pickle
@@ -13,6 +12,8 @@ import sys
 
 import numpy as np
 import torch
+
+from ..io import atomic_write
 
 REQUIRED_KEYS = ("model", "iter", "config")
 
@@ -39,17 +40,10 @@ def save_checkpoint(state: dict, path: str) -> None:
             f"so training has diverged; the checkpoints already written are kept. Lower optimizer.lr or set "
             f"trainer.grad_clip, then resume from the last good checkpoint (resume=PATH).")
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
     try:
-        with open(tmp, "wb") as f:
+        with atomic_write(path, fsync=True) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename, or a power cut could leave an empty file
-        os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
         # torch's zip writer reports a full disk as a RuntimeError; both mean the write failed.
         if isinstance(e, (OSError, RuntimeError)):
             try:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.labels import colorize
+from ..io import atomic_write
 
 FORMATS = {"labelids": "labelIds", "trainids": "labelTrainIds", "color": "color"}
 
@@ -42,10 +43,8 @@ def encode(pred: np.ndarray, fmt: str, dataset) -> np.ndarray:
 
 def write_png(array: np.ndarray, path: str) -> None:
     """Written to a temporary file and renamed, so a killed export never leaves a truncated PNG."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(array).save(f, format="PNG")
 
 
 class PredictionWriter:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import torch
 
 from ..data.labels import colorize, palette_for
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..io import atomic_write
 
 
 def iou_table(metrics: dict, classes) -> str:
@@ -41,10 +41,8 @@ def metrics_json(metrics: dict, classes, **extra) -> dict:
 
 
 def write_json(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:
