@@ -25,7 +25,6 @@ cannot represent.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 

@@ -132,5 +132,6 @@ def test_embedded_dataset_is_deterministic(tmp_path):
     b = synthetic.generate(str(tmp_path / "b"), size=(32, 64), splits={"val": ("x", 2)})
     fa = sorted((tmp_path / "a").rglob("*.png"))
     fb = sorted((tmp_path / "b").rglob("*.png"))
+    assert (a, b) == (str(tmp_path / "a"), str(tmp_path / "b"))  # generate returns the root it wrote
     assert len(fa) == 6 and all(np.array_equal(np.array(Image.open(x)), np.array(Image.open(y))) for x, y in zip(fa, fb))
     assert not list(tmp_path.glob(".mini_cityscapes.*"))  # the temp folder was renamed, nothing left over
