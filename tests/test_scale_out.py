@@ -127,3 +127,14 @@ def test_gradient_accumulation_matches_the_bigger_batch(fp32_losses, tiny_root, 
     assert ckpt["iter"] == 4 and ckpt["scheduler"]["last_epoch"] == 4  # 4 optimizer steps, not 8
     for a, b in zip(losses, fp32_losses):
         assert abs(a - b) <= 0.25 * abs(b), (losses, fp32_losses)
+
+
+@pytest.mark.parametrize("sync_bn,world_size,device,expected", [
+    (None, 4, "cuda", True), (True, 4, "cuda", True), (False, 4, "cuda", False),
+    (None, 1, "cuda", False), (True, 1, "cuda", False), (None, 2, "cpu", False), (True, 2, "cpu", False),
+])
+def test_trainer_sync_bn_is_the_one_switch(sync_bn, world_size, device, expected):
+    # A recipe's backbone.norm=syncbn must not override trainer.sync_bn=false on several GPUs.
+    from segattn.engine.trainer import sync_bn_wanted
+
+    assert sync_bn_wanted(sync_bn, world_size, torch.device(device)) is expected

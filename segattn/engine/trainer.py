@@ -145,6 +145,12 @@ def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     return out
 
 
+def sync_bn_wanted(sync_bn, world_size: int, device: torch.device) -> bool:
+    """``trainer.sync_bn``: null = SyncBN when several GPU processes train, false = never, true = wherever
+    PyTorch has it (several CUDA processes)."""
+    return world_size > 1 and device.type == "cuda" and sync_bn in (None, True)
+
+
 def compile_backend(value) -> str | None:
     """``trainer.compile``: false, true (inductor) or a torch.compile backend name."""
     if value in (None, False, "false", "off"):
@@ -186,13 +192,12 @@ def train(cfg: dict, run_dir: str) -> dict:
 
     init_from = (cfg.get("model") or {}).get("init_from")
     model = make_model(cfg, num_classes, pretrained=ckpt is None and not init_from)
-    sync_bn = t.get("sync_bn")
-    if sync_bn is None:  # default: SyncBN with several GPU processes
-        sync_bn = world_size > 1 and device.type == "cuda"
-    if sync_bn and world_size > 1 and device.type == "cuda":
+    # One switch decides, whatever backbone.norm says (a recipe's ``syncbn`` is the GPU default):
+    # trainer.sync_bn null means SyncBN exactly when several GPU processes train; false turns it off
+    # there too. No SyncBN on the CPU, and with one process it would only be a slower BN.
+    if sync_bn_wanted(t.get("sync_bn"), world_size, device):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    elif device.type != "cuda" or world_size == 1:
-        # No SyncBN on the CPU, and with one process it would only be a slower BN.
+    else:
         model = revert_sync_batchnorm(model)
     model.to(device)
     channels_last = bool(t.get("channels_last"))
