@@ -28,19 +28,12 @@ PUBLISHED = {
     ("nl", "r50_d8_cityscapes_80k"): 78.01, ("nl", "r101_d8_cityscapes_80k"): 78.93,
     ("gc", "r50_d8_cityscapes_80k"): 78.48, ("gc", "r101_d8_cityscapes_80k"): 79.03,
 }
-# Head settings that depend on the crop: PSANet's over-complete mask must cover the feature map
-# (output stride 8, shrunk by 2 inside the module). mmseg's psamask op silently truncates the
-# reach on larger maps; ours refuses them, so PSANet validates with slide windows the mask covers:
-# 769x769 windows (97x97 features) on Cityscapes, 512x512 (64x64) on ADE20K. mmseg uses (66, 66)
-# for ADE20K; our mask must be odd ((2h-1) x (2w-1)), and 65 reaches 66x66 features.
-_PSA_CS = {"head": {"mask_size": "[97, 97]"},
-           "dataset": {"inference": {"mode": "slide", "crop_size": "[769, 769]", "stride": "[513, 513]"}}}
+# Head settings mmsegmentation changes per dataset: PSANet's over-complete mask is (97, 97) for the
+# Cityscapes recipes (the head's default) and (66, 66) for ADE20K. Where a mask does not reach (the
+# 512x1024 crops), the attention logit is 0, as in the official psamask op, so PSANet trains and tests
+# like every other head: whole images, as mmseg's 512x1024 and ADE20K R50-D8 recipes do.
 EXTRA = {
-    ("psa", "r50_d8_cityscapes_80k"): _PSA_CS,
-    ("psa", "r101_d8_cityscapes_80k"): _PSA_CS,
-    ("psa", "r50_d8_ade20k_160k"): {"head": {"mask_size": "[65, 65]"},
-                                    "dataset": {"inference": {"mode": "slide", "crop_size": "[512, 512]",
-                                                              "stride": "[341, 341]", "base_scale": "[2048, 512]"}}},
+    ("psa", "r50_d8_ade20k_160k"): {"head": {"mask_size": "[66, 66]"}},
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from segattn.models.attention import build_attention
+from segattn.models.attention import HEADS, build_attention
 from segattn.models.attention import da as da_mod
 from segattn.models.attention import ema as ema_mod
 from segattn.models.attention.oc import SelfAttentionBlock, _region_bounds
@@ -73,7 +73,8 @@ def test_da_cam_uses_max_minus_energy():
 
 
 def test_da_head_outputs_and_fusion():
-    head = da_mod.HEAD([8, 16, 24, 32], num_classes=5, channels=16, dropout=0.1).eval()
+    head = HEADS["da"]([8, 16, 24, 32], num_classes=5, channels=16, dropout=0.1).eval()
+    assert HEADS["da"] is da_mod.DAHead
     assert head.loss_weights == {"out": 1.0, "pam": 1.0, "cam": 1.0}
     feats = [torch.randn(2, c, 6, 6) for c in (8, 16, 24, 32)]
     _set_gamma(head, 0.5)
@@ -93,7 +94,7 @@ def test_da_head_outputs_and_fusion():
     for mod in (head.pam_in[0], head.cam_in[0], head.cls, head.pam_cls, head.cam_cls):
         assert mod.weight.grad is not None and mod.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="concat_input"):
-        da_mod.HEAD([8, 16, 24, 32], num_classes=5, channels=16, concat_input=True)
+        HEADS["da"]([8, 16, 24, 32], num_classes=5, channels=16, concat_input=True)
 
 
 # --------------------------------------------------------------------------- OCNet
@@ -326,18 +327,24 @@ def test_ema_bases_update_train_only_and_momentum():
     m.train()
     mu, _ = m.em(m.conv1(x).flatten(2))
     batch = mu.mean(0, keepdim=True)
-    batch = batch / (1e-6 + batch.norm(dim=1, keepdim=True))
+    batch = batch / batch.norm(dim=1, keepdim=True)
+    # mmseg's EMAModule: normalise the batch mean, blend; the blend itself is NOT renormalised.
     expected = 0.9 * before + 0.1 * batch
-    expected = expected / (1e-6 + expected.norm(dim=1, keepdim=True))
     m(x)
     assert not torch.allclose(m.bases, before)
     torch.testing.assert_close(m.bases, expected)
-    torch.testing.assert_close(_norms(m.bases), torch.ones(1, 8), atol=1e-5, rtol=0)
-    # momentum 1 keeps the bases, momentum 0 replaces them by the batch mean.
+    assert (_norms(m.bases) < 1 - 1e-4).any()  # a blend of two unit vectors is shorter
+    # momentum 1 keeps the bases, momentum 0 replaces them by the normalised batch mean.
     m1 = build_attention("ema", 16, num_bases=8, momentum=1.0).train()
     b1 = m1.bases.clone()
     m1(x)
-    torch.testing.assert_close(m1.bases, b1 / (1e-6 + b1.norm(dim=1, keepdim=True)))
+    torch.testing.assert_close(m1.bases, b1)
+    m0 = build_attention("ema", 16, num_bases=8, momentum=0.0).train()
+    m0.load_state_dict(m.state_dict())
+    mu0, _ = m0.em(m0.conv1(x).flatten(2))
+    m0(x)
+    mean0 = mu0.mean(0, keepdim=True)
+    torch.testing.assert_close(m0.bases, mean0 / mean0.norm(dim=1, keepdim=True))
 
 
 def test_ema_no_gradient_through_em():
@@ -367,9 +374,8 @@ def test_ema_all_reduces_bases_across_processes(monkeypatch):
     before = m.bases.clone()
     mu, _ = m.em(m.conv1(x).flatten(2))
     mean = (mu.mean(0, keepdim=True) + other) / 2
-    mean = mean / (1e-6 + mean.norm(dim=1, keepdim=True))
+    mean = mean / mean.norm(dim=1, keepdim=True)
     expected = 0.5 * before + 0.5 * mean
-    expected = expected / (1e-6 + expected.norm(dim=1, keepdim=True))
     m(x)
     assert calls == [torch.distributed.ReduceOp.SUM]
     torch.testing.assert_close(m.bases, expected)

@@ -118,8 +118,11 @@ def test_sk_branch_weights_sum_to_one_and_select_the_branches():
     feats = torch.stack([conv(x) for conv in m.convs], dim=1)
     expected = (m.branch_weights(feats) * feats).sum(dim=1)
     assert torch.allclose(m(x), expected, atol=1e-6)
-    # Forcing the softmax onto the dilated branch makes the output that branch alone.
+    # The select fc has no bias (authors' code, timm). Forcing the softmax onto the dilated branch
+    # (a stand-in fc whose bias does it) makes the output that branch alone.
+    assert m.select.bias is None
     with torch.no_grad():
+        m.select = nn.Conv2d(m.dim, 2 * 32, 1)
         m.select.weight.zero_()
         m.select.bias.copy_(torch.cat([torch.full((32,), -50.0), torch.full((32,), 50.0)]))
     assert torch.allclose(m(x), m.convs[1](x), atol=1e-6)

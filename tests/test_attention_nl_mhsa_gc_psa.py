@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from segattn.models.attention import build_attention
 from segattn.models.attention.mhsa import sinusoidal_encoding_2d
-from segattn.models.attention.psa import psa_mask
+from segattn.models.attention.psa import psa_mask, shrunk_grid
+from segattn.models.heads import build_head
 
 
 @pytest.fixture(autouse=True)
@@ -63,9 +64,10 @@ def _conv1x1(conv: nn.Conv2d, v: torch.Tensor) -> torch.Tensor:
 
 
 def _naive_nl(m, x: torch.Tensor) -> torch.Tensor:
-    """Eq. 1 with explicit sums over j, then z = x + BN(W_z y) with BN in eval mode."""
+    """Eq. 1 with explicit sums over j, then z = x + BN(W_z y) with BN in eval mode (sub-sampling: mmcv's
+    floor-mode 2x2 max pool)."""
     n, c, h, w = x.shape
-    keys_map = F.max_pool2d(x, 2, ceil_mode=True) if m.sub_sample else x
+    keys_map = F.max_pool2d(x, 2) if m.sub_sample else x
     kh, kw = keys_map.shape[2:]
     out = torch.empty_like(x)
     for b in range(n):
@@ -75,8 +77,8 @@ def _naive_nl(m, x: torch.Tensor) -> torch.Tensor:
             logits, values = [], []
             for j in range(kh * kw):
                 if m.sub_sample:
-                    phi_j = F.max_pool2d(m.phi(x[b : b + 1]), 2, ceil_mode=True)[0, :, j // kw, j % kw]
-                    g_j = F.max_pool2d(m.g(x[b : b + 1]), 2, ceil_mode=True)[0, :, j // kw, j % kw]
+                    phi_j = F.max_pool2d(m.phi(x[b : b + 1]), 2)[0, :, j // kw, j % kw]
+                    g_j = F.max_pool2d(m.g(x[b : b + 1]), 2)[0, :, j // kw, j % kw]
                 else:
                     xj = x[b, :, j // w, j % w]
                     phi_j = _conv1x1(m.phi, xj) if m.mode != "gaussian" else xj
@@ -327,15 +329,20 @@ def _naive_psa_mask(mask: torch.Tensor, psa_type: str, mask_h: int, mask_w: int)
     return buffer.view(n, h_feat * w_feat, h_feat, w_feat)
 
 
-@pytest.mark.parametrize("h,w", [(3, 4), (2, 3), (1, 1)])
+@pytest.mark.parametrize("h,w", [(3, 4), (2, 3), (1, 1), (6, 9), (4, 2)])
 @pytest.mark.parametrize("psa_type", ["collect", "distribute"])
-def test_psa_mask_matches_official_loop(h, w, psa_type):
-    mask = torch.randn(2, 5 * 7, h, w)
-    out = psa_mask(mask, psa_type, (5, 7))
+@pytest.mark.parametrize("mask", [(5, 7), (4, 6)])
+def test_psa_mask_matches_official_loop(h, w, psa_type, mask):
+    # (6, 9) and (4, 2) are beyond a 5x7 mask's reach (3x4): the official op leaves zeros there.
+    # (4, 6): mmseg's ADE20K recipe uses an even mask (66, 66); the op's half is (mask - 1) // 2.
+    mask_t = torch.randn(2, mask[0] * mask[1], h, w)
+    out = psa_mask(mask_t, psa_type, mask)
     assert out.shape == (2, h * w, h, w)
-    torch.testing.assert_close(out, _naive_psa_mask(mask, psa_type, 5, 7), rtol=0, atol=0)
-    if (h, w) == (3, 4):  # the largest map the mask reaches: every pair gets a mask entry
+    torch.testing.assert_close(out, _naive_psa_mask(mask_t, psa_type, *mask), rtol=0, atol=0)
+    if (h, w, mask) == (3, 4, (5, 7)):  # the largest map the mask reaches: every pair gets a mask entry
         assert (out != 0).all()
+    if (h, w) == (6, 9):
+        assert (out == 0).any()
 
 
 def test_psa_collect_and_distribute_are_transposes():
@@ -346,21 +353,23 @@ def test_psa_collect_and_distribute_are_transposes():
     assert not torch.equal(distribute, collect)
 
 
-def test_psa_mask_beyond_its_reach_raises():
-    with pytest.raises(ValueError, match="mask_size"):
-        psa_mask(torch.randn(1, 35, 4, 4), "collect", (5, 7))
-    m = build_attention("psa", 16, mask_size=(5, 5), shrink_factor=1)
-    m(torch.randn(2, 16, 3, 3))
-    with pytest.raises(ValueError, match="mask_size"):
-        m(torch.randn(2, 16, 4, 3))
-    # shrink_factor 2 computes the attention at (H-1)//2+1: a 5x5 mask reaches 6x6 inputs, not 7x7.
-    m = build_attention("psa", 16, mask_size=(5, 5), shrink_factor=2)
-    assert m.max_feature_size() == (6, 6)
-    m(torch.randn(2, 16, 6, 6))
-    with pytest.raises(ValueError, match="mask_size"):
-        m(torch.randn(2, 16, 7, 6))
-
-
+def test_psa_beyond_its_reach_softmaxes_the_zeros_as_the_official_code():
+    """The PSANet Cityscapes recipe: 64x128 features shrink to 32x64, beyond a 97x97 mask's 49x49
+    reach. It runs, and out-of-reach pairs take the softmax weight of a logit 0."""
+    m = build_attention("psa", 8, mask_size=(5, 5), shrink_factor=1).eval()
+    _randomize(m)
+    feat = torch.randn(1, m.inner_channels, 4, 7)
+    with torch.no_grad():
+        a = m.attention_map(feat, "collect")[0]  # [source j, centre i]
+        logits = m.attention["collect"](feat)
+    # centre i = (0, 0); source j = (0, 6) is 6 columns away, beyond the mask's half-width 2.
+    expected = torch.exp(torch.tensor(0.0)) / (torch.exp(psa_mask(logits, "collect", (5, 5))[0, :, 0, 0]).sum())
+    torch.testing.assert_close(a[6, 0], expected)
+    torch.testing.assert_close(a.sum(dim=0), torch.ones(28))
+    head = build_head(dict(name="psa", channels=8, mask_size=[97, 97]), [4, 8, 16, 32], 19).eval()
+    with torch.no_grad():
+        out = head([None, None, None, torch.randn(1, 32, 64, 128)])
+    assert out.shape == (1, 19, 64, 128) and torch.isfinite(out).all()
 class _FixedLogits(nn.Module):
     """Stands in for a branch's mask predictor: a large logit at one mask offset, at every position."""
 
@@ -422,15 +431,21 @@ def test_psa_branch_structure_and_shrink():
     assert m.attention["collect"][1].out_channels == 25
     assert m.fuse[0].in_channels == 32 and m.fuse[0].out_channels == 16
     sizes = []
-    m.attention["collect"].register_forward_hook(lambda mod, inp, out: sizes.append(out.shape[2:]))
+    m.attention["collect"].register_forward_hook(lambda mod, inp, out: sizes.append(tuple(out.shape[2:])))
+    assert m(torch.randn(2, 16, 5, 7)).shape == (2, 16, 5, 7)
     assert m(torch.randn(2, 16, 5, 6)).shape == (2, 16, 5, 6)
-    assert sizes == [(3, 3)]  # official shrink: (H - 1) // 2 + 1
+    assert m(torch.randn(2, 16, 64, 128)).shape == (2, 16, 64, 128)
+    # mmseg's shrink: (H - 1) // 2 + 1 when both sides are odd, else H // 2.
+    assert sizes == [(3, 4), (2, 3), (32, 64)]
+    assert shrunk_grid(97, 97, 2) == (49, 49, True) and shrunk_grid(64, 128, 2) == (32, 64, False)
+    assert shrunk_grid(65, 64, 2) == (32, 32, False) and shrunk_grid(9, 9, 1) == (9, 9, False)
 
 
 @pytest.mark.parametrize(
     "kw,word",
     [
-        (dict(mask_size=(4, 5)), "mask_size"),
+        (dict(mask_size=(0, 5)), "mask_size"),
+        (dict(proj_padding=-1), "proj_padding"),
         (dict(psa_type="both"), "psa_type"),
         (dict(shrink_factor=0), "shrink_factor"),
         (dict(normalization_factor=0), "normalization_factor"),

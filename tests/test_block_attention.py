@@ -164,10 +164,10 @@ def test_odd_sizes(name, size):
 
 
 def test_refused_names_explain_and_list_the_choices():
-    with pytest.raises(ValueError, match=r"'sk' is not supported.*3x3 conv.*head=sk.*se, cbam, eca, sge, gc"):
+    with pytest.raises(ValueError, match=r"'sk' is not supported.*3x3 conv.*head=sk.*cbam, eca, gc, se, sge"):
         build_model(dict(TINY_BB, block_attention="sk"), dict(name="fcn"), 3)
     for name in ("nl", "da", "nonsense"):
-        with pytest.raises(ValueError, match=r"backbone\.block_attention.*choices: se, cbam, eca, sge, gc"):
+        with pytest.raises(ValueError, match=r"backbone\.block_attention.*choices: cbam, eca, gc, se, sge"):
             build_model(dict(TINY_BB, block_attention=name), dict(name="fcn"), 3)
     with pytest.raises(ValueError, match=r"groups=64 does not divide.*block_attention_kwargs\.groups to a divisor of 8"):
         build_model(dict(TINY_BB, block_attention="sge"), dict(name="fcn"), 3)

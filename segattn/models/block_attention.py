@@ -34,10 +34,9 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .attention import ATTENTIONS, build_attention
-
-# The channel/spatial gates that the papers insert after the last BN of every residual block.
-BLOCK_ATTENTIONS = ("se", "cbam", "eca", "sge", "gc")
+# BLOCK_ATTENTIONS: the gates registered with ``block=True`` (the papers insert them after the last
+# BN of every residual block).
+from .attention import ATTENTIONS, BLOCK_ATTENTIONS, build_attention
 
 _SK_REFUSAL = (
     "backbone.block_attention='sk' is not supported: SKNet replaces the block's 3x3 convolution by a "

@@ -7,22 +7,13 @@ whose extra entries are trained with the head's ``loss_weights``.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn as nn
 
-from .attention import ATTENTIONS, build_attention
+from .attention import ATTENTIONS, HEADS, build_attention
+from .layers import classifier, conv_bn_relu
 
 HEAD_KEYS = ("name", "channels", "dropout", "concat_input")
-
-
-def conv_bn_relu(cin, cout, k=3, dilation=1):
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class FCNHead(nn.Module):
@@ -42,7 +33,7 @@ class FCNHead(nn.Module):
         self.convs = nn.Sequential(*layers) if layers else nn.Identity()
         self.conv_cat = conv_bn_relu(in_channels + channels, channels) if concat_input else None
         self.dropout = nn.Dropout2d(dropout)
-        self.cls = nn.Conv2d(channels if num_convs or concat_input else in_channels, num_classes, 1)
+        self.cls = classifier(channels if num_convs or concat_input else in_channels, num_classes)
 
     def forward(self, feats):
         x = feats[self.in_index]
@@ -55,21 +46,25 @@ class FCNHead(nn.Module):
 class AttentionHead(nn.Module):
     """reduce (3x3) -> attention mechanism -> project (3x3) [-> concat input, fuse] -> classifier.
 
-    The shape of mmseg's NLHead / CCHead / GCHead / EMAHead: the mechanism works on ``channels``
-    features, the convolutions around it belong to the head, not to the mechanism.
+    The shape of mmseg's NLHead / CCHead / GCHead / EMAHead: the mechanism works on
+    ``attention_channels`` features (default ``channels``), the convolutions around it belong to
+    the head, not to the mechanism. mmseg's EMAHead is the one recipe where the two widths differ
+    (``ema_channels=512`` for the EM unit, ``channels=256`` from the 3x3 bottleneck on).
     """
 
     loss_weights = {"out": 1.0}
 
     def __init__(self, in_channels: int, num_classes: int, attention: str, channels: int = 512,
-                 dropout: float = 0.1, concat_input: bool = True, **attention_kwargs):
+                 dropout: float = 0.1, concat_input: bool = True, attention_channels: int | None = None,
+                 **attention_kwargs):
         super().__init__()
-        self.reduce = conv_bn_relu(in_channels, channels)
-        self.attention = build_attention(attention, channels, **attention_kwargs)
-        self.project = conv_bn_relu(channels, channels)
+        width = int(attention_channels or channels)
+        self.reduce = conv_bn_relu(in_channels, width)
+        self.attention = build_attention(attention, width, **attention_kwargs)
+        self.project = conv_bn_relu(width, channels)
         self.conv_cat = conv_bn_relu(in_channels + channels, channels) if concat_input else None
         self.dropout = nn.Dropout2d(dropout)
-        self.cls = nn.Conv2d(channels, num_classes, 1)
+        self.cls = classifier(channels, num_classes)
 
     def forward(self, feats):
         x = feats[-1]
@@ -79,20 +74,18 @@ class AttentionHead(nn.Module):
         return self.cls(self.dropout(y))
 
 
-def special_head(name: str):
-    """The mechanism file's ``HEAD`` class (e.g. DANet's three classifiers), or None."""
-    return getattr(sys.modules[ATTENTIONS[name].__module__], "HEAD", None)
-
-
 def build_head(cfg: dict, in_channels: list[int], num_classes: int) -> nn.Module:
-    """Build ``cfg["name"]`` (``fcn`` or any registered attention) on stages with ``in_channels``."""
+    """Build ``cfg["name"]`` (``fcn`` or any registered attention) on stages with ``in_channels``.
+
+    A mechanism registered with a head of its own (``register(name, head=...)``: DANet, PSANet,
+    OCNet, SANet) gets it; the others get :class:`AttentionHead`.
+    """
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name == "fcn":
         return FCNHead(in_channels[-1], num_classes, **cfg)
     if name not in ATTENTIONS:
         raise ValueError(f"head.name={name!r} is not a known head; choices: fcn, {', '.join(sorted(ATTENTIONS))}")
-    head_cls = special_head(name)
-    if head_cls is not None:
-        return head_cls(list(in_channels), num_classes, **cfg)
+    if name in HEADS:
+        return HEADS[name](list(in_channels), num_classes, **cfg)
     return AttentionHead(in_channels[-1], num_classes, name, **cfg)

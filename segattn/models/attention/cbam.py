@@ -41,7 +41,8 @@ class SpatialGate(Recorder, nn.Module):
     def __init__(self, kernel_size: int = 7):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
-        self.bn = nn.BatchNorm2d(1)
+        # The official BasicConv's BN: momentum 0.01 (PyTorch's default is 0.1).
+        self.bn = nn.BatchNorm2d(1, momentum=0.01)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial map in (0, 1), shape (N, 1, H, W): one value per position for all channels."""
@@ -58,19 +59,17 @@ class SpatialGate(Recorder, nn.Module):
         return {"spatial": self.recorded["gate"][index, 0]}
 
 
-@register("cbam")
+@register("cbam", block=True)
 class CBAM(Recorder, nn.Module):
     """Channel gate, then spatial gate, applied in sequence (the paper's best order, Table 3)."""
 
-    # Seed: 全连接 点乘 空间域 通道域. The channel weights come from an MLP and the spatial ones from
+    # Survey (Guo et al. 2022): 全连接 点乘 空间域 通道域. The channel weights come from an MLP and the spatial ones from
     # a 7x7 conv, both multiplied element-wise.
     taxonomy = dict(weights="mlp+conv", applied="elementwise", domain="channel+spatial")
     paper = "CBAM: Convolutional Block Attention Module (2018)"
 
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7):
         super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"cbam: channels must be >= 1, got {channels}")
         if int(reduction) < 1:
             raise ValueError(f"cbam: reduction must be a positive integer, got {reduction}")
         if int(kernel_size) < 1 or int(kernel_size) % 2 == 0:

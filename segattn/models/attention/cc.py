@@ -29,15 +29,13 @@ class CrissCrossAttention(Recorder, nn.Module):
     HW x HW matrix (the paper's point against the non-local block).
     """
 
-    # Seed: 矩阵乘法 叉乘 空间 (weights from Q K products, applied as a matrix product with V over
+    # Survey (Guo et al. 2022): 矩阵乘法 叉乘 空间 (weights from Q K products, applied as a matrix product with V over
     # the positions of the row and column).
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "CCNet: Criss-Cross Attention for Semantic Segmentation (2020)"
 
     def __init__(self, channels: int, recurrence: int = 2, reduction: int = 8):
         super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"cc: channels must be >= 1, got {channels}")
         if int(recurrence) != recurrence or int(recurrence) < 1:
             raise ValueError(f"cc: recurrence must be a positive integer, got {recurrence!r}")
         if int(reduction) != reduction or int(reduction) < 1:

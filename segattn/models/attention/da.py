@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..layers import classifier, conv_bn_relu
 from .record import Recorder
 from .registry import register
 
@@ -23,6 +24,10 @@ class PositionAttention(Recorder, nn.Module):
         self.query_conv = nn.Conv2d(channels, self.key_channels, 1)
         self.key_conv = nn.Conv2d(channels, self.key_channels, 1)
         self.value_conv = nn.Conv2d(channels, channels, 1)
+        # mmseg builds the three projections as ConvModules: Kaiming normal (fan_out), zero bias.
+        for conv in (self.query_conv, self.key_conv, self.value_conv):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,46 +87,6 @@ class ChannelAttention(Recorder, nn.Module):
         return self.recorded["attention"][index]
 
 
-@register("da")
-class DualAttention(Recorder, nn.Module):
-    """DANet's two branches on one input, fused by summation: PAM(x) + CAM(x).
-
-    In DANet each branch has its own 3x3 conv before and after it and the two are summed at the
-    end (Sec. 3.4, element-wise sum); this module is the mechanism alone, so it sums the two modules'
-    outputs directly (2x at initialisation, both gammas being zero). ``DAHead`` below uses the
-    branches ``pam`` and ``cam`` separately, as the paper's head does.
-    """
-
-    # Seed: 矩阵乘法 叉乘 空间域, 通道域 (matrix-product weights applied as a matrix product,
-    # an HW x HW map for positions and a C x C map for channels).
-    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial+channel")
-    paper = "Dual Attention Network for Scene Segmentation (2019)"
-
-    def __init__(self, channels: int, reduction: int = 8):
-        super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"da: channels must be >= 1, got {channels}")
-        if int(reduction) != reduction or int(reduction) < 1:
-            raise ValueError(f"da: reduction must be a positive integer, got {reduction!r}")
-        self.channels = int(channels)
-        self.pam = PositionAttention(self.channels, int(reduction))
-        self.cam = ChannelAttention()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pam(x) + self.cam(x)
-
-    # The branches record (DAHead calls them one by one); these read them back.
-    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
-        return self.pam.attention_maps(y, x, index)
-
-    def channel_matrix(self, index: int = 0) -> torch.Tensor:
-        return self.cam.channel_matrix(index)
-
-
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class DAHead(nn.Module):
     """DANet's head (official ``DANetHead``, mmsegmentation ``DAHead``) on the last backbone stage.
 
@@ -152,17 +117,14 @@ class DAHead(nn.Module):
             )
         cin = int(in_channels[-1])
         self.attention = DualAttention(channels, **hyper_params)
-        self.pam_in = _conv_bn_relu(cin, channels)
-        self.pam_out = _conv_bn_relu(channels, channels)
-        self.cam_in = _conv_bn_relu(cin, channels)
-        self.cam_out = _conv_bn_relu(channels, channels)
+        self.pam_in = conv_bn_relu(cin, channels)
+        self.pam_out = conv_bn_relu(channels, channels)
+        self.cam_in = conv_bn_relu(cin, channels)
+        self.cam_out = conv_bn_relu(channels, channels)
         self.dropout = nn.Dropout2d(dropout)
-        self.pam_cls = nn.Conv2d(channels, num_classes, 1)
-        self.cam_cls = nn.Conv2d(channels, num_classes, 1)
-        self.cls = nn.Conv2d(channels, num_classes, 1)
-        for conv in (self.pam_cls, self.cam_cls, self.cls):
-            nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
+        self.pam_cls = classifier(channels, num_classes)
+        self.cam_cls = classifier(channels, num_classes)
+        self.cls = classifier(channels, num_classes)
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         x = feats[-1]
@@ -175,4 +137,35 @@ class DAHead(nn.Module):
         }
 
 
-HEAD = DAHead
+@register("da", head=DAHead)
+class DualAttention(Recorder, nn.Module):
+    """DANet's two branches on one input, fused by summation: PAM(x) + CAM(x).
+
+    In DANet each branch has its own 3x3 conv before and after it and the two are summed at the
+    end (Sec. 3.4, element-wise sum); this module is the mechanism alone, so it sums the two modules'
+    outputs directly (2x at initialisation, both gammas being zero). ``DAHead`` above uses the
+    branches ``pam`` and ``cam`` separately, as the paper's head does.
+    """
+
+    # Survey (Guo et al. 2022): 矩阵乘法 叉乘 空间域, 通道域 (matrix-product weights applied as a matrix product,
+    # an HW x HW map for positions and a C x C map for channels).
+    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial+channel")
+    paper = "Dual Attention Network for Scene Segmentation (2019)"
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        if int(reduction) != reduction or int(reduction) < 1:
+            raise ValueError(f"da: reduction must be a positive integer, got {reduction!r}")
+        self.channels = int(channels)
+        self.pam = PositionAttention(self.channels, int(reduction))
+        self.cam = ChannelAttention()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pam(x) + self.cam(x)
+
+    # The branches record (DAHead calls them one by one); these read them back.
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        return self.pam.attention_maps(y, x, index)
+
+    def channel_matrix(self, index: int = 0) -> torch.Tensor:
+        return self.cam.channel_matrix(index)

@@ -21,7 +21,7 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
     return t if t % 2 else t + 1
 
 
-@register("eca")
+@register("eca", block=True)
 class ECA(GatedChannels, nn.Module):
     """ECA's ``eca_layer``: GAP -> 1-D convolution across channels -> sigmoid -> rescale.
 
@@ -30,14 +30,12 @@ class ECA(GatedChannels, nn.Module):
     has no bias and zero padding (k-1)//2, as in the official code.
     """
 
-    # Seed: 卷积 点乘 通道 (convolution weights, element-wise product, channel domain).
+    # Survey (Guo et al. 2022): 卷积 点乘 通道 (convolution weights, element-wise product, channel domain).
     taxonomy = dict(weights="conv", applied="elementwise", domain="channel")
     paper = "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks (2020)"
 
     def __init__(self, channels: int, k_size: int | None = None, gamma: float = 2.0, b: float = 1.0):
         super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"eca: channels must be >= 1, got {channels}")
         if k_size is None:
             k_size = eca_kernel_size(int(channels), gamma, b)
         elif isinstance(k_size, bool) or int(k_size) != k_size or k_size < 1 or k_size % 2 == 0:

@@ -14,11 +14,6 @@ from .record import Recorder
 from .registry import register
 
 
-def _l2norm(t: torch.Tensor, dim: int) -> torch.Tensor:
-    # The official ``_l2norm``: t / (1e-6 + ||t||).
-    return t / (1e-6 + t.norm(dim=dim, keepdim=True))
-
-
 @register("ema")
 class EMAttention(Recorder, nn.Module):
     """The official ``EMAU``: conv1x1 -> EM attention -> ReLU -> conv1x1 + BN -> + input -> ReLU.
@@ -26,40 +21,40 @@ class EMAttention(Recorder, nn.Module):
     The EM attention keeps K bases mu (a (1, C, K) buffer, initialised N(0, 2/K) and
     L2-normalised over C). For ``stages`` = T steps on the flattened map X (C x N):
       E: Z = softmax over the K bases of X^T mu                        (N x K responsibilities)
-      M: mu = X Z / (1e-6 + sum_n Z), then L2-normalised over C.
+      M: mu = X Z / sum_n Z, then L2-normalised over C.
     The map is reconstructed as X~ = mu Z^T with the last Z and mu. The official code runs the
     EM steps under ``torch.no_grad()``, and the reconstruction uses only their results, so no
     gradient flows through the attention and the first conv1x1, which only feeds it, never
     receives one. It is frozen explicitly (``requires_grad=False``, as mmsegmentation does); it
     maps the non-negative input to (-inf, inf) so the bases can point anywhere.
 
+    Normalisations as mmsegmentation's ``EMAModule`` (the code behind the recipes' numbers):
+    ``F.normalize`` (x / max(||x||, 1e-12)) for the L1 normalisation of Z over the positions and the
+    L2 normalisation of the bases, where the authors' code adds 1e-6 to the norm.
+
     Bases maintenance (the paper's moving average): in training, after the forward, the buffer
-    moves towards the batch mean of the final bases, mu0 <- m * mu0 + (1 - m) * mean_b(mu_T) with ``momentum``
-    m = 0.9 (official ``EM_MOM``). Under torch.distributed the mean is also taken over the
-    processes (the official single-process DataParallel code averages over the whole batch; this
-    is mmsegmentation's ``reduce_mean``). The batch mean is L2-normalised before the update (as
-    mmsegmentation) and the result again, so the buffer stays on the unit sphere like every
-    base the E-step sees later (the official code skips the last renormalisation; a blend of
-    two unit vectors is slightly shorter).
+    moves towards the batch mean of the final bases: the mean over the batch (and, under
+    torch.distributed, over the processes: mmsegmentation's ``reduce_mean``; the authors'
+    DataParallel code averages over the whole batch) is L2-normalised, then blended,
+    mu0 <- m * mu0 + (1 - m) * mean, with ``momentum`` m = 0.9 (official ``EM_MOM``; mmseg's
+    momentum 0.1 weighs the new mean). The blend is not renormalised, as in both codes.
 
     Initialisation as the official code: convs N(0, sqrt(2 / (k*k*out))), BN weight 1 — not
     zero — so the module does not start as the identity (the residual ReLU(x + ...) is there
     from the start).
     """
 
-    # Seed: 矩阵乘法 叉乘 通道（特殊）. The weights come from a matrix product (X^T mu) and are
+    # Survey (Guo et al. 2022): 矩阵乘法 叉乘 通道（特殊）. The weights come from a matrix product (X^T mu) and are
     # applied by one (mu Z^T), but "domain" is spatial here: Z (N x K) holds one distribution per
     # position, each base is a Z-weighted mean over all positions, and X~ = mu Z^T re-expresses every
     # position from them, i.e. the low-rank (K) form of the HW x HW non-local map Z Z^T the paper
-    # derives EMA from. The seed's "special channel" refers to the K-dimensional bottleneck
+    # derives EMA from. The survey's "special channel" refers to the K-dimensional bottleneck
     # ("c 降到 k 再升回 c"), which is the number of bases, not a weighting of feature channels.
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "Expectation-Maximization Attention Networks for Semantic Segmentation (2019)"
 
     def __init__(self, channels: int, num_bases: int = 64, stages: int = 3, momentum: float = 0.9):
         super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"ema: channels must be >= 1, got {channels}")
         if int(num_bases) != num_bases or int(num_bases) < 1:
             raise ValueError(f"ema: num_bases must be a positive integer, got {num_bases!r}")
         if int(stages) != stages or int(stages) < 1:
@@ -72,7 +67,7 @@ class EMAttention(Recorder, nn.Module):
         self.momentum = float(momentum)
 
         bases = torch.empty(1, self.channels, self.num_bases).normal_(0, math.sqrt(2.0 / self.num_bases))
-        self.register_buffer("bases", _l2norm(bases, dim=1))
+        self.register_buffer("bases", F.normalize(bases, dim=1))
 
         self.conv1 = nn.Conv2d(self.channels, self.channels, 1)
         self.conv2 = nn.Sequential(
@@ -93,8 +88,8 @@ class EMAttention(Recorder, nn.Module):
         mu = self.bases.to(feats.dtype).expand(feats.shape[0], -1, -1)
         for _ in range(self.stages):
             z = torch.bmm(feats.transpose(1, 2), mu).softmax(dim=2)  # E-step
-            z_ = z / (1e-6 + z.sum(dim=1, keepdim=True))
-            mu = _l2norm(torch.bmm(feats, z_), dim=1)  # M-step
+            z_ = F.normalize(z, p=1, dim=1)  # over the positions
+            mu = F.normalize(torch.bmm(feats, z_), dim=1)  # M-step
         return mu, z
 
     @torch.no_grad()
@@ -104,9 +99,8 @@ class EMAttention(Recorder, nn.Module):
         if dist.is_available() and dist.is_initialized():
             mean = mean / dist.get_world_size()
             dist.all_reduce(mean, op=dist.ReduceOp.SUM)
-        mean = _l2norm(mean, dim=1)
+        mean = F.normalize(mean, dim=1)
         self.bases.mul_(self.momentum).add_(mean, alpha=1.0 - self.momentum)
-        self.bases.copy_(_l2norm(self.bases, dim=1))
 
     def responsibilities(self, index: int = 0) -> torch.Tensor:
         """The last E-step's Z as (K, H, W) maps: how much each position belongs to each base."""

@@ -23,7 +23,7 @@ def _transform(channels: int, planes: int) -> nn.Sequential:
     )
 
 
-@register("gc")
+@register("gc", block=True)
 class ContextBlock(Recorder, nn.Module):
     """The official ``ContextBlock``: context modelling, transform, fusion (paper Fig. 4d).
 
@@ -41,7 +41,7 @@ class ContextBlock(Recorder, nn.Module):
     ``channel_mul`` the zero last conv gives sigmoid(0) = 0.5, i.e. x / 2 at the start, as there.)
     """
 
-    # Seed: 卷积 叉乘 空间？ 加 通道. The weights come from a 1x1 convolution + softmax over
+    # Survey (Guo et al. 2022): 卷积 叉乘 空间？ 加 通道. The weights come from a 1x1 convolution + softmax over
     # positions (conv); they are applied by a matrix product [C, HW] x [HW, 1] (attention pooling)
     # and the result is added to every position (matmul+add); the softmax weights live in the
     # spatial domain and the added term is one value per channel (spatial+channel).
@@ -57,8 +57,6 @@ class ContextBlock(Recorder, nn.Module):
     ):
         super().__init__()
         channels = int(channels)
-        if channels < 1:
-            raise ValueError(f"gc: channels must be >= 1, got {channels}")
         planes = int(channels * ratio)
         if not ratio > 0 or planes < 1:
             raise ValueError(

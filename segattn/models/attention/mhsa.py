@@ -56,7 +56,7 @@ class MultiHeadSelfAttention(Recorder, nn.Module):
     layer equivariant to permuting the pixels (an ablation; the paper needs PE for word order).
     """
 
-    # Seed: 矩阵乘法 叉乘 空间域 (weights from Q K^T, applied as an HW x HW matrix product with V,
+    # Survey (Guo et al. 2022): 矩阵乘法 叉乘 空间域 (weights from Q K^T, applied as an HW x HW matrix product with V,
     # over the spatial positions).
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "Attention Is All You Need (2017)"
@@ -71,8 +71,6 @@ class MultiHeadSelfAttention(Recorder, nn.Module):
     ):
         super().__init__()
         channels = int(channels)
-        if channels < 1:
-            raise ValueError(f"mhsa: channels must be >= 1, got {channels}")
         if int(num_heads) != num_heads or int(num_heads) < 1 or channels % int(num_heads):
             raise ValueError(
                 f"mhsa: num_heads must be a positive integer dividing channels={channels}, got {num_heads!r}"

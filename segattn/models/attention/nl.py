@@ -25,15 +25,15 @@ class NonLocal2d(Recorder, nn.Module):
     3.3). ``use_scale`` divides the embedded-Gaussian logits by sqrt(C'), as the authors'
     released Caffe2 code and mmcv's ``NonLocal2d`` do (not in the paper's equations); like
     mmcv, it does not touch the plain ``gaussian`` mode.
-    ``sub_sample`` max-pools phi and g by 2 (Sec. 3.3, "a subsampling trick"); ceil mode keeps
-    maps of odd or unit size valid.
+    ``sub_sample`` max-pools phi and g by 2 (Sec. 3.3, "a subsampling trick") in floor mode, as
+    mmcv's ``NonLocal2d`` (an odd row or column is dropped from the keys; a side of 1 is refused).
     ``use_bn`` follows the paper's implementation details (Sec. 4): W_z is followed by BN whose
     scale is initialised to zero, so the block starts as the identity and can be inserted into a
     pre-trained network; without BN the W_z convolution itself is zero-initialised. theta, phi
     and g start from N(0, 0.01) as in the released code.
     """
 
-    # Seed: 矩阵乘法 叉乘 (weights from a matrix product theta^T phi, applied as an HW x HW matrix
+    # Survey (Guo et al. 2022): 矩阵乘法 叉乘 (weights from a matrix product theta^T phi, applied as an HW x HW matrix
     # product with g) over the spatial positions.
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "Non-local Neural Networks (2018)"
@@ -48,8 +48,6 @@ class NonLocal2d(Recorder, nn.Module):
         use_bn: bool = True,
     ):
         super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"nl: channels must be >= 1, got {channels}")
         if int(reduction) != reduction or int(reduction) < 1:
             raise ValueError(f"nl: reduction must be a positive integer, got {reduction!r}")
         if mode not in _MODES:
@@ -72,7 +70,7 @@ class NonLocal2d(Recorder, nn.Module):
             self.conv_out = nn.Sequential(nn.Conv2d(ci, c, 1, bias=False), nn.BatchNorm2d(c))
         else:
             self.conv_out = nn.Conv2d(ci, c, 1)
-        self.pool = nn.MaxPool2d(2, ceil_mode=True) if self.sub_sample else nn.Identity()
+        self.pool = nn.MaxPool2d(2) if self.sub_sample else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -98,11 +96,13 @@ class NonLocal2d(Recorder, nn.Module):
             query = self.theta(x).flatten(2).transpose(1, 2)
             key = self.pool(self.phi(x)).flatten(2)
         logits = torch.bmm(query, key)
+        # In place, as mmcv: out of place would hold a second HW x HW' tensor (354 MB at 97x97).
+        # bmm's backward needs its inputs, not its output, so autograd allows it.
         if self.mode == "dot_product":
             # Sec. 3.2: C(x) = N, the number of positions, which keeps the gradient simple.
-            return logits / key.shape[-1]
+            return logits.div_(key.shape[-1])
         if self.use_scale and self.mode == "embedded_gaussian":
-            logits = logits / query.shape[-1] ** 0.5
+            logits.div_(query.shape[-1] ** 0.5)
         return logits.softmax(dim=-1)
 
     def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
@@ -119,6 +119,9 @@ class NonLocal2d(Recorder, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
+        if self.sub_sample and min(h, w) < 2:
+            raise ValueError(f"nl: sub_sample max-pools the keys by 2 (floor, as mmcv), so the map must be at "
+                             f"least 2x2, got {h}x{w}; set head.sub_sample=false for smaller maps")
         g = self.pool(self.g(x))
         value = g.flatten(2).transpose(1, 2)  # (N, HW', C')
         attention = self.pairwise(x)

@@ -1,23 +1,26 @@
 """Object context (Yuan & Wang, "OCNet: Object Context Network for Scene Parsing", 2018).
 
-Three registered modules, after the official ``oc_module/`` code: ``oc`` (``BaseOC_Module``),
-``oc_pyramid`` (``Pyramid_OC_Module``) and ``oc_asp`` (``ASP_OC_Module``). All map C -> C.
+Three registered modules, after the official ``oc_module/`` code (openseg-group/OCNet.pytorch):
+``oc`` (``BaseOC_Module``), ``oc_pyramid`` (``Pyramid_OC_Module``) and ``oc_asp``
+(``ASP_OC_Module``). All map C -> C. ``OCHead`` is the network's head around them.
 
-The official code normalises with InPlaceABNSync, whose default activation is a leaky ReLU
-(slope 0.01) because in-place ABN needs an invertible activation; that is a memory trick of
-the library, so BN + ReLU is used here.
+The official code normalises with InPlaceABNSync, whose activation is a leaky ReLU of slope 0.01
+(in-place ABN needs an invertible activation). The released models were trained with it, so
+every BN here, the shared key/query transform's included, is followed by that leaky ReLU.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import classifier, conv_bn_relu
 from .record import Recorder, spread, window_index
-from .registry import register
+from .registry import ATTENTIONS, register
 
 
 def _positive_ints(name: str, what: str, values) -> tuple[int, ...]:
@@ -39,10 +42,9 @@ def _check_dropout(name: str, key: str, p: float) -> float:
     return float(p)
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1, bias: bool = True) -> list[nn.Module]:
-    pad = dilation * (kernel // 2)
-    conv = nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=bias)
-    return [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _conv_abn(cin: int, cout: int, kernel: int = 1, dilation: int = 1, bias: bool = True) -> list[nn.Module]:
+    """conv -> InPlaceABNSync (BN + leaky ReLU 0.01), as the layers of a list to splice in."""
+    return list(conv_bn_relu(cin, cout, kernel, dilation, bias=bias, act="leaky"))
 
 
 def _region_bounds(size: int, grid: int) -> list[tuple[int, int]]:
@@ -62,7 +64,7 @@ class SelfAttentionBlock(Recorder, nn.Module):
     """OCNet's ``SelfAttentionBlock2D``, or ``PyramidSelfAttentionBlock2D`` when ``grid`` > 1.
 
     The object context of pixel p is c_p = W sum_q softmax_q(k_p^T k_q / sqrt(d_k)) v_q: query
-    and key share ONE transform f_key (conv1x1 + BN + ReLU; official ``self.f_query =
+    and key share ONE transform f_key (conv1x1 + BN + leaky ReLU; official ``self.f_query =
     self.f_key``), the value is a plain conv1x1 and W, a conv1x1 back to ``out_channels``, starts
     at zero (official init), so the context is zero at initialisation.
 
@@ -78,7 +80,7 @@ class SelfAttentionBlock(Recorder, nn.Module):
         self.key_channels = key_channels
         self.grid = grid
         self.scale = scale
-        self.f_key = nn.Sequential(*_conv_bn_relu(in_channels, key_channels))
+        self.f_key = nn.Sequential(*_conv_abn(in_channels, key_channels))
         self.f_value = nn.Conv2d(in_channels, value_channels, 1)
         self.W = nn.Conv2d(value_channels, out_channels, 1)
         nn.init.zeros_(self.W.weight)
@@ -139,27 +141,48 @@ class SelfAttentionBlock(Recorder, nn.Module):
         return context
 
 
-@register("oc")
+class OCHead(nn.Module):
+    """OCNet's head (``network/resnet101_{base,pyramid,asp}_oc.py``): conv3x3 (with bias) 2048 ->
+    ``channels`` + InPlaceABNSync, the OC module, the 1x1 classifier. Nothing else: the module's own
+    fusion ends with its dropout, so ``dropout`` before the classifier is 0 by default (OCNet has
+    none). ``attention`` names the module: ``oc``, ``oc_pyramid`` or ``oc_asp``.
+    """
+
+    loss_weights = {"out": 1.0}
+
+    def __init__(self, in_channels: list[int], num_classes: int, attention: str = "oc", channels: int = 512,
+                 dropout: float = 0.0, concat_input: bool = False, **module_kwargs):
+        super().__init__()
+        if concat_input:
+            raise ValueError(f"{attention} head: concat_input must be false (OCNet classifies the OC output directly)")
+        self.reduce = nn.Sequential(*_conv_abn(int(in_channels[-1]), channels, kernel=3))
+        self.attention = ATTENTIONS[attention](channels, **module_kwargs)
+        self.dropout = nn.Dropout2d(_check_dropout(f"{attention} head", "dropout", dropout))
+        self.cls = classifier(channels, num_classes)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.cls(self.dropout(self.attention(self.reduce(feats[-1]))))
+
+
+@register("oc", head=functools.partial(OCHead, attention="oc"))
 class BaseOC(Recorder, nn.Module):
     """OCNet's ``BaseOC_Module``: object context concatenated with the input, conv1x1 -> C.
 
     Key and value have C/2 channels (official: 256 for the 512-channel input); the fusion is
-    conv1x1 + BN + ReLU + Dropout2d(``context_dropout`` = 0.05, the official default).
+    conv1x1 + BN + leaky ReLU + Dropout2d(``context_dropout`` = 0.05, the official default).
     """
 
-    # Seed: 矩阵乘法 叉乘 空间 (pairwise key products applied as an HW x HW matrix product).
+    # Survey (Guo et al. 2022): 矩阵乘法 叉乘 空间 (pairwise key products applied as an HW x HW matrix product).
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "OCNet: Object Context Network for Scene Parsing (2018)"
 
     def __init__(self, channels: int, context_dropout: float = 0.05):
         super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"oc: channels must be >= 1, got {channels}")
         c = self.channels = int(channels)
         half = max(1, c // 2)
         self.attention = SelfAttentionBlock(c, half, half, c)
         self.fuse = nn.Sequential(
-            *_conv_bn_relu(2 * c, c), nn.Dropout2d(_check_dropout("oc", "context_dropout", context_dropout))
+            *_conv_abn(2 * c, c), nn.Dropout2d(_check_dropout("oc", "context_dropout", context_dropout))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,14 +192,14 @@ class BaseOC(Recorder, nn.Module):
         return self.attention.attention_maps(y, x, index)
 
 
-@register("oc_pyramid")
+@register("oc_pyramid", head=functools.partial(OCHead, attention="oc_pyramid"))
 class PyramidOC(Recorder, nn.Module):
     """OCNet's ``Pyramid_OC_Module``: object context within 1x1, 2x2, 3x3 and 6x6 partitions.
 
     Each level is a self-attention block restricted to its regions (key C/2, value C, out C, as
-    the official code). The input is lifted to C x levels channels (conv1x1 + BN + ReLU,
+    the official code). The input is lifted to C x levels channels (conv1x1 + BN + leaky ReLU,
     official ``up_dr``) so that it weighs as much as all the contexts, everything is
-    concatenated and reduced back to C (conv1x1 + BN + ReLU + Dropout2d(0.05)).
+    concatenated and reduced back to C (conv1x1 + BN + leaky ReLU + Dropout2d(0.05)).
     """
 
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
@@ -184,15 +207,13 @@ class PyramidOC(Recorder, nn.Module):
 
     def __init__(self, channels: int, sizes: Sequence[int] = (1, 2, 3, 6), context_dropout: float = 0.05):
         super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"oc_pyramid: channels must be >= 1, got {channels}")
         c = self.channels = int(channels)
         self.sizes = _positive_ints("oc_pyramid", "sizes", sizes)
         g = len(self.sizes)
         self.stages = nn.ModuleList(SelfAttentionBlock(c, max(1, c // 2), c, c, grid=s) for s in self.sizes)
-        self.up_dr = nn.Sequential(*_conv_bn_relu(c, c * g))
+        self.up_dr = nn.Sequential(*_conv_abn(c, c * g))
         self.fuse = nn.Sequential(
-            *_conv_bn_relu(2 * c * g, c), nn.Dropout2d(_check_dropout("oc_pyramid", "context_dropout", context_dropout))
+            *_conv_abn(2 * c * g, c), nn.Dropout2d(_check_dropout("oc_pyramid", "context_dropout", context_dropout))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,15 +227,15 @@ class PyramidOC(Recorder, nn.Module):
         return {"mean": torch.stack(list(levels.values())).mean(dim=0), **levels}
 
 
-@register("oc_asp")
+@register("oc_asp", head=functools.partial(OCHead, attention="oc_asp"))
 class ASPOC(Recorder, nn.Module):
     """OCNet's ``ASP_OC_Module``: the object context in parallel with ASPP branches.
 
     Five branches of C/2 channels each (official: 256 for the 512-channel input): conv3x3 + BN
-    + ReLU followed by the object-context block (computed on a map max-pooled by
-    ``context_scale`` = 2, official ``sizes=[2]``, then conv1x1 + BN + ReLU), a conv1x1, and a
+    + leaky ReLU followed by the object-context block (computed on a map max-pooled by
+    ``context_scale`` = 2, official ``sizes=[2]``, then conv1x1 + BN + leaky ReLU), a conv1x1, and a
     dilated conv3x3 per entry of ``dilations`` (12, 24, 36 at output stride 8). They are
-    concatenated and reduced to C by conv1x1 + BN + ReLU + Dropout2d(``context_dropout`` = 0.1).
+    concatenated and reduced to C by conv1x1 + BN + leaky ReLU + Dropout2d(``context_dropout`` = 0.1).
     """
 
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
@@ -228,23 +249,21 @@ class ASPOC(Recorder, nn.Module):
         context_dropout: float = 0.1,
     ):
         super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"oc_asp: channels must be >= 1, got {channels}")
         c = self.channels = int(channels)
         self.dilations = _positive_ints("oc_asp", "dilations", dilations)
         (self.context_scale,) = _positive_ints("oc_asp", "context_scale", context_scale)
         b = max(1, c // 2)
         self.context = nn.Sequential(
-            *_conv_bn_relu(c, b, kernel=3),
+            *_conv_abn(c, b, kernel=3),
             SelfAttentionBlock(b, max(1, b // 2), b, b, scale=self.context_scale),
-            *_conv_bn_relu(b, b),
+            *_conv_abn(b, b),
         )
         self.branches = nn.ModuleList(
-            [nn.Sequential(*_conv_bn_relu(c, b, bias=False))]
-            + [nn.Sequential(*_conv_bn_relu(c, b, kernel=3, dilation=d, bias=False)) for d in self.dilations]
+            [nn.Sequential(*_conv_abn(c, b, bias=False))]
+            + [nn.Sequential(*_conv_abn(c, b, kernel=3, dilation=d, bias=False)) for d in self.dilations]
         )
         self.fuse = nn.Sequential(
-            *_conv_bn_relu(b * (2 + len(self.dilations)), c, bias=False),
+            *_conv_abn(b * (2 + len(self.dilations)), c, bias=False),
             nn.Dropout2d(_check_dropout("oc_asp", "context_dropout", context_dropout)),
         )
 

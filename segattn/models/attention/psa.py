@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import classifier, conv_bn_relu
 from .record import Recorder, spread
 from .registry import register
 
@@ -21,9 +22,9 @@ def _mask_size(mask_size) -> tuple[int, int]:
     if (
         not isinstance(mask_size, Sequence)
         or len(mask_size) != 2
-        or any(int(m) != m or m < 1 or m % 2 == 0 for m in mask_size)
+        or any(isinstance(m, bool) or int(m) != m or m < 1 for m in mask_size)
     ):
-        raise ValueError(f"psa: mask_size must be two odd positive integers (h, w), got {mask_size!r}")
+        raise ValueError(f"psa: mask_size must be two positive integers (h, w), got {mask_size!r}")
     return int(mask_size[0]), int(mask_size[1])
 
 
@@ -31,16 +32,18 @@ def psa_mask(mask: torch.Tensor, psa_type: str, mask_size: Sequence[int]) -> tor
     """Pure-PyTorch equivalent of the official ``psamask`` op (hszhao/semseg, mmcv ``PSAMask``).
 
     ``mask`` is (N, mask_h * mask_w, H, W): for every position i = (h, w) an over-complete
-    (2H-1) x (2W-1)-style mask of logits centred on i. The op crops, for each i, the part of its
-    mask that overlaps the feature map and lays it out as an (N, HW, H, W) attention map A with
+    mask of logits centred on i. The op crops, for each i, the part of its mask that overlaps
+    the feature map and lays it out as an (N, HW, H, W) attention map A with
     - collect:    A[n, j, i] = mask[n, offset(j - i), i]  (i gathers from every j),
     - distribute: A[n, i, j] = mask[n, offset(j - i), i]  (i sends to every j),
     i.e. distribute is the transpose of collect over the two HW axes. offset(dy, dx) =
     (dy + half_h) * mask_w + (dx + half_w) with half = (mask - 1) // 2.
 
-    The op leaves zeros where a mask does not reach; we instead require H <= half_h + 1 and
-    W <= half_w + 1, where every mask covers the whole map, and raise ValueError otherwise,
-    because those zeros would silently become softmax logits of 0.
+    Where a mask does not reach (|dy| or |dx| beyond it, on maps larger than the mask's
+    ``half + 1``), A is zero, exactly as the official op leaves it; the softmax that follows in
+    PSANet then treats those pairs as logits of 0, as the released models were trained (mmseg
+    trains its 512x1024 Cityscapes recipe, 32x64 attention grids against a 49x49 reach, so).
+    Every mask covers its own centre, so any positive mask size works on any map.
     Vectorised as one ``gather`` with an (HW, HW) index, no loop over pixels.
     """
     if psa_type not in ("collect", "distribute"):
@@ -50,56 +53,100 @@ def psa_mask(mask: torch.Tensor, psa_type: str, mask_size: Sequence[int]) -> tor
     if k != mask_h * mask_w:
         raise ValueError(f"psa_mask: expected {mask_h}*{mask_w}={mask_h * mask_w} mask channels, got {k}")
     half_h, half_w = (mask_h - 1) // 2, (mask_w - 1) // 2
-    if h > half_h + 1 or w > half_w + 1:
-        raise ValueError(
-            f"psa: mask_size={(mask_h, mask_w)} reaches features of at most {half_h + 1}x{half_w + 1} "
-            f"at the attention resolution, got {h}x{w}; "
-            f"use a mask_size of at least ({2 * h - 1}, {2 * w - 1})"
-        )
     ys = torch.arange(h, device=mask.device)
     xs = torch.arange(w, device=mask.device)
     dy = ys[:, None] - ys[None, :] + half_h  # [source row, centre row]
     dx = xs[:, None] - xs[None, :] + half_w  # [source col, centre col]
-    index = (dy[:, None, :, None] * mask_w + dx[None, :, None, :]).reshape(h * w, h * w)  # [j, i]
-    # out[n, j, i] = mask[n, index[j, i], i]
-    out = mask.reshape(n, k, h * w).gather(1, index.expand(n, -1, -1))
+    index = (dy.clamp(0, mask_h - 1)[:, None, :, None] * mask_w + dx.clamp(0, mask_w - 1)[None, :, None, :])
+    # out[n, j, i] = mask[n, index[j, i], i], zero where i's mask does not reach j
+    out = mask.reshape(n, k, h * w).gather(1, index.reshape(h * w, h * w).expand(n, -1, -1))
+    # Offsets run over -(size - 1) .. size - 1; the mask holds -half .. mask - 1 - half.
+    if h - 1 > min(half_h, mask_h - 1 - half_h) or w - 1 > min(half_w, mask_w - 1 - half_w):
+        reach = ((dy >= 0) & (dy < mask_h))[:, None, :, None] & ((dx >= 0) & (dx < mask_w))[None, :, None, :]
+        out = out.masked_fill(~reach.reshape(1, h * w, h * w), 0.0)
     if psa_type == "distribute":
         out = out.transpose(1, 2)
     return out.reshape(n, h * w, h, w)
 
 
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def shrunk_grid(h: int, w: int, shrink_factor: int) -> tuple[int, int, bool]:
+    """The attention grid of an (h, w) map and its resize mode, mmsegmentation's ``PSAHead`` rule:
+    when neither side divides by the factor (the 8k+1 crops, e.g. 769 -> 97) the corners stay aligned,
+    ``(h - 1) // s + 1`` with ``align_corners=True``; otherwise ``h // s`` with ``align_corners=False``
+    (512x1024 crops: 64x128 features -> 32x64)."""
+    s = shrink_factor
+    if s == 1:
+        return h, w, False
+    if h % s and w % s:
+        return (h - 1) // s + 1, (w - 1) // s + 1, True
+    return h // s, w // s, False
 
 
-@register("psa")
-class PointwiseSpatialAttention(Recorder, nn.Module):
-    """The official ``PSA`` module (hszhao/semseg ``model/psanet.py``), kept as a C -> C map.
+class PSAHead(nn.Module):
+    """PSANet's head (hszhao/semseg ``PSANet``, mmsegmentation ``PSAHead``) on the last backbone stage.
 
-    Each branch (collect, distribute) reduces the input with a 1x1 conv+BN+ReLU to
-    ``inner_channels`` (the official 2048 -> 512, here C // 2 by default since our input is the
-    head's 512-channel feature), predicts a ``mask_size`` over-complete mask per position with
-    conv1x1+BN+ReLU then conv1x1, crops it to an HW x HW attention map
-    (``psa_mask``), softmaxes it over the source positions (``psa_softmax``) and aggregates the
-    reduced feature with it, divided by ``normalization_factor`` (1.0 as in the official
-    code and mmseg; ``None`` uses the mask area mask_h * mask_w, also as there). ``psa_type`` picks
-    one branch or both ('bi-direction', the paper's best). The branches' outputs are concatenated
-    and projected back to C with conv1x1+BN+ReLU (``proj``).
+    The PSA module runs on c5 itself (2048 channels): each branch reduces it to ``channels`` (512)
+    with a 1x1 conv, predicts its over-complete masks, aggregates, and the branches are projected
+    back to c5's width (``proj``, 1024 -> 2048). c5 and that context are concatenated and a 3x3
+    conv (4096 -> ``channels``, the ``bottleneck``) feeds the classifier, after dropout. With the
+    recipe's 19 classes this is mmseg's 33,246,739 parameters.
 
-    ``shrink_factor`` (2, official and mmseg) computes the attention at ((H-1)//s+1, (W-1)//s+1)
-    with align-corners bilinear resizing and resizes the result back, which is why the default
-    mask (97, 97) reaches features up to 98x98 (e.g. a 769 crop at output stride 8 gives 97).
-    Larger features raise ValueError naming ``mask_size``.
-
-    The official module returns cat([x, proj]) (2C channels) and PSANet's classifier starts with
-    a 3x3 conv over it. To keep the registry's C -> C contract, the concatenation is fused back to
-    C with a 1x1 conv+BN+ReLU (``fuse``); the 3x3 conv that follows belongs to the head. (The
-    ``compact`` variant of the official code, whose mask is exactly HW x HW for one fixed input
-    size, is left out: it ties the model to one crop size.)
+    ``proj_padding`` (1, as mmseg's ``PSAHead``, whose 1x1 ``proj`` ConvModule is built with
+    ``padding=1``): the projected context is then (h+2) x (w+2), a border of ReLU(BN shift) around
+    it, and the resize back to c5's size blends that border in. The published mmseg models were
+    trained so; 0 is the authors' PSANet (hszhao/semseg), whose projection is unpadded.
     """
 
-    # Seed: 卷积 叉乘 空间域 (weights predicted by convolutions, applied as an HW x HW matrix
-    # product, over the spatial positions).
+    loss_weights = {"out": 1.0}
+
+    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
+                 concat_input: bool = True, proj_padding: int = 1, **psa_kwargs):
+        super().__init__()
+        if not concat_input:
+            raise ValueError("psa head: concat_input must be true (PSANet concatenates c5 with its context)")
+        if psa_kwargs.get("inner_channels") not in (None, channels):
+            raise ValueError(f"psa head: the branches reduce to head.channels={channels}; "
+                             f"head.inner_channels={psa_kwargs['inner_channels']} must be null or equal to it")
+        psa_kwargs.pop("inner_channels", None)
+        cin = int(in_channels[-1])
+        self.attention = PointwiseSpatialAttention(cin, inner_channels=channels, fuse=False,
+                                                   proj_padding=proj_padding, **psa_kwargs)
+        self.bottleneck = conv_bn_relu(2 * cin, channels, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.cls = classifier(channels, num_classes)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        y = self.bottleneck(torch.cat([x, self.attention.context(x)], dim=1))
+        return self.cls(self.dropout(y))
+
+
+@register("psa", head=PSAHead)
+class PointwiseSpatialAttention(Recorder, nn.Module):
+    """The official ``PSA`` module (hszhao/semseg ``model/psanet.py``, mmseg ``PSAHead``'s body).
+
+    Each branch (collect, distribute) reduces the input with a 1x1 conv+BN+ReLU to
+    ``inner_channels`` (the official 2048 -> 512; C // 2 by default), predicts a ``mask_size``
+    over-complete mask per position with conv1x1+BN+ReLU then conv1x1, crops it to an HW x HW
+    attention map (``psa_mask``: zeros where the mask does not reach), softmaxes it over the
+    source positions (``psa_softmax``) and aggregates the reduced feature with it, divided by
+    ``normalization_factor`` (1.0 as in the official code and mmseg; ``None`` uses the mask area
+    mask_h * mask_w, also as there). ``psa_type`` picks one branch or both ('bi-direction', the
+    paper's best). The branches' outputs are concatenated and projected back to C with
+    conv1x1+BN+ReLU (``proj``); :meth:`context` returns that, resized to the input.
+
+    ``shrink_factor`` (2, official and mmseg) computes the attention on a smaller grid
+    (:func:`shrunk_grid`) and resizes the context back.
+
+    PSANet concatenates its input with the context (2C channels) and its head goes on with a 3x3
+    conv (:class:`PSAHead`, built with ``fuse=False``). To keep the registry's C -> C contract for
+    other uses, the module alone fuses the concatenation back to C with a 1x1 conv+BN+ReLU
+    (``fuse``). (The ``compact`` variant of the official code, whose mask is exactly HW x HW for
+    one fixed input size, is left out: it ties the model to one crop size.)
+    """
+
+    # Survey: convolution-computed weights applied as an HW x HW matrix product, over the
+    # spatial positions.
     taxonomy = dict(weights="conv", applied="matmul", domain="spatial")
     paper = "PSANet: Point-wise Spatial Attention Network for Scene Parsing (2018)"
 
@@ -112,11 +159,10 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
         shrink_factor: int = 2,
         normalization_factor: float | None = 1.0,
         psa_softmax: bool = True,
+        fuse: bool = True,
+        proj_padding: int = 0,
     ):
         super().__init__()
-        channels = int(channels)
-        if channels < 1:
-            raise ValueError(f"psa: channels must be >= 1, got {channels}")
         if inner_channels is None:
             inner_channels = max(1, channels // 2)
         if int(inner_channels) != inner_channels or int(inner_channels) < 1:
@@ -139,20 +185,14 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
 
         ci, area = self.inner_channels, self.mask_size[0] * self.mask_size[1]
         self.branches = ("collect", "distribute") if psa_type == "bi-direction" else (psa_type,)
-        self.reduce = nn.ModuleDict({b: _conv_bn_relu(channels, ci) for b in self.branches})
+        self.reduce = nn.ModuleDict({b: conv_bn_relu(channels, ci, 1) for b in self.branches})
         self.attention = nn.ModuleDict(
-            {
-                b: nn.Sequential(_conv_bn_relu(ci, ci), nn.Conv2d(ci, area, 1, bias=False))
-                for b in self.branches
-            }
+            {b: nn.Sequential(conv_bn_relu(ci, ci, 1), nn.Conv2d(ci, area, 1, bias=False)) for b in self.branches}
         )
-        self.proj = _conv_bn_relu(ci * len(self.branches), channels)
-        self.fuse = _conv_bn_relu(2 * channels, channels)
-
-    def max_feature_size(self) -> tuple[int, int]:
-        """The largest (H, W) the mask reaches at the module's input resolution."""
-        s = self.shrink_factor
-        return ((self.mask_size[0] - 1) // 2 + 1) * s, ((self.mask_size[1] - 1) // 2 + 1) * s
+        if int(proj_padding) != proj_padding or proj_padding < 0:
+            raise ValueError(f"psa: proj_padding must be a non-negative integer, got {proj_padding!r}")
+        self.proj = conv_bn_relu(ci * len(self.branches), channels, 1, padding=int(proj_padding))
+        self.fuse = conv_bn_relu(2 * channels, channels, 1) if fuse else None
 
     def attention_map(self, feat: torch.Tensor, branch: str) -> torch.Tensor:
         """The (N, HW, HW) map A of ``branch`` for a reduced feature; out = feat @ A (sources on dim 1)."""
@@ -165,13 +205,16 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
         other positions with (column i of A, sums to one), and ``distribute``, the weights i's
         feature enters the other positions with (row i of A; each receiver's weights sum to one).
 
-        The attention runs on the shrunk grid (align-corners resizing): (y, x) asks its nearest
-        cell there, and a cell's weight is shared by the input positions nearest to it.
+        The attention runs on the shrunk grid: (y, x) asks its nearest cell there (under the
+        resize's own alignment), and a cell's weight is shared by the input positions nearest to it.
         """
         (h, w), (sh, sw) = self.recorded["size"], self.recorded["grid_size"]
+        align = self.recorded["align_corners"]
 
         def nearest(size: int, small: int) -> torch.Tensor:
-            return (torch.arange(size) * ((small - 1) / max(size - 1, 1)) + 0.5).floor().long()
+            pos = torch.arange(size, dtype=torch.float64)
+            src = pos * ((small - 1) / max(size - 1, 1)) if align else (pos + 0.5) * (small / size) - 0.5
+            return (src + 0.5).floor().long().clamp(0, small - 1)
 
         rows, cols = nearest(h, sh), nearest(w, sw)
         i = int(rows[y]) * sw + int(cols[x])
@@ -182,34 +225,27 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
             maps[branch] = spread(m, rows, cols) if (sh, sw) != (h, w) else m
         return maps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """The projected (C-channel) context of both branches, at the input's size."""
         n, _, h, w = x.shape
-        max_h, max_w = self.max_feature_size()
-        if h > max_h or w > max_w:
-            s = self.shrink_factor
-            raise ValueError(
-                f"psa: mask_size={self.mask_size} with shrink_factor={self.shrink_factor} reaches features "
-                f"of at most {max_h}x{max_w}, got {h}x{w}; raise mask_size to at least "
-                f"({2 * ((h - 1) // s + 1) - 1}, {2 * ((w - 1) // s + 1) - 1})"
-            )
-        # The official shrink: (h - 1) // s + 1 with align_corners=True, which keeps the corner
-        # pixels aligned for the 8k+1 crop sizes the recipes use.
-        sh, sw = (h - 1) // self.shrink_factor + 1, (w - 1) // self.shrink_factor + 1
+        sh, sw, align = shrunk_grid(h, w, self.shrink_factor)
         if self.recording:
-            self.record(size=(h, w), grid_size=(sh, sw))
+            self.record(size=(h, w), grid_size=(sh, sw), align_corners=align)
         outs = []
         for branch in self.branches:
             feat = self.reduce[branch](x)
             if (sh, sw) != (h, w):
-                feat = F.interpolate(feat, size=(sh, sw), mode="bilinear", align_corners=True)
+                feat = F.interpolate(feat, size=(sh, sw), mode="bilinear", align_corners=align)
             attention = self.attention_map(feat, branch)
             if self.recording:
                 self.record(**{branch: attention})
             agg = torch.bmm(feat.flatten(2), attention)
             outs.append(agg.view(n, self.inner_channels, sh, sw) / self.normalization_factor)
         out = self.proj(torch.cat(outs, dim=1))
-        if (sh, sw) != (h, w):
-            # The official code resizes to ((sh-1)*s+1, ...), i.e. back to the 8k+1 input; resizing
-            # to the input's own size is the same there and also handles other sizes.
-            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=True)
-        return self.fuse(torch.cat([x, out], dim=1))
+        if out.shape[-2:] != (h, w):
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=align)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.context(x)
+        return self.fuse(torch.cat([x, out], dim=1)) if self.fuse is not None else out

@@ -1,16 +1,25 @@
 """One-decorator registry for attention mechanisms (timm's ``@register_model`` shape).
 
 Every mechanism is an ``nn.Module`` mapping ``(N, C, H, W) -> (N, C, H, W)`` and carries the
-seed notes' taxonomy: how its weights are computed and how they are applied.
+taxonomy of Guo et al., "Attention Mechanisms in Computer Vision: A Survey" (2022): how its
+weights are computed and how they are applied.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch.nn as nn
 
 ATTENTIONS: dict[str, type[nn.Module]] = {}
+# name -> the decode head class of mechanisms whose paper defines a head of its own (DANet's three
+# classifiers, PSANet's concatenation with c5, ...); the others use heads.AttentionHead.
+HEADS: dict[str, Callable[..., nn.Module]] = {}
+# The gates that the papers insert after the last BN of every residual block (SE-ResNet style).
+BLOCK_ATTENTIONS: list[str] = []
 
-# The seed's words, in English. "weights": how the attention weights are computed
+# The survey's words, in English. "weights": how the attention weights are computed
 # (矩阵乘法 matrix product, 全连接 MLP, 卷积 convolution, 池化 pooling). "applied": how they are
 # applied to the features (点乘 element-wise, 叉乘 matrix product, 加 addition). "domain": where
 # they act (空间域 space, 通道域 channels, 全部 all positions). A mechanism that mixes several
@@ -23,7 +32,7 @@ TAXONOMY_WORDS = {
 
 
 def check_taxonomy(name: str, taxonomy: dict) -> None:
-    """Raise ValueError unless ``taxonomy`` uses exactly the seed's keys and words."""
+    """Raise ValueError unless ``taxonomy`` uses exactly the survey's keys and words."""
     if set(taxonomy) != set(TAXONOMY_WORDS):
         raise ValueError(
             f"attention {name!r}: taxonomy must have keys {sorted(TAXONOMY_WORDS)}, got {sorted(taxonomy)}"
@@ -38,8 +47,13 @@ def check_taxonomy(name: str, taxonomy: dict) -> None:
             )
 
 
-def register(name: str):
-    """Class decorator: ``@register("cc")`` makes the class buildable as ``build_attention("cc", C)``."""
+def register(name: str, head: Callable[..., nn.Module] | None = None, block: bool = False):
+    """Class decorator: ``@register("cc")`` makes the class buildable as ``build_attention("cc", C)``.
+
+    ``head``: the paper's own decode head for this mechanism (built by ``head=<name>``).
+    ``block``: the mechanism can also sit inside every residual block (``backbone.block_attention``).
+    Every registered constructor takes ``channels`` first; it is checked here, once for all.
+    """
 
     def deco(cls):
         if name in ATTENTIONS:
@@ -48,8 +62,21 @@ def register(name: str):
             if not hasattr(cls, attr):
                 raise TypeError(f"attention {name!r} ({cls.__name__}) must define class attribute {attr!r}")
         check_taxonomy(name, cls.taxonomy)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def checked_init(self, channels, *args, **kwargs):
+            if isinstance(channels, bool) or int(channels) != channels or int(channels) < 1:
+                raise ValueError(f"{name}: channels must be an integer >= 1, got {channels!r}")
+            init(self, int(channels), *args, **kwargs)
+
+        cls.__init__ = checked_init
         cls.name = name
         ATTENTIONS[name] = cls
+        if head is not None:
+            HEADS[name] = head
+        if block:
+            BLOCK_ATTENTIONS.append(name)
         return cls
 
     return deco

@@ -1,7 +1,7 @@
 """Squeeze-and-Attention (Zhong et al., "Squeeze-and-Attention Networks for Semantic Segmentation", CVPR 2020).
 
 ``SqueezeAttention`` is the SA module (registered as ``sa``); ``SAHead`` is the SANet decode head
-(``HEAD``), which puts SA modules on several backbone stages and supervises each of them.
+(registered as its head), which puts SA modules on several backbone stages and supervises each of them.
 """
 
 from __future__ import annotations
@@ -10,75 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import classifier, conv_bn_relu
 from .record import Recorder
 from .registry import register
-
-
-def _conv_bn_relu(cin: int, cout: int, kernel_size: int, relu: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False), nn.BatchNorm2d(cout)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-@register("sa")
-class SqueezeAttention(Recorder, nn.Module):
-    """The SA module (Sec. 3.3, Eqs. 3-5): X_out = X_attn * X_res + X_attn.
-
-    X_res = ReLU(BN(conv3x3(X))) is the ordinary "residual" convolution channel. X_attn is the
-    "attention" channel: X is average-pooled by ``pool_size`` (2 in the paper: a *spatial* squeeze,
-    unlike SE's global one, so the attention keeps a coarse map of pixel groups), passed through
-    two conv3x3+BN layers (the first with ReLU), squashed by a sigmoid and upsampled back to the
-    input size. The "+ X_attn" term lets the attention channel pass information even where the
-    residual channel is zero.
-
-    Choices where the paper is silent and the widely copied ``SqueezeAttentionBlock`` (no official
-    code was released) differs:
-    - the last attention conv has no ReLU before the sigmoid: sigmoid(ReLU(.)) would never fall
-      below 0.5, so the module could not suppress anything;
-    - the sigmoid comes before the upsampling, as in Up(sigma(.)) of Eq. 4; bilinear interpolation
-      of a map in (0, 1) stays in (0, 1), and the result fits any input size (the copied block's
-      ``Upsample(scale_factor=2)`` breaks on odd sizes);
-    - pooling uses ``ceil_mode`` so that a 1-pixel-wide input still has one pooled cell.
-    """
-
-    # Seed: 卷积 点乘 通道 (convolution weights, element-wise product). The attention map has one
-    # value per channel *and* per (pooled) position, so its domain is spatial+channel; it is applied
-    # by a product with X_res and then *added* (the "+ X_attn" term), hence elementwise+add.
-    taxonomy = dict(weights="conv", applied="elementwise+add", domain="spatial+channel")
-    paper = "Squeeze-and-Attention Networks for Semantic Segmentation (2020)"
-
-    def __init__(self, channels: int, pool_size: int = 2):
-        super().__init__()
-        channels = int(channels)
-        if channels < 1:
-            raise ValueError(f"sa: channels must be >= 1, got {channels}")
-        if isinstance(pool_size, bool) or int(pool_size) != pool_size or pool_size < 1:
-            raise ValueError(f"sa: pool_size must be a positive integer (paper: 2), got {pool_size!r}")
-        self.pool_size = int(pool_size)
-        self.res = _conv_bn_relu(channels, channels, 3)
-        self.attn = nn.Sequential(_conv_bn_relu(channels, channels, 3), _conv_bn_relu(channels, channels, 3, relu=False))
-
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """X_attn in (0, 1), shape (N, C, H, W)."""
-        p = self.pool_size
-        y = F.avg_pool2d(x, p, p, ceil_mode=True) if p > 1 else x
-        y = torch.sigmoid(self.attn(y))
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.attention(x)
-        if self.recording:
-            self.record(attention=a, size=tuple(x.shape[-2:]))
-        return a * self.res(x) + a
-
-    def spatial_maps(self, index: int = 0) -> dict[str, torch.Tensor]:
-        """X_attn averaged over the channels: where the attention branch lets features through."""
-        return {"mean": self.recorded["attention"][index].mean(dim=0)}
-
-    def gate_values(self) -> dict[str, torch.Tensor]:
-        """X_attn averaged over the positions, (N, C): how much of each channel passes."""
-        return {"mean": self.recorded["attention"].mean(dim=(2, 3))}
 
 
 STAGES = ("c2", "c3", "c4", "c5")
@@ -129,16 +63,16 @@ class SAHead(nn.Module):
 
         self.sa = nn.ModuleDict(
             {
-                s: nn.Sequential(_conv_bn_relu(in_channels[STAGES.index(s)], channels, 1), SqueezeAttention(channels, pool_size))
+                s: nn.Sequential(conv_bn_relu(in_channels[STAGES.index(s)], channels, 1), SqueezeAttention(channels, pool_size))
                 for s in self.stages
             }
         )
         self.mask_cls = nn.ModuleDict(
-            {s: nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1)) for s in self.stages}
+            {s: nn.Sequential(nn.Dropout2d(dropout), classifier(channels, num_classes)) for s in self.stages}
         )
         self.merge = nn.Conv2d(len(self.stages) * num_classes, num_classes, 1)
-        self.dense = _conv_bn_relu(in_channels[-1], channels, 3)
-        self.dense_cls = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1))
+        self.dense = conv_bn_relu(in_channels[-1], channels, 3)
+        self.dense_cls = nn.Sequential(nn.Dropout2d(dropout), classifier(channels, num_classes))
         self.presence = nn.Linear(channels, num_classes) if class_presence_loss else None
 
         share = float(dense_weight) / (len(self.stages) + 1)
@@ -168,4 +102,59 @@ class SAHead(nn.Module):
         return outputs
 
 
-HEAD = SAHead
+@register("sa", head=SAHead)
+class SqueezeAttention(Recorder, nn.Module):
+    """The SA module (Sec. 3.3, Eqs. 3-5): X_out = X_attn * X_res + X_attn.
+
+    X_res = ReLU(BN(conv3x3(X))) is the ordinary "residual" convolution channel. X_attn is the
+    "attention" channel: X is average-pooled by ``pool_size`` (2 in the paper: a *spatial* squeeze,
+    unlike SE's global one, so the attention keeps a coarse map of pixel groups), passed through
+    two conv3x3+BN layers (the first with ReLU), squashed by a sigmoid and upsampled back to the
+    input size. The "+ X_attn" term lets the attention channel pass information even where the
+    residual channel is zero.
+
+    Choices where the paper is silent and the widely copied ``SqueezeAttentionBlock`` (no official
+    code was released) differs:
+    - the last attention conv has no ReLU before the sigmoid: sigmoid(ReLU(.)) would never fall
+      below 0.5, so the module could not suppress anything;
+    - the sigmoid comes before the upsampling, as in Up(sigma(.)) of Eq. 4; bilinear interpolation
+      of a map in (0, 1) stays in (0, 1), and the result fits any input size (the copied block's
+      ``Upsample(scale_factor=2)`` breaks on odd sizes);
+    - pooling uses ``ceil_mode`` so that a 1-pixel-wide input still has one pooled cell.
+    """
+
+    # Survey (Guo et al. 2022): 卷积 点乘 通道 (convolution weights, element-wise product). The attention map has one
+    # value per channel *and* per (pooled) position, so its domain is spatial+channel; it is applied
+    # by a product with X_res and then *added* (the "+ X_attn" term), hence elementwise+add.
+    taxonomy = dict(weights="conv", applied="elementwise+add", domain="spatial+channel")
+    paper = "Squeeze-and-Attention Networks for Semantic Segmentation (2020)"
+
+    def __init__(self, channels: int, pool_size: int = 2):
+        super().__init__()
+        channels = int(channels)
+        if isinstance(pool_size, bool) or int(pool_size) != pool_size or pool_size < 1:
+            raise ValueError(f"sa: pool_size must be a positive integer (paper: 2), got {pool_size!r}")
+        self.pool_size = int(pool_size)
+        self.res = conv_bn_relu(channels, channels, 3)
+        self.attn = nn.Sequential(conv_bn_relu(channels, channels, 3), conv_bn_relu(channels, channels, 3, act=None))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """X_attn in (0, 1), shape (N, C, H, W)."""
+        p = self.pool_size
+        y = F.avg_pool2d(x, p, p, ceil_mode=True) if p > 1 else x
+        y = torch.sigmoid(self.attn(y))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attention(x)
+        if self.recording:
+            self.record(attention=a, size=tuple(x.shape[-2:]))
+        return a * self.res(x) + a
+
+    def spatial_maps(self, index: int = 0) -> dict[str, torch.Tensor]:
+        """X_attn averaged over the channels: where the attention branch lets features through."""
+        return {"mean": self.recorded["attention"][index].mean(dim=0)}
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        """X_attn averaged over the positions, (N, C): how much of each channel passes."""
+        return {"mean": self.recorded["attention"].mean(dim=(2, 3))}

@@ -9,7 +9,7 @@ from .record import GatedChannels
 from .registry import register
 
 
-@register("se")
+@register("se", block=True)
 class SqueezeExcitation(GatedChannels, nn.Module):
     """SENet's ``SELayer``: global average pool -> FC -> ReLU -> FC -> sigmoid, rescaling each channel.
 
@@ -19,14 +19,12 @@ class SqueezeExcitation(GatedChannels, nn.Module):
     layer narrower than r (e.g. C=8 with r=16) from having zero hidden units.
     """
 
-    # Seed: 全连接 点乘 通道域 (fully connected weights, element-wise product, channel domain).
+    # Survey (Guo et al. 2022): 全连接 点乘 通道域 (fully connected weights, element-wise product, channel domain).
     taxonomy = dict(weights="mlp", applied="elementwise", domain="channel")
     paper = "Squeeze-and-Excitation Networks (2019)"
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
-        if int(channels) < 1:
-            raise ValueError(f"se: channels must be >= 1, got {channels}")
         if int(reduction) < 1:
             raise ValueError(f"se: reduction must be a positive integer, got {reduction}")
         self.channels = int(channels)

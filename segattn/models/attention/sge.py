@@ -9,7 +9,7 @@ from .record import Recorder
 from .registry import register
 
 
-@register("sge")
+@register("sge", block=True)
 class SpatialGroupEnhance(Recorder, nn.Module):
     """The official ``SpatialGroupEnhance``: within each of ``groups`` channel groups, every
     position is scored by its similarity to the group's global descriptor, and the normalised
@@ -21,11 +21,11 @@ class SpatialGroupEnhance(Recorder, nn.Module):
     so the module starts as a uniform rescaling by sigmoid(1).
     """
 
-    # Seed: 池化 点乘 通道 点乘 全部. The weights are computed from pooling (the group's GAP, then
+    # Survey (Guo et al. 2022): 池化 点乘 通道 点乘 全部. The weights are computed from pooling (the group's GAP, then
     # a parameter-free dot product and normalisation; only gamma/beta are learned); they are
     # applied by element-wise product. The domain is spatial: the gate has one value per position
     # and per group, shared by every channel of the group, so it weighs *where* features are, not
-    # which channels; the seed's "通道" names the channel descriptor g used to compute it.
+    # which channels; the survey's "通道" names the channel descriptor g used to compute it.
     taxonomy = dict(weights="pool", applied="elementwise", domain="spatial")
     paper = "Spatial Group-wise Enhance: Improving Semantic Feature Learning in Convolutional Networks (2019)"
 

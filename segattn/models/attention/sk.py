@@ -22,7 +22,7 @@ class SelectiveKernel(Recorder, nn.Module):
     softmax across the M branches (Eq. 5), so a_c + b_c = 1 for every channel c.
     """
 
-    # Seed: 全连接 点乘 通道域 ("a b的比例系数相加为1"): the branch weights come from fc layers and
+    # Survey (Guo et al. 2022): 全连接 点乘 通道域 ("a b的比例系数相加为1"): the branch weights come from fc layers and
     # scale each branch channel-wise.
     taxonomy = dict(weights="mlp", applied="elementwise", domain="channel")
     paper = "Selective Kernel Networks (2019)"
@@ -37,8 +37,6 @@ class SelectiveKernel(Recorder, nn.Module):
     ):
         super().__init__()
         channels = int(channels)
-        if channels < 1:
-            raise ValueError(f"sk: channels must be >= 1, got {channels}")
         if int(branches) < 2:
             raise ValueError(f"sk: branches (the paper's M) must be >= 2 to select between kernels, got {branches}")
         if int(reduction) < 1 or int(min_dim) < 1:
@@ -69,8 +67,9 @@ class SelectiveKernel(Recorder, nn.Module):
             nn.BatchNorm2d(self.dim),
             nn.ReLU(inplace=True),
         )
-        # One fc per branch (A, B, ... in Eq. 5), computed by a single conv with M*C outputs.
-        self.select = nn.Conv2d(self.dim, self.branches * channels, 1)
+        # One fc per branch (A, B, ... in Eq. 5), computed by a single conv with M*C outputs, without
+        # a bias as in the authors' code and timm's SelectiveKernelAttn (Eq. 5 has none either).
+        self.select = nn.Conv2d(self.dim, self.branches * channels, 1, bias=False)
 
     def branch_weights(self, feats: torch.Tensor) -> torch.Tensor:
         """Softmax attention over branches, shape (N, M, C, 1, 1), from the stacked branch outputs (N, M, C, H, W)."""
