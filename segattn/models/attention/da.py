@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -67,7 +69,10 @@ class ChannelAttention(Recorder, nn.Module):
         """The (N, C, C) channel attention map X of the paper's Eq. 3 (rows sum to one)."""
         # X X^T sums over all HW positions (~9.4k at a 97x97 map) and overflows float16 under
         # AMP, so the channel energies are always computed in (at least) float32.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # (Devices without autocast, e.g. the meta device shape checks run on, have nothing to turn off.)
+        no_autocast = (torch.autocast(device_type=x.device.type, enabled=False)
+                       if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
+        with no_autocast:
             feats = x.flatten(2)
             if feats.dtype in (torch.float16, torch.bfloat16):
                 feats = feats.float()
