@@ -4,11 +4,12 @@ import math
 import os
 
 import pytest
+import yaml
 import torch
 from omegaconf import OmegaConf
 
 from segattn.models.attention import ATTENTIONS, TAXONOMY_WORDS, build_attention, register
-from segattn.models.heads import build_head
+from segattn.models.heads import build_head, head_options
 
 from conftest import REPO
 
@@ -156,3 +157,16 @@ def test_readme_heads_table_lists_every_head():
     table = script.table()
     readme = open(os.path.join(REPO, "README.md")).read()
     assert table in readme, "README's heads table is out of date: paste `python scripts/heads_table.py`"
+
+
+@pytest.mark.parametrize("name", ["fcn", *ATTENTIONS])
+def test_head_yaml_keys_are_the_heads_options_and_a_foreign_node_is_named(name):
+    """``head.name=cc`` keeps fcn.yaml's keys: the error names the key, its head and the fix."""
+    cfg = yaml.safe_load(open(os.path.join(REPO, "conf", "head", f"{name}.yaml")))
+    assert set(cfg) - {"name"} <= head_options(name), f"conf/head/{name}.yaml has keys {name} does not take"
+    other = "cc" if name == "fcn" else "fcn"
+    foreign = dict(yaml.safe_load(open(os.path.join(REPO, "conf", "head", f"{other}.yaml"))), name=name)
+    if set(foreign) - {"name"} <= head_options(name):
+        return  # every key of the other head's file is also an option of this one
+    with pytest.raises(ValueError, match=rf"head.name='{name}' does not take head\..*head={name}, not head.name={name}"):
+        build_head(foreign, [8, 16, 32, 64], 3)

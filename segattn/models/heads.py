@@ -7,6 +7,8 @@ whose extra entries are trained with the head's ``loss_weights``.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 
@@ -74,18 +76,38 @@ class AttentionHead(nn.Module):
         return self.cls(self.dropout(y))
 
 
+def head_options(name: str) -> set[str]:
+    """The keys a ``head`` config node may hold for head ``name`` (besides ``name``)."""
+    head = FCNHead if name == "fcn" else HEADS.get(name, AttentionHead)
+    params = list(inspect.signature(head).parameters.values())
+    if any(p.kind == p.VAR_KEYWORD for p in params):  # the rest goes to the mechanism's constructor
+        params += list(inspect.signature(ATTENTIONS[name]).parameters.values())
+    keys = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return keys - {"self", "in_channels", "num_classes", "attention", "in_index", "fuse"}
+
+
 def build_head(cfg: dict, in_channels: list[int], num_classes: int) -> nn.Module:
     """Build ``cfg["name"]`` (``fcn`` or any registered attention) on stages with ``in_channels``.
 
     A mechanism registered with a head of its own (``register(name, head=...)``: DANet, PSANet,
-    OCNet, SANet) gets it; the others get :class:`AttentionHead`.
+    OCNet, SANet) gets it; the others get :class:`AttentionHead`. Keys that belong to no option of
+    the head are refused up front, naming the head they do belong to: that is what ``head.name=cc``
+    (instead of the config group ``head=cc``) leaves behind.
     """
     cfg = dict(cfg)
     name = cfg.pop("name", None)
+    if name != "fcn" and name not in ATTENTIONS:
+        raise ValueError(f"head.name={name!r} is not a known head; choices: fcn, {', '.join(sorted(ATTENTIONS))}")
+    unknown = sorted(set(cfg) - head_options(name))
+    if unknown:
+        owners = [h for h in ["fcn", *sorted(ATTENTIONS)] if h != name and set(unknown) <= head_options(h)]
+        whose = f" (options of head={owners[0]})" if owners else ""
+        raise ValueError(
+            f"head.name={name!r} does not take head.{', head.'.join(unknown)}{whose}. To switch heads, choose the "
+            f"config group: head={name}, not head.name={name} (the group loads conf/head/{name}.yaml); "
+            f"head {name!r} accepts: {', '.join(sorted(head_options(name)))}")
     if name == "fcn":
         return FCNHead(in_channels[-1], num_classes, **cfg)
-    if name not in ATTENTIONS:
-        raise ValueError(f"head.name={name!r} is not a known head; choices: fcn, {', '.join(sorted(ATTENTIONS))}")
     if name in HEADS:
         return HEADS[name](list(in_channels), num_classes, **cfg)
     return AttentionHead(in_channels[-1], num_classes, name, **cfg)
