@@ -255,3 +255,11 @@ def test_sa_head_stage_losses_reach_their_sa_modules():
     assert head.sa["c5"][1].res[0].weight.grad is None
     with pytest.raises(ValueError, match="stages"):
         SAHead([8, 16, 24, 32], num_classes=3, stages=["c6"])
+
+
+def test_sk_training_on_one_image_per_process_says_what_to_set():
+    m = build_attention("sk", 32).train()
+    with pytest.raises(ValueError, match=r"sk: .*BatchNorm.*at least 2 images.*trainer.batch_size"):
+        m(torch.randn(1, 32, 5, 5))
+    m.eval()
+    assert m(torch.randn(1, 32, 5, 5)).shape == (1, 32, 5, 5)  # inference on one image is fine

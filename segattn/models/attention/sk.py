@@ -79,6 +79,11 @@ class SelectiveKernel(Recorder, nn.Module):
         return logits.softmax(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            # PyTorch would say "Expected more than 1 value per channel": BN of one pooled vector.
+            raise ValueError(
+                "sk: SKNet's fuse layer applies BatchNorm to the pooled (N, C, 1, 1) vector, which needs at least "
+                f"2 images per process in training, got {x.shape[0]}; set trainer.batch_size to 2 or more")
         feats = torch.stack([conv(x) for conv in self.convs], dim=1)
         weights = self.branch_weights(feats)
         if self.recording:
