@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from ..config import TrainConfig
 from ..data.labels import colorize, palette_for
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..io import atomic_write
@@ -86,6 +87,16 @@ def confusion_image(confusion: torch.Tensor, size: int = 512) -> np.ndarray:
     return np.concatenate([top, np.concatenate([left, heat], 1)], 0)
 
 
+def log_train(writer, loss: float, lr: float, parts: dict, data_time_share: float, step: int) -> None:
+    """The training scalars of one logged iteration: the loss, each output's loss, the lr, and the
+    share of time spent waiting for data."""
+    writer.add_scalar("train/loss", loss, step)
+    writer.add_scalar("train/lr", lr, step)
+    for k, v in parts.items():
+        writer.add_scalar(f"train/loss_{k}", float(v), step)
+    writer.add_scalar("train/data_time_share", data_time_share, step)
+
+
 def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
     writer.add_scalar("val/mIoU", metrics["mIoU"], step)
     writer.add_scalar("val/mAcc", metrics["mAcc"], step)
@@ -99,7 +110,7 @@ def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
         writer.add_image("val/confusion_matrix", confusion_image(metrics["confusion"]), step, dataformats="HWC")
 
 
-def log_hparams(writer, cfg: dict, metrics: dict, step: int) -> None:
+def log_hparams(writer, cfg: dict | TrainConfig, metrics: dict, step: int) -> None:
     """The run's hyper-parameters with its final mIoU, for TensorBoard's HParams tab.
 
     Written into the run's own event file (``add_hparams`` would open a sub-run), so the HParams
@@ -107,16 +118,17 @@ def log_hparams(writer, cfg: dict, metrics: dict, step: int) -> None:
     """
     from torch.utils.tensorboard.summary import hparams
 
-    crop = cfg["dataset"].get("crop_size")
+    cfg = TrainConfig.from_dict(cfg)
+    crop = cfg.dataset.get("crop_size")
     hp = {
-        "head": str(cfg["head"]["name"]),
-        "backbone": str(cfg["backbone"]["name"]),
-        "lr": float(cfg["optimizer"]["lr"]),
+        "head": str(cfg.head["name"]),
+        "backbone": str(cfg.backbone["name"]),
+        "lr": float(cfg.optimizer.lr),
         "crop": "x".join(str(c) for c in crop) if crop else "none",
-        "optimizer": str(cfg["optimizer"].get("name", "")),
-        "batch_size": int(cfg["trainer"]["batch_size"]),
-        "max_iters": int(cfg["trainer"]["max_iters"]),
-        "dataset": str(cfg["dataset"]["name"]),
+        "optimizer": str(cfg.optimizer.name),
+        "batch_size": int(cfg.trainer.batch_size),
+        "max_iters": int(cfg.trainer.max_iters),
+        "dataset": str(cfg.dataset["name"]),
     }
     miou = float(metrics["mIoU"])
     for summary in hparams(hp, {"hparams/mIoU": miou}):
