@@ -1,26 +1,38 @@
 """Evaluate a checkpoint: ``python eval.py checkpoint=PATH [dataset.root=...] [inference.mode=slide ...]``.
 
-Hydra composes conf/eval.yaml with the overrides; the model, the dataset and the inference mode come
-from the config saved in the checkpoint (segattn.engine.evaluate_checkpoint does the rest).
+Hydra composes conf/eval.yaml with the overrides, checked against the schema in segattn/config.py; the
+model, the dataset and the inference mode come from the config saved in the checkpoint
+(segattn.engine.evaluate_checkpoint does the rest).
 """
 
 import os
+import sys
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segattn.config import EvalConfig
 from segattn.engine import evaluate_checkpoint
+from train import check_overrides
 
 # An absolute config path, so that tests can import this module and call main() in-process.
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
+ConfigStore.instance().store(group="schema", name="eval", node=EvalConfig)  # conf/eval.yaml's first default
+
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="eval")
-def main(cfg: DictConfig):
+def _main(cfg: DictConfig):
     cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # checkpoint=PATH is required
     result = evaluate_checkpoint(cfg, HydraConfig.get().runtime.output_dir)
     return result.get("mIoU")  # None when the images have no masks (prediction only)
+
+
+def main():
+    check_overrides(sys.argv[1:], EvalConfig)
+    return _main()
 
 
 if __name__ == "__main__":

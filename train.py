@@ -1,28 +1,58 @@
 """Train a segmentor: ``python train.py [head=cc] [dataset=cityscapes dataset.root=...] [key=value ...]``.
 
-Hydra composes conf/train.yaml with the overrides; segattn.engine.train does the rest. Under
-``torchrun --nproc_per_node=N train.py ...`` every process runs this file; only rank 0 gets a run
-directory (see ``_quiet_nonzero_rank``).
+Hydra composes conf/train.yaml with the overrides, checked against the schema in segattn/config.py;
+segattn.engine.train does the rest. Under ``torchrun --nproc_per_node=N train.py ...`` every process
+runs this file; only rank 0 gets a run directory (see ``_quiet_nonzero_rank``).
 """
 
 import os
 import sys
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segattn.config import ConfigNode, TrainConfig
 from segattn.engine import train
 from segattn.engine.distributed import env_rank
 
 # An absolute config path, so that tests can import this module and call main() in-process.
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
+# conf/train.yaml's defaults list starts with ``optional schema@_here_: train``: with this registered,
+# Hydra checks every key and value type while it composes.
+ConfigStore.instance().store(group="schema", name="train", node=TrainConfig)
+
+
+def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
+    """Stop on an override of a key the schema does not have (``trainer.max_iter=5``), listing the valid
+    keys, before Hydra composes (it would refuse the key too, without saying which ones exist).
+    Additions (``+key=...``), deletions and ``hydra.*`` / ``group/option`` overrides are Hydra's."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = get_args_parser().parse_known_args(argv)[0].overrides
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if o.is_add() or o.is_force_add() or o.is_delete() or o.package is not None or "/" in key \
+                or key.split(".")[0] in ("hydra", "schema"):
+            continue
+        try:
+            schema.check_key(key)
+        except ValueError as e:
+            raise SystemExit(f"Could not override '{o.input_line}': {e}") from None
+
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
-def main(cfg: DictConfig) -> float:
+def _main(cfg: DictConfig) -> float:
     metrics = train(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
     return metrics["mIoU"]  # the value a sweeper would optimise
+
+
+def main() -> float:
+    check_overrides(sys.argv[1:], TrainConfig)
+    return _main()
 
 
 def _quiet_nonzero_rank(argv: list[str]) -> list[str]:

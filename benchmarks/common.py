@@ -432,6 +432,8 @@ def compose_config(overrides: list[str]) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    import train  # noqa: F401  (registers the config schema conf/train.yaml is checked against)
+
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):

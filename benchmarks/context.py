@@ -82,7 +82,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def fcn_model(width: int, channels: int, num_classes: int = 19) -> torch.nn.Module:
-    from segattn.models.segmentor import build_model
+    from segattn.models import build_model
 
     backbone = dict(common.compose_config([])["backbone"], width=width)
     return build_model(backbone, dict(common.head_config("fcn"), channels=channels), num_classes, {"weight": 0.0})
@@ -356,7 +356,7 @@ def fcn_blindness(run_dir: str, root: str, args) -> float:
 
     ckpt = load_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"))
     cfg = ckpt["config"]
-    from segattn.models.segmentor import build_model
+    from segattn.models import build_model
 
     model = build_model(cfg["backbone"], cfg["head"], int(cfg["num_classes"]), {"weight": 0.0})
     state = {k: v for k, v in ckpt["model"].items() if not k.startswith("aux_head.")}

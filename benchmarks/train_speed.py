@@ -67,19 +67,6 @@ def configurations(args) -> list[tuple[str, str, list[str]]]:
     return [known[n] for n in names]
 
 
-def _make_model(cfg: dict, num_classes: int):
-    # The trainer's own builder where it has one (it also wires model.* options), else build_model.
-    try:
-        from segattn.engine.trainer import make_model
-    except ImportError:
-        make_model = None
-    if make_model is not None:
-        return make_model(cfg, num_classes)
-    from segattn.models.segmentor import build_model
-
-    return build_model(cfg["backbone"], cfg["head"], num_classes, (cfg.get("model") or {}).get("aux_head"))
-
-
 def step_flops(model: torch.nn.Module, batch: int, crop: list[int], num_classes: int) -> common.Flops:
     """FLOPs of forward + loss + backward for one batch, counted on a meta copy of the model."""
     meta = copy.deepcopy(model).to("meta").train()
@@ -97,8 +84,9 @@ def step_flops(model: torch.nn.Module, batch: int, crop: list[int], num_classes:
 
 def setup_config(key: str, overrides: list[str], args) -> dict:
     """Everything one configuration needs for its steps: the trainer's loaders, model, optimizer."""
+    from segattn.engine import trainer
     from segattn.engine.optim import build_optimizer, build_scheduler
-    from segattn.engine.trainer import build_loaders
+    from segattn.models import build_model_from_config
 
     cfg = common.compose_config(overrides + list(args.overrides) + ["trainer.device=cpu"]
                                 + ([f"trainer.num_workers={args.workers}"] if args.workers is not None else [])
@@ -106,20 +94,15 @@ def setup_config(key: str, overrides: list[str], args) -> dict:
                                 + ([f"dataset.root={args.root}"] if args.root else []))
     t = cfg["trainer"]
     torch.manual_seed(0)
-    train_set, _, loader, _ = build_loaders(cfg, 0, 0)
+    train_set, _, loader, _ = trainer.build_loaders(cfg, 0, 0)
     num_classes = len(train_set.classes)
-    model = _make_model(cfg, num_classes)
+    model = build_model_from_config(cfg, num_classes)
     model.train()
     optimizer = build_optimizer(model, **cfg["optimizer"])
     scheduler = build_scheduler(optimizer, int(t["max_iters"]), **cfg["scheduler"])
 
-    def train_step(batch):
-        outputs = model(batch["image"])
-        loss, _ = model.loss({k: v.float() for k, v in outputs.items()}, batch["mask"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+    def train_step(batch):  # the trainer's own step (looked up at each call, so a test can watch it)
+        trainer.train_step(model, batch, optimizer, scheduler)
 
     return {"key": key, "cfg": cfg, "train_set": train_set, "model": model, "num_classes": num_classes,
             "batches": iter(loader), "train_step": train_step, "data_s": [], "step_s": [], "mm_rates": []}

@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 from segattn import viz  # noqa: E402
 from segattn.data import build_dataset  # noqa: E402
 from segattn.engine.checkpoint import load_checkpoint  # noqa: E402
-from segattn.engine.trainer import make_model  # noqa: E402
+from segattn.models import build_model_from_config  # noqa: E402
 
 
 WHAT = {"": "attention of the marked pixels", "bases": "the EM bases' responsibilities",
@@ -69,7 +69,7 @@ def draw(checkpoint: str, out_dir: str, points: list[list[int]] | None, n_points
     """The pictures of one checkpoint, as ``<out_dir>/attention_<head>_<module>.png``; returns the paths."""
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]
-    model = make_model(cfg, int(cfg["num_classes"]), pretrained=False)
+    model = build_model_from_config(cfg, int(cfg["num_classes"]), pretrained=False)
     model.load_state_dict(ckpt["model"])
     d = cfg["dataset"]
     options = {k: v for k, v in d.items() if k not in ("name", "root")}

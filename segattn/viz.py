@@ -13,6 +13,9 @@ Every renderer returns an (H, W, 3) uint8 array, which TensorBoard takes as it i
   images, as a class x channel heat map (the SE and ECA papers' per-class excitation figures).
 - ``log_attention_pictures(writer, model, image, points, step)`` (validation during training) and
   ``write_attention_pictures(model, dataset, out_dir, points)`` (eval.py): the above in one call.
+- ``prediction_grid(samples, num_classes)`` (image | ground truth | prediction rows) and
+  ``confusion_image(confusion)`` (the row-normalised confusion matrix): validation's pictures in
+  TensorBoard (``segattn.engine.logging.log_validation``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from .data.labels import colorize, palette_for
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .io import atomic_write
 from .models.attention.record import (
@@ -49,17 +53,21 @@ _INFERNO = np.array(
      [252, 255, 164]],
     dtype=np.float32,
 )
+
+# viridis at five stops: dark (0) to yellow (1), readable in print and for colour-blind readers.
+VIRIDIS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], np.float64)
 NAN_GREY = (96, 96, 96)
 
 
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (clipped; NaN is grey) -> uint8 colours of shape ``values.shape + (3,)``."""
-    v = np.asarray(values, dtype=np.float32)
+def colormap(values: np.ndarray, anchors: np.ndarray = _INFERNO) -> np.ndarray:
+    """Values in [0, 1] (clipped; NaN is grey) -> uint8 colours of shape ``values.shape + (3,)``, linear
+    between the ``anchors`` (inferno by default; the confusion matrix uses ``VIRIDIS``)."""
+    v = np.asarray(values, dtype=np.float64 if anchors.dtype == np.float64 else np.float32)
     nan = np.isnan(v)
-    t = np.clip(np.nan_to_num(v), 0.0, 1.0) * (len(_INFERNO) - 1)
-    lo = np.floor(t).astype(np.int64).clip(0, len(_INFERNO) - 2)
+    t = np.clip(np.nan_to_num(v), 0.0, 1.0) * (len(anchors) - 1)
+    lo = np.floor(t).astype(np.int64).clip(0, len(anchors) - 2)
     frac = (t - lo)[..., None]
-    rgb = _INFERNO[lo] * (1.0 - frac) + _INFERNO[lo + 1] * frac
+    rgb = anchors[lo] * (1.0 - frac) + anchors[lo + 1] * frac
     rgb[nan] = NAN_GREY
     return rgb.round().astype(np.uint8)
 
@@ -73,6 +81,33 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return ((image.detach().float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def prediction_grid(samples, num_classes: int) -> np.ndarray:
+    """Rows of image | ground truth | prediction (Cityscapes palette) as one (H, W, 3) uint8 array."""
+    rows = [np.concatenate([denormalize(img), colorize(mask.numpy(), num_classes), colorize(pred.numpy(), num_classes)], 1)
+            for img, mask, pred in samples]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.concatenate(rows, 0)
+
+
+def confusion_image(confusion: torch.Tensor, size: int = 512) -> np.ndarray:
+    """The confusion matrix (rows ground truth, columns prediction) as an (H, W, 3) uint8 heat map.
+
+    Each row is normalised by its ground-truth pixels (the diagonal is the class accuracy, the rest
+    of the row where that class's pixels went), so rare classes are as visible as road and sky.
+    A strip of the class colours runs along the top and the left, as in the prediction grid.
+    """
+    m = confusion.double().cpu()
+    k = m.shape[0]
+    heat = colormap((m / m.sum(1, keepdim=True).clamp(min=1)).numpy(), VIRIDIS)
+    cell = max(1, size // k)
+    heat = heat.repeat(cell, 0).repeat(cell, 1)
+    colours = palette_for(k)[:k].repeat(cell, 0)  # (k * cell, 3)
+    left = np.repeat(colours[:, None], cell, 1)
+    top = np.concatenate([np.zeros((cell, cell, 3), np.uint8), np.repeat(colours[None], cell, 0)], 1)
+    return np.concatenate([top, np.concatenate([left, heat], 1)], 0)
 
 
 def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -10,6 +10,11 @@ import torch
 
 from segattn.data import synthetic
 
+# The entry points register the config schema (segattn/config.py) that conf/train.yaml and
+# conf/eval.yaml are composed against, so every composition in the tests is checked by it.
+import train  # noqa: E402,F401
+import eval as _eval  # noqa: E402,F401
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Tiny but real: ResNet-18 at width 16, 64x64 crops, a handful of 64x128 images.

@@ -84,3 +84,58 @@ def test_psa_recipes_use_mmsegs_masks_and_test_mode(suffix, mask):
 def test_cityscapes_recipes_test_like_mmseg():
     assert _compose(["+experiment=cityscapes_r50_d8_80k"]).dataset.inference.mode == "whole"
     assert _compose(["dataset=cityscapes"]).dataset.inference.mode == "slide"
+
+
+def test_misspelled_key_fails_at_composition_with_the_valid_keys():
+    from hydra.errors import ConfigCompositionException
+
+    from conftest import run_train
+
+    # train.py stops before composing, naming the key and the keys that exist.
+    with pytest.raises(SystemExit, match=r"trainer\.max_iter is not a config key.*max_iters, batch_size"):
+        run_train(["trainer.max_iter=5"])
+    with pytest.raises(SystemExit, match=r"model\.aux_head\.weigth is not a config key.*channels, weight"):
+        run_train(["model.aux_head.weigth=0"])
+    # Hydra itself refuses it, and a value of the wrong type, while composing against the schema.
+    with pytest.raises(ConfigCompositionException, match="trainer.max_iter"):
+        _compose(["trainer.max_iter=5"])
+    with pytest.raises(ConfigCompositionException, match="trainer.max_iters=five"):
+        _compose(["trainer.max_iters=five"])
+    # An added key (+) gets past Hydra; the library refuses it with the valid keys.
+    from segattn.config import TrainConfig
+
+    added = OmegaConf.to_container(_compose(["+trainer.max_iter=5"]), resolve=True)
+    with pytest.raises(ValueError, match=r"trainer\.max_iter is not a config key.*max_iters"):
+        TrainConfig.from_dict(added)
+    # Open nodes keep their group-specific keys.
+    assert _compose(["head=ema", "head.num_bases=32"]).head.num_bases == 32
+
+
+def test_yaml_values_are_the_schema_defaults():
+    """conf/*.yaml is what users read, segattn/config.py what the library falls back on: they agree,
+    and every key of a typed node is written in the yaml."""
+    import dataclasses
+
+    from segattn.config import EvalConfig, OptimizerConfig, SchedulerConfig, TrainConfig
+
+    def check(yaml_node, schema_node, where, complete=True):
+        yaml_node = {k: v for k, v in yaml_node.items() if k not in ("defaults", "hydra")}
+        if complete:
+            assert set(yaml_node) == set(schema_node), where
+        for k, v in yaml_node.items():
+            assert schema_node[k] == v, f"{where}.{k}: yaml {v!r}, schema {schema_node[k]!r}"
+
+    train = OmegaConf.to_container(OmegaConf.load(os.path.join(CONF, "train.yaml")))
+    schema = dataclasses.asdict(TrainConfig())
+    for node in ("trainer", "model", "visualize"):
+        check(train[node], schema[node], node)
+    assert train["seed"] == schema["seed"] and train["resume"] == schema["resume"]
+    check(OmegaConf.to_container(OmegaConf.load(os.path.join(CONF, "optimizer", "sgd.yaml"))),
+          dataclasses.asdict(OptimizerConfig()), "optimizer", complete=False)
+    check(OmegaConf.to_container(OmegaConf.load(os.path.join(CONF, "scheduler", "poly.yaml"))),
+          dataclasses.asdict(SchedulerConfig()), "scheduler")
+    check(OmegaConf.to_container(OmegaConf.load(os.path.join(CONF, "eval.yaml"))), dataclasses.asdict(EvalConfig()),
+          "eval")
+    # What the library reads for a key a caller leaves out is what train.py would have composed.
+    composed = OmegaConf.to_container(_compose([]), resolve=True)
+    assert TrainConfig.from_dict({}).trainer == TrainConfig.from_dict(composed).trainer

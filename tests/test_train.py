@@ -76,3 +76,48 @@ def test_same_seed_same_losses(tiny_root, tmp_path):
     ma = load_checkpoint(os.path.join(a, "checkpoints", "last.pt"))["model"]
     mb = load_checkpoint(os.path.join(b, "checkpoints", "last.pt"))["model"]
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_trainer_and_benchmark_share_train_step(tiny_root, tmp_path, monkeypatch):
+    """The loop and benchmarks/train_speed.py run ``segattn.engine.trainer.train_step``, not copies of it."""
+    from benchmarks import train_speed
+    from segattn.engine import trainer
+
+    calls = []
+    real = trainer.train_step
+
+    def counting(model, batch, *args, **kwargs):
+        calls.append(len(batch) if isinstance(batch, list) else 1)
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", counting)
+    run_train([*TINY, f"dataset.root={tiny_root}", "trainer.max_iters=2", "trainer.val_interval=2",
+               "trainer.grad_accum=2", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert calls == [2, 2]  # one call per iteration, with its two micro-batches
+
+    args = train_speed.parse_args(["--root", tiny_root, "--overrides", *TINY])
+    st = train_speed.setup_config("default", [], args)
+    before = {k: v.clone() for k, v in st["model"].state_dict().items()}
+    st["train_step"](next(st["batches"]))
+    assert calls == [2, 2, 1]
+    assert any(not torch.equal(before[k], v) for k, v in st["model"].state_dict().items())
+
+
+def test_train_step_steps_and_skips_a_nonfinite_loss():
+    from segattn.engine.trainer import train_step
+    from segattn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"depth": 18, "width": 8}, {"name": "fcn", "channels": 8}, 3, {"channels": 8}).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
+    w = model.head.cls.weight.detach().clone()
+    out = train_step(model, batch, opt)
+    assert out.finite and out.lr == 0.1 and out.loss.ndim == 0 and set(out.parts) == {"out", "aux"}
+    assert not torch.equal(w, model.head.cls.weight)
+    w = model.head.cls.weight.detach().clone()
+    buffers = [b.clone() for b in model.buffers()]
+    bad = dict(batch, image=torch.full((2, 3, 32, 32), float("nan")))
+    out = train_step(model, bad, opt, skip_nonfinite=True)
+    assert not out.finite and torch.equal(w, model.head.cls.weight)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))  # BN statistics put back

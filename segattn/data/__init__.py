@@ -10,15 +10,16 @@ import torch
 
 from . import synthetic
 from .ade20k import ADE20KDataset
+from .base import SegmentationDataset, label_table
 from .check import DatasetError, check_dataset
-from .cityscapes import CityscapesDataset, SegmentationDataset
+from .cityscapes import CityscapesDataset
 from .folder import FolderDataset
 from .transforms import build_train_transform, build_val_transform
 
 DATASETS = {"mini": CityscapesDataset, "cityscapes": CityscapesDataset, "ade20k": ADE20KDataset,
             "folder": FolderDataset}
 
-__all__ = ["ADE20KDataset", "CityscapesDataset", "FolderDataset", "SegmentationDataset", "build_dataset",
+__all__ = ["ADE20KDataset", "CityscapesDataset", "FolderDataset", "SegmentationDataset", "build_dataset", "label_table",
            "build_train_transform", "build_val_transform", "seed_worker", "DATASETS", "DatasetError", "check_dataset"]
 
 

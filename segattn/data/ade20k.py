@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
+from .base import SegmentationDataset, label_table
 from .check import missing_masks
-from .cityscapes import SegmentationDataset
 
 LAYOUT = """\
   <root>/ADEChallengeData2016/images/<split>/ADE_<split>_<n>.jpg        (split: training | validation)
@@ -46,11 +46,7 @@ def reduce_zero_label_table(num_classes: int) -> np.ndarray:
 
     mmsegmentation's ``reduce_zero_label``: ADE20K's 0 is "other" (unlabelled), not a class.
     """
-    lut = np.full(256, -1, np.int64)
-    lut[0] = 255
-    lut[1:num_classes + 1] = np.arange(num_classes)
-    lut[255] = 255
-    return lut
+    return label_table({k + 1: k for k in range(num_classes)}, ignored=[0])
 
 
 # train id -> annotation value, for exports in the benchmark's own encoding.

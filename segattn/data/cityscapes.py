@@ -5,14 +5,11 @@ from __future__ import annotations
 import glob
 import os
 
-import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from .check import DatasetError, jpeg_is_complete, missing_masks, valid_values
+from .base import SegmentationDataset, label_table, read_image, read_mask  # noqa: F401  (their home before)
+from .check import missing_masks
 from .labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_TRAINID_TO_ID
-from .transforms import build_val_transform
 
 LAYOUT = """\
   <root>/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
@@ -25,106 +22,11 @@ TRAINID_TO_LABELID = np.zeros(256, np.uint8)
 TRAINID_TO_LABELID[list(CITYSCAPES_TRAINID_TO_ID)] = list(CITYSCAPES_TRAINID_TO_ID.values())
 
 
-def read_image(path: str) -> np.ndarray:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read the image ({e.strerror})") from None
-    # A JPEG cut short is looked for in the bytes: cv2.imread returns it with its missing rows filled
-    # with grey, and only prints a warning.
-    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
-        raise DatasetError(f"{path}: the JPEG file is truncated (no end-of-image marker after its image data); "
-                           f"copy it again from the original")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # as imread: EXIF turns too
-    if img is None:
-        raise DatasetError(f"{path}: cannot read the image (empty, truncated or not an image file)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def read_mask(path: str) -> np.ndarray:
-    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise DatasetError(f"{path}: cannot read the mask (missing, truncated or not an image file)")
-    if mask.ndim != 2:
-        raise DatasetError(f"{path}: a mask must be a single-channel label image, got shape {mask.shape}")
-    return mask
-
-
 def lookup_table(mapping: dict[int, int] | None, num_classes: int) -> np.ndarray:
-    """A 256-entry table: file value -> train id (255 ignore); invalid values map to -1."""
-    lut = np.full(256, -1, np.int64)
-    if mapping is None:  # the file already holds train ids
-        lut[:num_classes] = np.arange(num_classes)
-    else:
-        lut[:] = 255
-        lut[list(mapping)] = list(mapping.values())
-        lut[34:255] = -1  # labelIds go up to 33 (and -1, the license plate, stored as 255)
-        lut[255] = 255
-    lut[255] = 255
-    return lut
-
-
-class SegmentationDataset(Dataset):
-    """Pairs of (image file, mask file); items are dicts with ``image``, ``mask`` and ``path``.
-
-    ``transform`` is an albumentations pipeline ending in Normalize + ToTensorV2; without one, items
-    are normalised at the files' own resolution (validation is evaluated at full resolution).
-    A mask of ``None`` is an image to predict only: its mask is all 255 (ignore) and ``has_masks`` is
-    False, so eval.py exports the predictions and skips the metrics.
-    """
-
-    classes: tuple[str, ...] = ()
-    # train id -> the value the dataset's own label files use (identity here; see label_ids)
-    file_ids: np.ndarray = np.arange(256, dtype=np.uint8)
-
-    def __init__(self, images: list[str], masks: list[str | None], luts: list[np.ndarray], transform=None):
-        self.images, self.masks, self.luts = images, masks, luts
-        self.transform = transform if transform is not None else build_val_transform()
-        self.has_masks = all(m is not None for m in masks)
-
-    def label_ids(self, pred: np.ndarray) -> np.ndarray:
-        """Train ids (H, W) -> the encoding of the dataset's label files (uint8), for exports."""
-        return self.file_ids[np.asarray(pred, dtype=np.int64)]
-
-    def prediction_name(self, path: str) -> str:
-        """The name of an image's exported prediction, without suffix: the image's file name stem."""
-        return os.path.splitext(os.path.basename(path))[0]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self):
-        return len(self.images)
-
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """The raw image (H, W, 3 uint8) and its mask in train ids (H, W uint8, 255 ignore)."""
-        img = read_image(self.images[i])
-        if self.masks[i] is None:
-            return img, np.full(img.shape[:2], 255, np.uint8)
-        raw = read_mask(self.masks[i])
-        if raw.shape != img.shape[:2]:
-            raise DatasetError(f"{self.masks[i]}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
-                               f"{self.images[i]} is {img.shape[1]}x{img.shape[0]} (W x H)")
-        if raw.dtype != np.uint8:
-            raise DatasetError(f"{self.masks[i]}: expected an 8-bit label image, got {raw.dtype}")
-        mask = self.luts[i][raw]
-        if (mask < 0).any():
-            bad = np.unique(raw[mask < 0]).tolist()
-            raise DatasetError(f"{self.masks[i]}: invalid label value(s) {bad[:10]}{'...' if len(bad) > 10 else ''} "
-                               f"for this file's format (valid: {valid_values(self.luts[i])})")
-        return img, mask.astype(np.uint8)
-
-    def __getitem__(self, i) -> dict:
-        # The training sampler passes (index, seed): the augmentation of a sample is then a function
-        # of its position in the run, whatever worker or process loads it, so a resumed run is exact.
-        if isinstance(i, tuple):
-            i, seed = i
-            self.transform.set_random_seed(seed)
-        img, mask = self.load(i)
-        out = self.transform(image=img, mask=mask)
-        return {"image": out["image"], "mask": torch.as_tensor(out["mask"]).long(), "path": self.images[i]}
+    """File value -> train id for Cityscapes masks: ``labelTrainIds`` (``mapping`` None) or ``labelIds``
+    (``mapping`` labelId -> trainId). labelIds go up to 33 (and -1, the license plate, stored as 255);
+    those without a train id are ignored."""
+    return label_table(mapping, num_classes, ignored=range(34) if mapping is not None else ())
 
 
 class CityscapesDataset(SegmentationDataset):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
+from .base import SegmentationDataset, label_table
 from .check import missing_masks
-from .cityscapes import SegmentationDataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -23,14 +21,6 @@ def list_images(directory: str) -> list[str]:
     for parent, _, files in os.walk(directory):
         found += [os.path.join(parent, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(found)
-
-
-def train_id_table(num_classes: int) -> np.ndarray:
-    """File value -> train id: 0..num_classes-1 and 255 (ignore) as they are, anything else invalid (-1)."""
-    lut = np.full(256, -1, np.int64)
-    lut[:num_classes] = np.arange(num_classes)
-    lut[255] = 255
-    return lut
 
 
 class FolderDataset(SegmentationDataset):
@@ -59,7 +49,7 @@ class FolderDataset(SegmentationDataset):
             missing = [(p, m) for p, m in zip(files, mask_files) if not os.path.isfile(m)]
             if missing:
                 raise missing_masks(missing, LAYOUT)
-        lut = train_id_table(len(self.classes))
+        lut = label_table(num_classes=len(self.classes))  # the masks hold train ids
         super().__init__(files, mask_files, [lut] * len(files), transform)
         self.masks_root = masks
 

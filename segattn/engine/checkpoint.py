@@ -92,6 +92,19 @@ def clean_stale_tmp(directory: str) -> list[str]:
     return stale
 
 
+def prune_checkpoints(directory: str, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` ``iter_<N>.pt`` of ``directory`` (``trainer.keep_ckpts``; 0
+    keeps them all); returns the paths removed. ``last.pt`` and ``best.pt`` are never touched."""
+    if not keep:
+        return []
+    steps = sorted(int(f[5:-3]) for f in os.listdir(directory)
+                   if f.startswith("iter_") and f.endswith(".pt") and f[5:-3].isdigit())
+    removed = [os.path.join(directory, f"iter_{n}.pt") for n in steps[:-keep]]
+    for path in removed:
+        os.remove(path)
+    return removed
+
+
 def rng_state() -> dict:
     """Every random generator the loop uses, in a form ``weights_only`` loading accepts."""
     np_state = np.random.get_state()

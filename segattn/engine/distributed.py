@@ -58,6 +58,13 @@ def init(device_name: str | None = "auto", timeout_s: float = 1800) -> tuple[int
     return rank, world, device
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``device: auto`` is the GPU when there is one; otherwise the named device."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -12,12 +12,14 @@ import warnings
 
 from torch.utils.data import DataLoader
 
+from ..config import EvalConfig
 from ..data import FolderDataset, build_dataset
+from ..models import build_model_from_config
 from .checkpoint import load_checkpoint
+from .distributed import resolve_device
 from .evaluate import evaluate
 from .export import PredictionWriter, check_format
 from .logging import iou_table, metrics_json, write_json
-from .trainer import make_model, resolve_device
 from ..viz import write_attention_pictures
 
 
@@ -26,27 +28,28 @@ def _set(node: dict | None) -> dict:
     return {k: v for k, v in (node or {}).items() if v is not None}
 
 
-def evaluate_checkpoint(cfg: dict, run_dir: str) -> dict:
-    """Evaluate ``cfg["checkpoint"]`` as configured (conf/eval.yaml, a plain dict); writes
-    ``<run_dir>/eval.json`` and returns its content."""
-    path = cfg["checkpoint"]
+def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
+    """Evaluate ``cfg.checkpoint`` as configured (conf/eval.yaml as a plain dict, or an ``EvalConfig``);
+    writes ``<run_dir>/eval.json`` and returns its content."""
+    cfg = EvalConfig.from_dict(cfg)
+    path = cfg.checkpoint
     ckpt = load_checkpoint(path)
     train_cfg = ckpt["config"]
 
     d = dict(train_cfg["dataset"])
-    overrides = _set(cfg.get("dataset"))
+    overrides = _set(cfg.dataset)
     split = overrides.pop("split", None) or d.get("val_split", "val")
     d.update(overrides)
     inference = dict(d.get("inference") or {"mode": "whole"})
-    inference.update(_set(cfg.get("inference")))
-    export_dir, fmt = cfg.get("export_dir"), cfg.get("export_format") or "labelids"
+    inference.update(_set(cfg.inference.to_dict()))
+    export_dir, fmt = cfg.export_dir, cfg.export_format or "labelids"
     if export_dir:
         check_format(fmt)
 
     classes = list(train_cfg.get("classes") or [])
-    if cfg.get("images"):  # a plain folder of pictures, predicted with the checkpoint's classes
-        dataset = FolderDataset(cfg["images"], None, classes)
-        source = f"images={cfg['images']!r}"
+    if cfg.images:  # a plain folder of pictures, predicted with the checkpoint's classes
+        dataset = FolderDataset(cfg.images, None, classes)
+        source = f"images={cfg.images!r}"
     else:
         options = {k: v for k, v in d.items() if k not in ("name", "root")}
         if d["name"] == "folder" and not options.get("classes"):
@@ -66,24 +69,23 @@ def evaluate_checkpoint(cfg: dict, run_dir: str) -> dict:
         raise ValueError(f"{source} has no masks, so there is nothing to measure; set export_dir=DIR "
                          f"(and export_format=labelids|trainids|color) to write the predictions")
 
-    device = resolve_device(cfg.get("device", "auto"))
-    model = make_model(train_cfg, num_classes, pretrained=False)
+    device = resolve_device(cfg.device)
+    model = build_model_from_config(train_cfg, num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])
     model.to(device)
     # Images keep their own size (the benchmarks score full resolution), so one per batch.
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=int(cfg.get("num_workers") or 0))
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg.num_workers)
     writer = PredictionWriter(export_dir, fmt, dataset) if export_dir else None
-    metrics, _ = evaluate(model, loader, num_classes, device, progress=cfg.get("progress", True),
+    metrics, _ = evaluate(model, loader, num_classes, device, progress=cfg.progress,
                           inference=inference, on_prediction=writer)
 
     info = {"checkpoint": os.path.abspath(path), "iter": int(ckpt["iter"]), "dataset": d["name"],
-            "root": cfg.get("images") or d["root"], "split": None if cfg.get("images") else split,
+            "root": cfg.images or d["root"], "split": None if cfg.images else split,
             "images": len(dataset), "inference": inference}
-    vis = cfg.get("visualize") or {}
-    if vis.get("points") or vis.get("out_dir"):
-        vis_dir = vis.get("out_dir") or os.path.join(run_dir, "attention")
-        pictures = write_attention_pictures(model, dataset, vis_dir, vis.get("points"),
-                                            int(vis.get("num_images") or 2), vis.get("max_size", 1024))
+    vis = cfg.visualize
+    if vis.points or vis.out_dir:
+        vis_dir = vis.out_dir or os.path.join(run_dir, "attention")
+        pictures = write_attention_pictures(model, dataset, vis_dir, vis.points, vis.num_images, vis.max_size)
         info["attention_pictures"] = {"dir": os.path.abspath(vis_dir), "files": len(pictures)}
         print(f"wrote {len(pictures)} attention pictures to {vis_dir}")
     if writer is not None:

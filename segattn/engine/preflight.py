@@ -22,23 +22,26 @@ import cv2
 import numpy as np
 import torch
 
+from ..config import TrainConfig, TrainerConfig
 from ..data.check import check_dataset
+from ..models import build_model_from_config
 from .logging import write_json
 
 # Room for what a run writes besides checkpoints (TensorBoard events, metrics, predictions shown).
 MARGIN_BYTES = 64 * 2**20
 
 
-def preflight_checks(cfg: dict, run_dir: str, train_set, val_set) -> dict:
+def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set) -> dict:
     """The start-up checks of ``train``, then ``run_info.json``; returns what was recorded.
 
     Called by the main process only: the scan reads the whole dataset once, and the other two
     concern the directory only it writes to.
     """
-    d, t = cfg["dataset"], cfg["trainer"]
-    if d.get("check"):
-        n = check_dataset({"train": train_set, "val": val_set}, workers=int(t.get("num_workers") or 0),
-                          progress=bool(t.get("progress", True)), report=os.path.join(run_dir, "dataset_check.txt"))
+    cfg = TrainConfig.from_dict(cfg)
+    t = cfg.trainer
+    if cfg.dataset.get("check"):
+        n = check_dataset({"train": train_set, "val": val_set}, workers=t.num_workers,
+                          progress=t.progress, report=os.path.join(run_dir, "dataset_check.txt"))
         print(f"dataset.check: all {n} samples of the train and val splits can be used", file=sys.stderr)
     check_free_space(run_dir, checkpoint_bytes(cfg, len(train_set.classes)), checkpoint_copies(t))
     return write_run_info(run_dir, cfg)
@@ -46,32 +49,32 @@ def preflight_checks(cfg: dict, run_dir: str, train_set, val_set) -> dict:
 
 # --- disk space ----------------------------------------------------------------------------------
 
-def checkpoint_bytes(cfg: dict, num_classes: int) -> int:
+def checkpoint_bytes(cfg: dict | TrainConfig, num_classes: int) -> int:
     """About how large one checkpoint of ``cfg`` is: the model's tensors plus the optimizer's state
     (SGD's momentum is one copy of the parameters, AdamW's two moments are two).
 
     The model is built on the meta device: shapes without memory or initialisation, so a ResNet-101
     costs no more than a ResNet-18 here.
     """
-    from .trainer import make_model  # the trainer imports this module
-
+    cfg = TrainConfig.from_dict(cfg)
     try:
         with torch.device("meta"):
-            model = make_model(cfg, num_classes, pretrained=False)
+            model = build_model_from_config(cfg.to_dict(), num_classes, pretrained=False)
     except Exception:  # a module whose constructor computes with tensor values: build it for real
-        model = make_model(cfg, num_classes, pretrained=False)
+        model = build_model_from_config(cfg.to_dict(), num_classes, pretrained=False)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     tensors = sum(v.numel() * v.element_size() for v in model.state_dict().values())
-    moments = {"sgd": 1, "adamw": 2}.get((cfg.get("optimizer") or {}).get("name"), 2)
+    moments = {"sgd": 1, "adamw": 2}.get(cfg.optimizer.name, 2)
     return tensors + moments * params
 
 
-def checkpoint_copies(trainer: dict) -> int:
+def checkpoint_copies(trainer: dict | TrainerConfig) -> int:
     """How many checkpoint files a run holds at its peak: last.pt, best.pt, the iter_<N>.pt it keeps
     (``trainer.keep_ckpts``, or all of them when that is 0) and the one being written."""
-    interval = int(trainer.get("ckpt_interval") or 0)
-    written = int(trainer["max_iters"]) // interval if interval else 0
-    keep = int(trainer.get("keep_ckpts") or 0)
+    trainer = TrainerConfig.from_dict(trainer, "trainer")
+    interval = int(trainer.ckpt_interval or 0)
+    written = int(trainer.max_iters) // interval if interval else 0
+    keep = int(trainer.keep_ckpts or 0)
     return 3 + (min(keep, written) if keep else written)
 
 
@@ -132,13 +135,14 @@ def git_state(path: str | None = None) -> dict:
         return {"commit": "unknown", "dirty": None}
 
 
-def write_run_info(run_dir: str, cfg: dict) -> dict:
+def write_run_info(run_dir: str, cfg: dict | TrainConfig) -> dict:
     """Write ``<run_dir>/run_info.json`` (atomically) and return it. A resumed run keeps the earlier
     starts under ``earlier``: a run continued with other code or packages says so."""
+    cfg = TrainConfig.from_dict(cfg)
     info = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "seed": int(cfg.get("seed", 0)),
+            "seed": cfg.seed,
             "command": list(sys.argv),
-            "resume": cfg.get("resume"),
+            "resume": cfg.resume,
             "versions": versions(),
             "git": git_state(),
             "host": platform.node(),

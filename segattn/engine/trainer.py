@@ -1,4 +1,10 @@
-"""The training loop: one function, read top to bottom (torchvision references / nanoGPT shape)."""
+"""The training loop (``train``): one function, read top to bottom (torchvision references / nanoGPT shape).
+
+The set-up it starts with (``setup``: distributed, resume, loaders, model, optimizer), the step it
+repeats (``train_step``, also what the benchmarks time) and the validation and checkpoints at the
+configured iterations (``validate_and_save``) are functions of their own, so the loop itself fits on
+one screen.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,26 @@ import random
 import sys
 import time
 import warnings
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Subset
-
+from ..config import TrainConfig
 from ..data import build_dataset, build_train_transform, seed_worker
 from ..data.sampler import TrainSampler
-from ..models.segmentor import build_model
+from ..models import build_model_from_config
 from . import distributed
-from .checkpoint import clean_stale_tmp, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (clean_stale_tmp, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
+                         set_rng_state)
+from .distributed import resolve_device  # noqa: F401  (its home before; scripts import it from here)
 from .evaluate import evaluate
-from .logging import iou_table, log_hparams, log_validation, metrics_json, write_json
+from .logging import iou_table, log_hparams, log_train, log_validation, metrics_json, write_json
 from .optim import build_optimizer, build_scheduler
 from .preflight import preflight_checks
 from ..viz import log_attention_pictures
@@ -37,14 +46,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def amp_dtype(amp) -> torch.dtype | None:
-    if amp in (None, False, "off", "no", "fp32"):
+    if amp in (None, False, "off", "no", "fp32") or str(amp).lower() == "false":
         return None
     if amp in ("bf16", "fp16"):
         return torch.bfloat16 if amp == "bf16" else torch.float16
@@ -76,15 +79,6 @@ def find_resume(resume, ckpt_dir: str) -> str | None:
     return str(resume)
 
 
-def make_model(cfg: dict, num_classes: int, pretrained: bool = True):
-    """The model the config describes (``backbone``, ``head``, ``model.*``). ``pretrained=False`` skips
-    ``backbone.pretrained``: the weights come from a checkpoint (resume, eval.py), and the ImageNet file
-    need not exist on the machine that resumes or evaluates."""
-    backbone = dict(cfg["backbone"]) if pretrained else dict(cfg["backbone"], pretrained=None)
-    m = cfg.get("model") or {}
-    return build_model(backbone, cfg["head"], num_classes, m.get("aux_head"), m.get("scale_attention"))
-
-
 def load_init_weights(model, path: str) -> list[str]:
     """``model.init_from``: a new run starting from a checkpoint's weights only (fine-tuning: fresh
     optimizer, schedule and iteration count). Weights whose shape differs -- the classifiers, when the
@@ -106,8 +100,10 @@ def load_init_weights(model, path: str) -> list[str]:
     return skipped
 
 
-def build_loaders(cfg: dict, seed: int, start_iter: int, rank: int = 0, world_size: int = 1):
-    d, t = cfg["dataset"], cfg["trainer"]
+def build_loaders(cfg: dict | TrainConfig, seed: int, start_iter: int, rank: int = 0, world_size: int = 1):
+    """The training loader (``start_iter`` micro-batches in, for resume) and the validation loader."""
+    cfg = TrainConfig.from_dict(cfg)
+    d, t = cfg.dataset, cfg.trainer
     train_tf = build_train_transform(d["crop_size"], scale_range=tuple(d.get("scale_range", (0.5, 2.0))),
                                      cat_max_ratio=d.get("cat_max_ratio", 0.75), flip=d.get("flip", True),
                                      photometric=d.get("photometric", True), base_scale=d.get("base_scale"))
@@ -117,11 +113,11 @@ def build_loaders(cfg: dict, seed: int, start_iter: int, rank: int = 0, world_si
     if not train_set.has_masks:
         raise ValueError(f"dataset {d['name']} at {d['root']!r}: the training split "
                          f"{d.get('train_split', 'train')!r} has no masks to learn from")
-    sampler = TrainSampler(len(train_set), t["batch_size"], seed, start_iter, rank, world_size)
-    workers = t.get("num_workers", 0)
+    sampler = TrainSampler(len(train_set), t.batch_size, seed, start_iter, rank, world_size)
+    workers = t.num_workers
     # Loaders get generators of their own: creating an iterator draws a worker base seed, and drawing
     # it from the global generator would shift dropout's random numbers on resume.
-    train_loader = DataLoader(train_set, batch_size=t["batch_size"], sampler=sampler, num_workers=workers,
+    train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
                               drop_last=True, worker_init_fn=seed_worker, persistent_workers=workers > 0,
                               pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
     # Validation images keep their own size (full resolution), so one per batch. Under DDP each rank
@@ -158,198 +154,272 @@ def compile_backend(value) -> str | None:
     return "inductor" if value is True or value == "true" else str(value)
 
 
-def train(cfg: dict, run_dir: str) -> dict:
-    """Train ``cfg`` (a plain dict: the composed Hydra config) writing into ``run_dir``; returns the last
-    validation metrics (as in ``metrics.json``).
+@dataclass
+class Run:
+    """What ``setup`` builds for the loop: the parts of one training run."""
+    cfg: TrainConfig
+    run_dir: str
+    ckpt_dir: str
+    rank: int
+    world_size: int
+    device: torch.device
+    model: torch.nn.Module  # the Segmentor: its parameters, loss and checkpoints
+    net: torch.nn.Module  # what is called in training: the model, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp: torch.dtype | None
+    train_loader: DataLoader
+    val_loader: DataLoader
+    val_set: torch.utils.data.Dataset
+    classes: list[str]
+    start_iter: int
+    writer: SummaryWriter | None
+    best: float = -1.0
 
-    Under torchrun (or Slurm tasks) every process runs this function: rank 0 chooses the run directory
-    and alone writes checkpoints, metrics and TensorBoard; the others only compute.
-    """
-    t = cfg["trainer"]
-    max_iters = int(t["max_iters"])
-    rank, world_size, device = distributed.init(t.get("device", "auto"), float(t.get("dist_timeout_s") or 1800))
-    main_process = rank == 0
-    run_dir = distributed.broadcast_object(run_dir)  # ranks > 0 have no run directory of their own
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    if main_process:
-        check_writable(run_dir)
-        clean_stale_tmp(ckpt_dir)
-    seed = int(cfg.get("seed", 0))
-    seed_everything(seed + rank)  # dropout differs per rank, as it would across a bigger batch
-    accum = int(t.get("grad_accum") or 1)
+    @property
+    def main_process(self) -> bool:
+        return self.rank == 0
 
-    resume_path = distributed.broadcast_object(find_resume(cfg.get("resume"), ckpt_dir) if main_process else None)
-    ckpt = load_checkpoint(resume_path) if resume_path else None
-    start_iter = int(ckpt["iter"]) if ckpt else 0
 
-    # The sampler counts micro-batches: with gradient accumulation an iteration (one optimizer
-    # step) consumes `accum` of them.
-    train_set, val_set, train_loader, val_loader = build_loaders(cfg, seed, start_iter * accum, rank, world_size)
-    if main_process:  # dataset.check, free disk space, run_info.json: before the first iteration, not hours in
-        preflight_checks(cfg, run_dir, train_set, val_set)
-    classes = train_set.classes
-    num_classes = len(classes)
-
-    init_from = (cfg.get("model") or {}).get("init_from")
-    model = make_model(cfg, num_classes, pretrained=ckpt is None and not init_from)
+def setup_model(cfg: TrainConfig, num_classes: int, device: torch.device, world_size: int,
+                pretrained: bool) -> torch.nn.Module:
+    """The configured model on ``device``, with the BatchNorm the process count calls for."""
+    model = build_model_from_config(cfg.to_dict(), num_classes, pretrained=pretrained)
     # One switch decides, whatever backbone.norm says (a recipe's ``syncbn`` is the GPU default):
     # trainer.sync_bn null means SyncBN exactly when several GPU processes train; false turns it off
     # there too. No SyncBN on the CPU, and with one process it would only be a slower BN.
-    if sync_bn_wanted(t.get("sync_bn"), world_size, device):
+    if sync_bn_wanted(cfg.trainer.sync_bn, world_size, device):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     else:
         model = revert_sync_batchnorm(model)
     model.to(device)
-    channels_last = bool(t.get("channels_last"))
-    if channels_last:
+    if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, **cfg["optimizer"])
-    scheduler = build_scheduler(optimizer, max_iters, **cfg["scheduler"])
+    return model
+
+
+def restore(ckpt: dict, path: str, model, optimizer, scheduler, rank: int, world_size: int,
+            num_classes: int) -> float:
+    """Continue from a checkpoint of this run (``resume``): weights, optimizer, schedule and the random
+    streams; returns the best mIoU so far."""
+    if ckpt["config"].get("num_classes", num_classes) != num_classes:
+        raise ValueError(f"resume={path!r} has {ckpt['config'].get('num_classes')} classes, "
+                         f"the dataset {num_classes}")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    # Each rank continues its own random stream (dropout differs per rank), so resume is exact under DDP too.
+    ranks = ckpt.get("rng_ranks") or []
+    set_rng_state(ranks[rank] if len(ranks) == world_size else ckpt["rng"])
+    print(f"resumed from {path} at iteration {int(ckpt['iter'])}", file=sys.stderr)
+    return ckpt.get("best", -1.0)
+
+
+def setup(cfg: TrainConfig, run_dir: str) -> Run:
+    """Everything before the first iteration: processes, resume, data, model, optimizer, logging.
+
+    Under torchrun (or Slurm tasks) every process runs this: rank 0 chooses the run directory and
+    alone writes checkpoints, metrics and TensorBoard; the others only compute.
+    """
+    t = cfg.trainer
+    rank, world_size, device = distributed.init(t.device, float(t.dist_timeout_s or 1800))
+    run_dir = distributed.broadcast_object(run_dir)  # ranks > 0 have no run directory of their own
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    if rank == 0:
+        check_writable(run_dir)
+        clean_stale_tmp(ckpt_dir)
+    seed_everything(cfg.seed + rank)  # dropout differs per rank, as it would across a bigger batch
+
+    resume_path = distributed.broadcast_object(find_resume(cfg.resume, ckpt_dir) if rank == 0 else None)
+    ckpt = load_checkpoint(resume_path) if resume_path else None
+    start_iter = int(ckpt["iter"]) if ckpt else 0
+
+    # The sampler counts micro-batches: with gradient accumulation an iteration (one optimizer
+    # step) consumes `grad_accum` of them.
+    train_set, val_set, train_loader, val_loader = build_loaders(cfg, cfg.seed, start_iter * t.grad_accum,
+                                                                 rank, world_size)
+    if rank == 0:  # dataset.check, free disk space, run_info.json: before the first iteration, not hours in
+        preflight_checks(cfg, run_dir, train_set, val_set)
+    classes = list(train_set.classes)
+
+    init_from = cfg.model.init_from
+    model = setup_model(cfg, len(classes), device, world_size, pretrained=ckpt is None and not init_from)
+    optimizer = build_optimizer(model, **cfg.optimizer.to_dict())
+    scheduler = build_scheduler(optimizer, t.max_iters, **cfg.scheduler.to_dict())
     best = -1.0
     if ckpt:
-        if ckpt["config"].get("num_classes", num_classes) != num_classes:
-            raise ValueError(f"resume={resume_path!r} has {ckpt['config'].get('num_classes')} classes, "
-                             f"the dataset {num_classes}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        # Each rank continues its own random stream (dropout differs per rank), so resume is exact under DDP too.
-        ranks = ckpt.get("rng_ranks") or []
-        set_rng_state(ranks[rank] if len(ranks) == world_size else ckpt["rng"])
-        best = ckpt.get("best", best)
-        print(f"resumed from {resume_path} at iteration {start_iter}", file=sys.stderr)
+        best = restore(ckpt, resume_path, model, optimizer, scheduler, rank, world_size, len(classes))
     elif init_from:
         load_init_weights(model, init_from)
     net = model
     if world_size > 1:  # DDP starts every rank from rank 0's parameters and buffers
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    backend = compile_backend(t.get("compile"))
+    backend = compile_backend(t.compile)
     if backend:
         net = torch.compile(net, backend=backend)
+    dtype = amp_dtype(t.amp)
+    return Run(cfg, run_dir, ckpt_dir, rank, world_size, device, model, net, optimizer, scheduler,
+               torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dtype, train_loader,
+               val_loader, val_set, classes, start_iter, SummaryWriter(run_dir) if rank == 0 else None, best)
 
-    dtype = amp_dtype(t.get("amp"))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    writer = SummaryWriter(run_dir) if main_process else None
-    saved_cfg = dict(cfg, num_classes=num_classes, classes=list(classes))
 
-    def checkpoint(name: str, it: int):
-        """Called by every rank at the same iterations: the random states of all ranks are gathered."""
-        rngs = distributed.all_gather_object(rng_state())
-        if main_process:
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "iter": it, "config": saved_cfg,
-                             "best": best, "rng": rngs[0], "rng_ranks": rngs}, os.path.join(ckpt_dir, name))
+class Step(NamedTuple):
+    loss: torch.Tensor  # the mean over the micro-batches, detached
+    parts: dict  # each output's loss (``out``, ``aux``, ...) of the last micro-batch
+    finite: bool  # False: the loss was NaN or inf and the optimizer did not step
+    lr: float  # the learning rate this step used
 
-    # Validation predicts as the dataset's benchmark does (whole, slide, multi-scale): conf/dataset/*.yaml.
-    val_inference = cfg["dataset"].get("inference")
-    metrics = None
-    batches = iter(train_loader)
-    model.train()
-    # stop_at ends the process early (e.g. a time-limited job) while the schedule still runs over
-    # max_iters; resume=auto continues from there.
-    stop_at = min(int(t.get("stop_at") or max_iters), max_iters)
-    show = t.get("progress", True) and main_process
-    bar = tqdm(range(start_iter, stop_at), initial=start_iter, total=max_iters, desc="train",
-               disable=not show, dynamic_ncols=True)
-    t_data = t_step = 0.0
-    for it in bar:
-        tic = time.perf_counter()
+
+def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torch.optim.Optimizer,
+               scheduler=None, *, net: torch.nn.Module | None = None, scaler: torch.amp.GradScaler | None = None,
+               amp: torch.dtype | None = None, grad_clip: float | None = None, skip_nonfinite: bool = False,
+               channels_last: bool = False) -> Step:
+    """One optimizer step on ``batch`` (a loader's dict, or a list of micro-batches whose gradients are
+    accumulated): forward, loss, backward, clipping, step, schedule. What ``train`` runs every
+    iteration and what the benchmarks time.
+
+    ``net`` is what is called (a DDP or compiled wrapper of ``model``; default ``model``); ``model``
+    gives the loss and the parameters. With a non-finite loss the optimizer does not step, and with
+    ``skip_nonfinite`` BatchNorm's running statistics are put back as they were before the step.
+    """
+    net = model if net is None else net
+    micro_batches = batch if isinstance(batch, (list, tuple)) else [batch]
+    accum = len(micro_batches)
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    device = next(model.parameters()).device
+    optimizer.zero_grad(set_to_none=True)
+    # A skipped step must not leave a NaN batch's statistics in BatchNorm's running buffers.
+    saved_buffers = [b.clone() for b in model.buffers()] if skip_nonfinite else None
+    loss, finite = 0.0, True
+    for i, micro in enumerate(micro_batches):
+        images = micro["image"].to(device, non_blocking=True)
+        masks = micro["mask"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # Only the last micro-batch's backward all-reduces gradients under DDP.
+        sync = i == accum - 1 or not isinstance(net, DistributedDataParallel)
+        with (contextlib.nullcontext() if sync else net.no_sync()):
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                outputs = net(images)
+            micro_loss, parts = model.loss({k: v.float() for k, v in outputs.items()}, masks)
+            finite = finite and bool(torch.isfinite(micro_loss))
+            # Dividing by accum makes the summed gradients those of one accum-times bigger batch.
+            scaler.scale(micro_loss / accum).backward()
+        loss += micro_loss.detach() / accum
+    if distributed.is_dist():  # every rank takes the same decision, or the others would hang
+        flag = torch.tensor([0.0 if finite else 1.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        finite = flag.item() == 0.0
+    if not finite:
         optimizer.zero_grad(set_to_none=True)
-        skip_nonfinite = t.get("skip_nonfinite", False)
-        # A skipped step must not leave a NaN batch's statistics in BatchNorm's running buffers.
-        saved_buffers = [b.clone() for b in model.buffers()] if skip_nonfinite else None
-        loss = 0.0
-        finite = True
-        for micro in range(accum):
-            batch = next(batches)
-            images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            t_data += time.perf_counter() - tic if micro == 0 else 0.0
-            # Only the last micro-batch's backward all-reduces gradients under DDP.
-            sync = micro == accum - 1 or not isinstance(net, DistributedDataParallel)
-            with (contextlib.nullcontext() if sync else net.no_sync()):
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    outputs = net(images)
-                micro_loss, parts = model.loss({k: v.float() for k, v in outputs.items()}, masks)
-                finite = finite and bool(torch.isfinite(micro_loss))
-                # Dividing by accum makes the summed gradients those of one accum-times bigger batch.
-                scaler.scale(micro_loss / accum).backward()
-            loss += micro_loss.detach() / accum
-        if distributed.is_dist():  # every rank takes the same decision, or the others would hang
-            flag = torch.tensor([0.0 if finite else 1.0], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            finite = flag.item() == 0.0
-        if not finite and not skip_nonfinite:
-            raise FloatingPointError(
-                f"iteration {it + 1}: the loss is {float(loss)} ({ {k: float(v) for k, v in parts.items()} }); "
-                f"stopping before anything is saved. The last good checkpoint is in {ckpt_dir}. "
-                f"Lower optimizer.lr, set trainer.grad_clip, or set trainer.skip_nonfinite=true.")
-        if not finite:  # skip only the optimizer step: logging, validation and checkpoints go on
-            optimizer.zero_grad(set_to_none=True)
+        if skip_nonfinite:
             with torch.no_grad():
                 for b, old in zip(model.buffers(), saved_buffers):
                     b.copy_(old)
-            print(f"iteration {it + 1}: non-finite loss {float(loss)}, step skipped", file=sys.stderr)
-        else:
-            if t.get("grad_clip"):
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(t["grad_clip"]))
-            scaler.step(optimizer)
-            scaler.update()
-        lr = optimizer.param_groups[0]["lr"]
+    else:
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+        scaler.step(optimizer)
+        scaler.update()
+    lr = optimizer.param_groups[0]["lr"]
+    if scheduler is not None:
         scheduler.step()
+    return Step(loss, parts, finite, lr)
+
+
+def save(run: Run, name: str, step: int) -> None:
+    """``checkpoints/<name>``. Called by every rank at the same iterations: the random states of all
+    ranks are gathered, so a resumed run continues each rank's stream."""
+    rngs = distributed.all_gather_object(rng_state())
+    if run.main_process:
+        config = dict(run.cfg.to_dict(), num_classes=len(run.classes), classes=list(run.classes))
+        save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                         "scheduler": run.scheduler.state_dict(), "iter": step, "config": config,
+                         "best": run.best, "rng": rngs[0], "rng_ranks": rngs}, os.path.join(run.ckpt_dir, name))
+
+
+def validate_and_save(run: Run, step: int, stop_at: int) -> dict | None:
+    """At the iterations the config names: validation (and ``best.pt`` when the mIoU improves),
+    ``iter_<N>.pt`` (the newest ``trainer.keep_ckpts`` kept) and ``last.pt``. Returns the validation
+    metrics when it validated, else None."""
+    t = run.cfg.trainer
+    validate = step % t.val_interval == 0 or step == t.max_iters
+    keep = bool(t.ckpt_interval) and step % t.ckpt_interval == 0
+    if not (validate or keep or step == stop_at):
+        return None
+    # Without SyncBN the ranks' BN statistics drift apart: evaluate and save rank 0's.
+    distributed.broadcast_buffers(run.model)
+    metrics = None
+    if validate:
+        # Validation predicts as the dataset's benchmark does (whole, slide, multi-scale): conf/dataset/*.yaml.
+        metrics, samples = evaluate(run.model, run.val_loader, len(run.classes), run.device,
+                                    progress=t.progress and run.main_process, keep=2,
+                                    inference=run.cfg.dataset.get("inference"))
+        run.model.train()
+        if run.main_process:
+            log_validation(run.writer, metrics, run.classes, samples, step)
+            # The same image and pixels at every validation, so TensorBoard shows the maps sharpen.
+            log_attention_pictures(run.writer, run.model, run.val_set[0]["image"], run.cfg.visualize.points, step,
+                                   run.cfg.visualize.max_size)
+            write_json(metrics_json(metrics, run.classes, iter=step), os.path.join(run.run_dir, "metrics.json"))
+            tqdm.write(f"iter {step}: val mIoU {100 * metrics['mIoU']:.2f}  aAcc {100 * metrics['aAcc']:.2f}")
+        if not math.isnan(metrics["mIoU"]) and metrics["mIoU"] > run.best:
+            run.best = metrics["mIoU"]
+            save(run, "best.pt", step)
+    if keep:
+        save(run, f"iter_{step}.pt", step)
+        if run.main_process:
+            prune_checkpoints(run.ckpt_dir, t.keep_ckpts)
+    save(run, "last.pt", step)
+    return metrics
+
+
+def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
+    """Train ``cfg`` (the composed conf/train.yaml as a plain dict, or a ``TrainConfig``) writing into
+    ``run_dir``; returns the last validation metrics (as in ``metrics.json``)."""
+    cfg = TrainConfig.from_dict(cfg)
+    t = cfg.trainer
+    run = setup(cfg, run_dir)
+    # stop_at ends the process early (e.g. a time-limited job) while the schedule still runs over
+    # max_iters; resume=auto continues from there.
+    stop_at = min(int(t.stop_at or t.max_iters), t.max_iters)
+    bar = tqdm(range(run.start_iter, stop_at), initial=run.start_iter, total=t.max_iters, desc="train",
+               disable=not (t.progress and run.main_process), dynamic_ncols=True)
+    batches = iter(run.train_loader)
+    metrics = None
+    t_data = t_step = 0.0
+    run.model.train()
+    for it in bar:
+        tic = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(t.grad_accum)]
+        t_data += time.perf_counter() - tic
+        out = train_step(run.model, micro_batches, run.optimizer, run.scheduler, net=run.net, scaler=run.scaler,
+                         amp=run.amp, grad_clip=t.grad_clip, skip_nonfinite=t.skip_nonfinite,
+                         channels_last=t.channels_last)
         t_step += time.perf_counter() - tic
         step = it + 1
-
-        if main_process and (step % t.get("log_interval", 10) == 0 or step == max_iters):
-            writer.add_scalar("train/loss", loss.item(), step)
-            writer.add_scalar("train/lr", lr, step)
-            for k, v in parts.items():
-                writer.add_scalar(f"train/loss_{k}", float(v), step)
-            writer.add_scalar("train/data_time_share", t_data / max(t_step, 1e-9), step)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
-
-        validate = step % t.get("val_interval", max_iters) == 0 or step == max_iters
-        ckpt_interval = t.get("ckpt_interval") or 0
-        if validate or (ckpt_interval and step % ckpt_interval == 0) or step == stop_at:
-            # Without SyncBN the ranks' BN statistics drift apart: evaluate and save rank 0's.
-            distributed.broadcast_buffers(model)
-        if validate:
-            metrics, samples = evaluate(model, val_loader, num_classes, device, progress=show,
-                                        keep=2, inference=val_inference)
-            model.train()
-            if main_process:
-                log_validation(writer, metrics, classes, samples, step)
-                # The same image and pixels at every validation, so TensorBoard shows the maps sharpen.
-                vis = cfg.get("visualize") or {}
-                log_attention_pictures(writer, model, val_set[0]["image"], vis.get("points"), step,
-                                       vis.get("max_size", 512))
-                write_json(metrics_json(metrics, classes, iter=step), os.path.join(run_dir, "metrics.json"))
-                tqdm.write(f"iter {step}: val mIoU {100 * metrics['mIoU']:.2f}  aAcc {100 * metrics['aAcc']:.2f}")
-            if not math.isnan(metrics["mIoU"]) and metrics["mIoU"] > best:
-                best = metrics["mIoU"]
-                checkpoint("best.pt", step)
-
-        if ckpt_interval and step % ckpt_interval == 0:
-            checkpoint(f"iter_{step}.pt", step)
-            keep = t.get("keep_ckpts") or 0
-            if main_process and keep:
-                old = sorted(int(f[5:-3]) for f in os.listdir(ckpt_dir) if f.startswith("iter_") and f.endswith(".pt"))
-                for n in old[:-keep]:
-                    os.remove(os.path.join(ckpt_dir, f"iter_{n}.pt"))
-        if (ckpt_interval and step % ckpt_interval == 0) or step % t.get("val_interval", max_iters) == 0 \
-                or step in (stop_at, max_iters):
-            checkpoint("last.pt", step)
+        if not out.finite and not t.skip_nonfinite:
+            raise FloatingPointError(
+                f"iteration {step}: the loss is {float(out.loss)} ({ {k: float(v) for k, v in out.parts.items()} }); "
+                f"stopping before anything is saved. The last good checkpoint is in {run.ckpt_dir}. "
+                f"Lower optimizer.lr, set trainer.grad_clip, or set trainer.skip_nonfinite=true.")
+        if not out.finite:  # the step was skipped; logging, validation and checkpoints go on
+            print(f"iteration {step}: non-finite loss {float(out.loss)}, step skipped", file=sys.stderr)
+        if run.main_process and (step % t.log_interval == 0 or step == t.max_iters):
+            log_train(run.writer, out.loss.item(), out.lr, out.parts, t_data / max(t_step, 1e-9), step)
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{out.lr:.2e}")
+        metrics = validate_and_save(run, step, stop_at) or metrics
     bar.close()
     if metrics is None:  # nothing validated in this process (resumed a finished run, or stopped early)
-        metrics, _ = evaluate(model, val_loader, num_classes, device, inference=val_inference)
-    if main_process:
-        if start_iter < stop_at == max_iters:  # this process finished the run: its final mIoU
-            log_hparams(writer, cfg, metrics, max_iters)
-        writer.close()
-        print(iou_table(metrics, classes))
+        metrics, _ = evaluate(run.model, run.val_loader, len(run.classes), run.device,
+                              inference=cfg.dataset.get("inference"))
+    if run.main_process:
+        if run.start_iter < stop_at == t.max_iters:  # this process finished the run: its final mIoU
+            log_hparams(run.writer, cfg, metrics, t.max_iters)
+        run.writer.close()
+        print(iou_table(metrics, run.classes))
     distributed.barrier()  # nobody leaves (and tears the group down) while rank 0 still writes
     distributed.cleanup()
-    return metrics_json(metrics, classes, iter=max(stop_at, start_iter))
+    return metrics_json(metrics, run.classes, iter=max(stop_at, run.start_iter))

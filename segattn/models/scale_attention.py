@@ -9,12 +9,16 @@ weighted sum of the scales' score maps. Every scale's own output is also supervi
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .segmentor import Segmentor
+from .inference import infer
+
+if TYPE_CHECKING:  # segmentor.py builds this wrapper, so it cannot be imported from here at run time
+    from .segmentor import Segmentor
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -52,7 +56,7 @@ class ScaleAttention(nn.Module):
     taxonomy = dict(weights="conv", applied="elementwise", domain="spatial")
     paper = "Attention to Scale: Scale-aware Semantic Image Segmentation (2016)"
 
-    def __init__(self, segmentor: Segmentor, scales=(1.0, 0.75, 0.5), channels: int = 512):
+    def __init__(self, segmentor: "Segmentor", scales=(1.0, 0.75, 0.5), channels: int = 512):
         super().__init__()
         scales = list(scales) if scales is not None else []
         if not scales or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0
@@ -98,13 +102,7 @@ class ScaleAttention(nn.Module):
             h, w = images.shape[-2:]
             images = F.interpolate(images, size=(max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))),
                                    mode="bilinear", align_corners=False)
-        # Segmentor.forward, keeping the backbone features (the attention model reads c5).
-        seg = self.segmentor
-        feats = seg.backbone(images)
-        out = seg.head(feats)
-        out = dict(out) if isinstance(out, dict) else {"out": out}
-        if seg.aux_head is not None and self.training:
-            out["aux"] = seg.aux_head(feats)
+        out, feats = self.segmentor.forward_features(images)  # the attention model reads c5
         return out, feats[-1]
 
     def _forward(self, images: torch.Tensor):
@@ -150,12 +148,14 @@ class ScaleAttention(nn.Module):
                 parts.update({f"{k}{suffix}": v for k, v in p.items()})
         return total, parts
 
-    def predict(self, images: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, mode: str = "whole", crop_size=None, stride=None, scales=None,
+                flip: bool = False, base_scale=None) -> torch.Tensor:
         """As :meth:`Segmentor.predict` (every inference mode), with the merged output as the logits."""
-        return Segmentor.predict(self, images, *args, **kwargs)
+        return infer(self, images, mode, crop_size, stride, scales, flip, base_scale)
 
 
-def wrap(segmentor: Segmentor, cfg: dict | None) -> nn.Module:
+def wrap(segmentor: "Segmentor", cfg: dict | None) -> nn.Module:
     """``segmentor`` wrapped as configured by ``model.scale_attention`` (null or ``scales: null``: unchanged)."""
     cfg = dict(cfg or {})
     scales = cfg.pop("scales", None)

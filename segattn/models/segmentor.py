@@ -7,8 +7,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import ResNet
+from .block_attention import block_attention, block_widths
 from .heads import FCNHead, build_head
 from .inference import infer
+from .scale_attention import wrap
 
 
 class Segmentor(nn.Module):
@@ -23,13 +25,18 @@ class Segmentor(nn.Module):
         self.backbone, self.head, self.aux_head = backbone, head, aux_head
         self.num_classes, self.aux_weight, self.ignore_index = num_classes, aux_weight, ignore_index
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """``forward`` plus the backbone's stage outputs ``[c2, c3, c4, c5]`` it computed them from
+        (Attention to Scale reads c5 of every scale)."""
         feats = self.backbone(images)
         out = self.head(feats)
         out = dict(out) if isinstance(out, dict) else {"out": out}
         if self.aux_head is not None and self.training:
             out["aux"] = self.aux_head(feats)
-        return out
+        return out, feats
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_features(images)[0]
 
     def loss_weights(self) -> dict[str, float]:
         weights = dict(getattr(self.head, "loss_weights", {"out": 1.0}))
@@ -74,9 +81,6 @@ def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | N
     """Build a Segmentor from plain dicts (the ``backbone``, ``head``, ``model.aux_head`` and
     ``model.scale_attention`` config nodes). With ``model.scale_attention.scales`` set, the Segmentor is
     wrapped in :class:`~segattn.models.scale_attention.ScaleAttention` (same interface)."""
-    from .block_attention import block_attention, block_widths
-    from .scale_attention import wrap
-
     bb_cfg = dict(backbone)
     bb_cfg.pop("name", None)
     attention_name = bb_cfg.pop("block_attention", None)
@@ -98,3 +102,15 @@ def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | N
         aux_module = FCNHead(bb.channels[2], num_classes, channels=aux.pop("channels", 256), num_convs=1,
                              concat_input=False, dropout=aux.pop("dropout", 0.1), in_index=2)
     return wrap(Segmentor(bb, head_module, num_classes, aux_module, aux_weight), scale_attention)
+
+
+def build_model_from_config(cfg: dict, num_classes: int, pretrained: bool = True) -> nn.Module:
+    """``build_model`` on a whole training config (``backbone``, ``head``, ``model.aux_head``,
+    ``model.scale_attention``): what the trainer, eval.py, the benchmarks and the scripts build.
+
+    ``pretrained=False`` skips ``backbone.pretrained``: the weights come from a checkpoint (resume,
+    eval.py), and the ImageNet file need not exist on the machine that resumes or evaluates.
+    """
+    backbone = dict(cfg["backbone"]) if pretrained else dict(cfg["backbone"], pretrained=None)
+    model = cfg.get("model") or {}
+    return build_model(backbone, cfg["head"], num_classes, model.get("aux_head"), model.get("scale_attention"))
