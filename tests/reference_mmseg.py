@@ -1,0 +1,640 @@
+"""Independent re-implementations of mmsegmentation 1.x decode heads, for equivalence tests.
+
+Written from mmseg's / mmcv's own sources (not from segattn), in plain PyTorch, keeping their module
+and attribute names so that a parameter-name map to our heads is readable:
+
+- open-mmlab/mmsegmentation  mmseg/models/decode_heads/{decode_head,fcn_head,nl_head,cc_head,gc_head,
+                             ema_head,da_head,psa_head}.py, mmseg/models/utils/self_attention_block.py
+- open-mmlab/mmcv            mmcv/cnn/bricks/{conv_module,non_local,context_block,scale}.py,
+                             mmcv/ops/{cc_attention,psa_mask}.py, mmcv/ops/csrc/pytorch/cpu/psamask.cpp
+
+Only what the recipes use is kept (no conv_cfg / norm_cfg / act_cfg plumbing: BN and ReLU, which is
+what the cityscapes / ADE recipes build; SyncBN computes the same function as BN in eval mode and on
+one process). Not collected by pytest (no ``test_`` prefix); used by tests/test_reference_mmseg_heads.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# --------------------------------------------------------------------------------------------------
+# mmcv bricks
+# --------------------------------------------------------------------------------------------------
+class ConvModule(nn.Module):
+    """Follows mmcv/cnn/bricks/conv_module.py (order conv -> norm -> act).
+
+    ``bias='auto'`` means a bias only when no norm follows; mmcv's build_norm_layer names a
+    BatchNorm/SyncBN layer ``bn``, the activation is ``activate``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding=0, dilation=1, bias="auto",
+                 norm=True, act=True):
+        super().__init__()
+        self.with_norm = bool(norm)
+        self.with_activation = bool(act)
+        if bias == "auto":
+            bias = not self.with_norm
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=bias)
+        if self.with_norm:
+            self.bn = nn.BatchNorm2d(out_channels)
+        if self.with_activation:
+            self.activate = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.with_norm:
+            x = self.bn(x)
+        if self.with_activation:
+            x = self.activate(x)
+        return x
+
+
+class Scale(nn.Module):
+    """Follows mmcv/cnn/bricks/scale.py: one learnable scalar (a 0-dim parameter), x * scale."""
+
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def resize(input, size, mode="bilinear", align_corners=None):
+    """mmseg's ``resize`` (mmseg/models/utils/wrappers.py) minus its warning: F.interpolate."""
+    return F.interpolate(input, size, None, mode, align_corners)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decode heads
+# --------------------------------------------------------------------------------------------------
+class BaseDecodeHead(nn.Module):
+    """Follows mmseg/models/decode_heads/decode_head.py: ``conv_seg`` (1x1, bias) after
+    ``dropout`` (Dropout2d, only when dropout_ratio > 0); input_transform=None, in_index=-1."""
+
+    def __init__(self, in_channels, channels, num_classes, dropout_ratio=0.1, in_index=-1, align_corners=False):
+        super().__init__()
+        self.in_channels = in_channels
+        self.channels = channels
+        self.num_classes = num_classes
+        self.in_index = in_index
+        self.align_corners = align_corners
+        self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
+        self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else None
+
+    def _transform_inputs(self, inputs):
+        return inputs[self.in_index]
+
+    def cls_seg(self, feat):
+        if self.dropout is not None:
+            feat = self.dropout(feat)
+        return self.conv_seg(feat)
+
+
+class FCNHead(BaseDecodeHead):
+    """Follows mmseg/models/decode_heads/fcn_head.py: num_convs ConvModules (k x k), optional
+    conv_cat on cat([x, convs(x)]) (padding k // 2), cls_seg."""
+
+    def __init__(self, num_convs=2, kernel_size=3, concat_input=True, dilation=1, **kwargs):
+        super().__init__(**kwargs)
+        self.num_convs = num_convs
+        self.concat_input = concat_input
+        pad = (kernel_size // 2) * dilation
+        convs = [ConvModule(self.in_channels, self.channels, kernel_size, padding=pad, dilation=dilation)]
+        convs += [ConvModule(self.channels, self.channels, kernel_size, padding=pad, dilation=dilation)
+                  for _ in range(num_convs - 1)]
+        self.convs = nn.Sequential(*convs) if num_convs else nn.Identity()
+        if concat_input:
+            self.conv_cat = ConvModule(self.in_channels + self.channels, self.channels, kernel_size,
+                                       padding=kernel_size // 2)
+
+    def _forward_feature(self, inputs):
+        x = self._transform_inputs(inputs)
+        feats = self.convs(x)
+        if self.concat_input:
+            feats = self.conv_cat(torch.cat([x, feats], dim=1))
+        return feats
+
+    def forward(self, inputs):
+        return self.cls_seg(self._forward_feature(inputs))
+
+
+class _BlockBetweenConvsHead(FCNHead):
+    """mmseg's NLHead / CCHead / GCHead share this forward: convs[0] -> block -> convs[1] ->
+    [conv_cat(cat([x, .]))] -> cls_seg (num_convs is forced to 2)."""
+
+    def block(self, x):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        output = self.convs[0](x)
+        output = self.block(output)
+        output = self.convs[1](output)
+        if self.concat_input:
+            output = self.conv_cat(torch.cat([x, output], dim=1))
+        return self.cls_seg(output)
+
+
+# ---- Non-local --------------------------------------------------------------------------------
+class NonLocal2d(nn.Module):
+    """Follows mmcv/cnn/bricks/non_local.py (_NonLocalNd + NonLocal2d), embedded_gaussian /
+    dot_product / gaussian modes.
+
+    g, theta, phi: 1x1 ConvModules without norm or act (so with bias); conv_out: 1x1 ConvModule with
+    the norm (no bias) and no act. inter_channels = max(C // reduction, 1). embedded_gaussian:
+    softmax(theta^T phi / sqrt(inter_channels) if use_scale). sub_sample wraps g and phi in
+    nn.Sequential(ConvModule, MaxPool2d(kernel_size=(2, 2))) (floor mode, the nn default).
+    Output x + conv_out(y).
+    """
+
+    def __init__(self, in_channels, reduction=2, use_scale=True, mode="embedded_gaussian", sub_sample=False):
+        super().__init__()
+        self.in_channels = in_channels
+        self.reduction = reduction
+        self.use_scale = use_scale
+        self.inter_channels = max(in_channels // reduction, 1)
+        self.mode = mode
+        self.sub_sample = sub_sample
+        assert mode in ("gaussian", "embedded_gaussian", "dot_product")
+        self.g = ConvModule(in_channels, self.inter_channels, 1, norm=False, act=False)
+        self.conv_out = ConvModule(self.inter_channels, in_channels, 1, norm=True, act=False)
+        if mode != "gaussian":
+            self.theta = ConvModule(in_channels, self.inter_channels, 1, norm=False, act=False)
+            self.phi = ConvModule(in_channels, self.inter_channels, 1, norm=False, act=False)
+        if sub_sample:
+            max_pool_layer = nn.MaxPool2d(kernel_size=(2, 2))
+            self.g = nn.Sequential(self.g, max_pool_layer)
+            if mode != "gaussian":
+                self.phi = nn.Sequential(self.phi, max_pool_layer)
+            else:
+                self.phi = max_pool_layer
+
+    def embedded_gaussian(self, theta_x, phi_x):
+        pairwise_weight = torch.matmul(theta_x, phi_x)
+        if self.use_scale:
+            pairwise_weight /= theta_x.shape[-1] ** 0.5
+        return pairwise_weight.softmax(dim=-1)
+
+    def gaussian(self, theta_x, phi_x):
+        return torch.matmul(theta_x, phi_x).softmax(dim=-1)
+
+    def dot_product(self, theta_x, phi_x):
+        pairwise_weight = torch.matmul(theta_x, phi_x)
+        pairwise_weight /= pairwise_weight.shape[-1]
+        return pairwise_weight
+
+    def forward(self, x):
+        n = x.size(0)
+        g_x = self.g(x).view(n, self.inter_channels, -1).permute(0, 2, 1)
+        if self.mode == "gaussian":
+            theta_x = x.view(n, self.in_channels, -1).permute(0, 2, 1)
+            phi_x = (self.phi(x) if self.sub_sample else x).view(n, self.in_channels, -1)
+        else:
+            theta_x = self.theta(x).view(n, self.inter_channels, -1).permute(0, 2, 1)
+            phi_x = self.phi(x).view(n, self.inter_channels, -1)
+        pairwise_weight = getattr(self, self.mode)(theta_x, phi_x)
+        y = torch.matmul(pairwise_weight, g_x)
+        y = y.permute(0, 2, 1).contiguous().reshape(n, self.inter_channels, *x.size()[2:])
+        return x + self.conv_out(y)
+
+
+class NLHead(_BlockBetweenConvsHead):
+    """Follows mmseg/models/decode_heads/nl_head.py: FCNHead(num_convs=2) with ``nl_block`` =
+    NonLocal2d(channels, reduction, use_scale, norm_cfg, mode) between convs[0] and convs[1].
+
+    (``sub_sample`` is mmcv NonLocal2d's option; mmseg's NLHead leaves it at False. It is exposed
+    here only to check our sub-sampling against mmcv's.)
+    """
+
+    def __init__(self, reduction=2, use_scale=True, mode="embedded_gaussian", sub_sample=False, **kwargs):
+        super().__init__(num_convs=2, **kwargs)
+        self.nl_block = NonLocal2d(self.channels, reduction=reduction, use_scale=use_scale, mode=mode,
+                                   sub_sample=sub_sample)
+
+    def block(self, x):
+        return self.nl_block(x)
+
+
+# ---- Criss-cross ------------------------------------------------------------------------------
+def NEG_INF_DIAG(n, device, dtype):
+    """mmcv/ops/cc_attention.py: an n x n matrix, -inf on the diagonal, 0 elsewhere."""
+    return torch.diag(torch.full((n,), float("-inf"), device=device, dtype=dtype), 0)
+
+
+class CrissCrossAttention(nn.Module):
+    """Follows mmcv/ops/cc_attention.py (the pure-PyTorch version, mmcv >= 1.3.13).
+
+    query/key: 1x1 convs to C // 8, value 1x1 conv to C, gamma = Scale(0). energy_H over the column
+    with -inf on the self position, energy_W over the row, ONE softmax over their concatenation
+    (H + W), out = gamma * (col + row aggregation) + x.
+    """
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.query_conv = nn.Conv2d(in_channels, in_channels // 8, 1)
+        self.key_conv = nn.Conv2d(in_channels, in_channels // 8, 1)
+        self.value_conv = nn.Conv2d(in_channels, in_channels, 1)
+        self.gamma = Scale(0.0)
+        self.in_channels = in_channels
+
+    def forward(self, x):
+        B, C, H, W = x.size()
+        query = self.query_conv(x)
+        key = self.key_conv(x)
+        value = self.value_conv(x)
+        energy_H = torch.einsum("bchw,bciw->bwhi", query, key) + NEG_INF_DIAG(H, query.device, query.dtype)
+        energy_H = energy_H.transpose(1, 2)  # [B, H, W, H]
+        energy_W = torch.einsum("bchw,bchj->bhwj", query, key)  # [B, H, W, W]
+        attn = F.softmax(torch.cat([energy_H, energy_W], dim=-1), dim=-1)
+        out = torch.einsum("bciw,bhwi->bchw", value, attn[..., :H])
+        out = out + torch.einsum("bchj,bhwj->bchw", value, attn[..., H:])
+        return (self.gamma(out) + x).contiguous()
+
+
+class CCHead(_BlockBetweenConvsHead):
+    """Follows mmseg/models/decode_heads/cc_head.py: FCNHead(num_convs=2), ``cca`` applied
+    ``recurrence`` times (shared weights) between convs[0] and convs[1]."""
+
+    def __init__(self, recurrence=2, **kwargs):
+        super().__init__(num_convs=2, **kwargs)
+        self.recurrence = recurrence
+        self.cca = CrissCrossAttention(self.channels)
+
+    def block(self, x):
+        for _ in range(self.recurrence):
+            x = self.cca(x)
+        return x
+
+
+# ---- Global context ---------------------------------------------------------------------------
+class ContextBlock(nn.Module):
+    """Follows mmcv/cnn/bricks/context_block.py: planes = int(C * ratio); 'att' pooling = softmax
+    over H*W of conv_mask (1x1 -> 1, bias), context = x @ weights; channel_mul (sigmoid, first) and
+    channel_add transforms conv1x1 -> LayerNorm([planes, 1, 1]) -> ReLU -> conv1x1."""
+
+    def __init__(self, in_channels, ratio, pooling_type="att", fusion_types=("channel_add",)):
+        super().__init__()
+        self.in_channels = in_channels
+        self.planes = int(in_channels * ratio)
+        self.pooling_type = pooling_type
+        self.fusion_types = fusion_types
+        if pooling_type == "att":
+            self.conv_mask = nn.Conv2d(in_channels, 1, kernel_size=1)
+            self.softmax = nn.Softmax(dim=2)
+        else:
+            self.avg_pool = nn.AdaptiveAvgPool2d(1)
+
+        def transform():
+            return nn.Sequential(nn.Conv2d(in_channels, self.planes, 1), nn.LayerNorm([self.planes, 1, 1]),
+                                 nn.ReLU(inplace=True), nn.Conv2d(self.planes, in_channels, 1))
+
+        self.channel_add_conv = transform() if "channel_add" in fusion_types else None
+        self.channel_mul_conv = transform() if "channel_mul" in fusion_types else None
+
+    def spatial_pool(self, x):
+        batch, channel, height, width = x.size()
+        if self.pooling_type == "att":
+            input_x = x.view(batch, channel, height * width).unsqueeze(1)  # [N, 1, C, HW]
+            context_mask = self.softmax(self.conv_mask(x).view(batch, 1, height * width)).unsqueeze(-1)
+            return torch.matmul(input_x, context_mask).view(batch, channel, 1, 1)
+        return self.avg_pool(x)
+
+    def forward(self, x):
+        context = self.spatial_pool(x)
+        out = x
+        if self.channel_mul_conv is not None:
+            out = out * torch.sigmoid(self.channel_mul_conv(context))
+        if self.channel_add_conv is not None:
+            out = out + self.channel_add_conv(context)
+        return out
+
+
+class GCHead(_BlockBetweenConvsHead):
+    """Follows mmseg/models/decode_heads/gc_head.py: FCNHead(num_convs=2) with ``gc_block`` =
+    ContextBlock(channels, ratio=1/4, 'att', ('channel_add',)) between convs[0] and convs[1]."""
+
+    def __init__(self, ratio=1 / 4.0, pooling_type="att", fusion_types=("channel_add",), **kwargs):
+        super().__init__(num_convs=2, **kwargs)
+        self.gc_block = ContextBlock(self.channels, ratio=ratio, pooling_type=pooling_type,
+                                     fusion_types=tuple(fusion_types))
+
+    def block(self, x):
+        return self.gc_block(x)
+
+
+# ---- EMA ---------------------------------------------------------------------------------------
+class EMAModule(nn.Module):
+    """Follows EMAModule in mmseg/models/decode_heads/ema_head.py.
+
+    ``bases`` buffer (1, C, K). Under no_grad, num_stages times: attention = softmax_k(feats^T bases),
+    attention_normed = F.normalize(p=1) over the positions, bases = F.normalize(p=2) over the
+    channels of feats @ attention_normed. Reconstruction bases @ attention^T. In training:
+    bases <- (1 - momentum) * bases + momentum * F.normalize(batch mean of bases) (no distributed
+    reduce here: one process).
+    """
+
+    def __init__(self, channels, num_bases, num_stages, momentum):
+        super().__init__()
+        self.num_bases = num_bases
+        self.num_stages = num_stages
+        self.momentum = momentum
+        bases = torch.zeros(1, channels, num_bases)
+        bases.normal_(0, math.sqrt(2.0 / num_bases))
+        self.register_buffer("bases", F.normalize(bases, dim=1, p=2))
+
+    def forward(self, feats):
+        batch_size, channels, height, width = feats.size()
+        feats = feats.view(batch_size, channels, height * width)
+        bases = self.bases.repeat(batch_size, 1, 1)
+        with torch.no_grad():
+            for _ in range(self.num_stages):
+                attention = torch.einsum("bcn,bck->bnk", feats, bases)
+                attention = F.softmax(attention, dim=2)
+                attention_normed = F.normalize(attention, dim=1, p=1)
+                bases = torch.einsum("bcn,bnk->bck", feats, attention_normed)
+                bases = F.normalize(bases, dim=1, p=2)
+        feats_recon = torch.einsum("bck,bnk->bcn", bases, attention)
+        feats_recon = feats_recon.view(batch_size, channels, height, width)
+        if self.training:
+            bases = bases.mean(dim=0, keepdim=True)
+            bases = F.normalize(bases, dim=1, p=2)
+            self.bases = (1 - self.momentum) * self.bases + self.momentum * bases
+        return feats_recon
+
+
+class EMAHead(BaseDecodeHead):
+    """Follows EMAHead in mmseg/models/decode_heads/ema_head.py.
+
+    ema_in_conv (3x3 ConvModule in -> ema_channels), ema_mid_conv (1x1 conv with bias, no norm/act,
+    frozen), ema_module, relu, ema_out_conv (1x1 conv + norm, no act), relu(identity + .),
+    bottleneck (3x3 ema_channels -> channels), conv_cat (3x3 on cat([x, .])), cls_seg.
+    """
+
+    def __init__(self, ema_channels, num_bases, num_stages, concat_input=True, momentum=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.ema_channels = ema_channels
+        self.concat_input = concat_input
+        self.ema_module = EMAModule(ema_channels, num_bases, num_stages, momentum)
+        self.ema_in_conv = ConvModule(self.in_channels, ema_channels, 3, padding=1)
+        self.ema_mid_conv = ConvModule(ema_channels, ema_channels, 1, norm=False, act=False)
+        for param in self.ema_mid_conv.parameters():
+            param.requires_grad = False
+        self.ema_out_conv = ConvModule(ema_channels, ema_channels, 1, norm=True, act=False)
+        self.bottleneck = ConvModule(ema_channels, self.channels, 3, padding=1)
+        if concat_input:
+            self.conv_cat = ConvModule(self.in_channels + self.channels, self.channels, 3, padding=1)
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        feats = self.ema_in_conv(x)
+        identity = feats
+        feats = self.ema_mid_conv(feats)
+        recon = self.ema_module(feats)
+        recon = F.relu(recon, inplace=True)
+        recon = self.ema_out_conv(recon)
+        output = F.relu(identity + recon, inplace=True)
+        output = self.bottleneck(output)
+        if self.concat_input:
+            output = self.conv_cat(torch.cat([x, output], dim=1))
+        return self.cls_seg(output)
+
+
+# ---- DANet -------------------------------------------------------------------------------------
+class SelfAttentionBlock(nn.Module):
+    """Follows mmseg/models/utils/self_attention_block.py for the arguments DAHead's PAM passes:
+    no key/query sharing, no down-sampling, one projection each, key_query_norm=False and
+    value_out_norm=False (so plain nn.Conv2d 1x1 WITH bias, no ConvModule), with_out=False (value
+    projects straight to out_channels), matmul_norm=False (no 1/sqrt(channels))."""
+
+    def __init__(self, key_in_channels, query_in_channels, channels, out_channels, matmul_norm=False):
+        super().__init__()
+        self.channels = channels
+        self.key_project = nn.Conv2d(key_in_channels, channels, 1)
+        self.query_project = nn.Conv2d(query_in_channels, channels, 1)
+        self.value_project = nn.Conv2d(key_in_channels, out_channels, 1)
+        self.out_project = None
+        self.matmul_norm = matmul_norm
+
+    def forward(self, query_feats, key_feats):
+        batch_size = query_feats.size(0)
+        query = self.query_project(query_feats)
+        query = query.reshape(*query.shape[:2], -1).permute(0, 2, 1).contiguous()
+        key = self.key_project(key_feats)
+        value = self.value_project(key_feats)
+        key = key.reshape(*key.shape[:2], -1)
+        value = value.reshape(*value.shape[:2], -1).permute(0, 2, 1).contiguous()
+        sim_map = torch.matmul(query, key)
+        if self.matmul_norm:
+            sim_map = (self.channels ** -0.5) * sim_map
+        sim_map = F.softmax(sim_map, dim=-1)
+        context = torch.matmul(sim_map, value).permute(0, 2, 1).contiguous()
+        return context.reshape(batch_size, -1, *query_feats.shape[2:])
+
+
+class PAM(SelfAttentionBlock):
+    """Follows PAM in mmseg/models/decode_heads/da_head.py: SelfAttentionBlock(x, x), gamma Scale(0),
+    out = gamma(context) + x."""
+
+    def __init__(self, in_channels, channels):
+        super().__init__(in_channels, in_channels, channels, in_channels, matmul_norm=False)
+        self.gamma = Scale(0)
+
+    def forward(self, x):
+        return self.gamma(super().forward(x, x)) + x
+
+
+class CAM(nn.Module):
+    """Follows CAM in mmseg/models/decode_heads/da_head.py: energy = X X^T, energy_new =
+    rowmax(energy) - energy, softmax over the last dim, out = gamma(attention @ X) + x."""
+
+    def __init__(self):
+        super().__init__()
+        self.gamma = Scale(0)
+
+    def forward(self, x):
+        batch_size, channels, height, width = x.size()
+        proj_query = x.view(batch_size, channels, -1)
+        proj_key = x.view(batch_size, channels, -1).permute(0, 2, 1)
+        energy = torch.bmm(proj_query, proj_key)
+        energy_new = torch.max(energy, -1, keepdim=True)[0].expand_as(energy) - energy
+        attention = F.softmax(energy_new, dim=-1)
+        out = torch.bmm(attention, x.view(batch_size, channels, -1)).view(batch_size, channels, height, width)
+        return self.gamma(out) + x
+
+
+class DAHead(BaseDecodeHead):
+    """Follows DAHead in mmseg/models/decode_heads/da_head.py: per branch in_conv (3x3) -> PAM/CAM ->
+    out_conv (3x3) -> its own dropout + conv_seg; ``cls_seg`` on pam_feat + cam_feat. Returns
+    (pam_cam_out, pam_out, cam_out)."""
+
+    def __init__(self, pam_channels, **kwargs):
+        super().__init__(**kwargs)
+        self.pam_channels = pam_channels
+        self.pam_in_conv = ConvModule(self.in_channels, self.channels, 3, padding=1)
+        self.pam = PAM(self.channels, pam_channels)
+        self.pam_out_conv = ConvModule(self.channels, self.channels, 3, padding=1)
+        self.pam_conv_seg = nn.Conv2d(self.channels, self.num_classes, kernel_size=1)
+        self.cam_in_conv = ConvModule(self.in_channels, self.channels, 3, padding=1)
+        self.cam = CAM()
+        self.cam_out_conv = ConvModule(self.channels, self.channels, 3, padding=1)
+        self.cam_conv_seg = nn.Conv2d(self.channels, self.num_classes, kernel_size=1)
+
+    def pam_cls_seg(self, feat):
+        if self.dropout is not None:
+            feat = self.dropout(feat)
+        return self.pam_conv_seg(feat)
+
+    def cam_cls_seg(self, feat):
+        if self.dropout is not None:
+            feat = self.dropout(feat)
+        return self.cam_conv_seg(feat)
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        pam_feat = self.pam_out_conv(self.pam(self.pam_in_conv(x)))
+        pam_out = self.pam_cls_seg(pam_feat)
+        cam_feat = self.cam_out_conv(self.cam(self.cam_in_conv(x)))
+        cam_out = self.cam_cls_seg(cam_feat)
+        pam_cam_out = self.cls_seg(pam_feat + cam_feat)
+        return pam_cam_out, pam_out, cam_out
+
+
+# ---- PSANet ------------------------------------------------------------------------------------
+def psamask(input, psa_type, mask_size):
+    """mmcv's PSAMask forward as the explicit loop of mmcv/ops/csrc/pytorch/cpu/psamask.cpp
+    (psamask_collect_forward / psamask_distribute_forward), vectorised over the batch only.
+
+    The output starts as zeros (mmcv/ops/psa_mask.py: ``input.new_zeros``); for each feature
+    position (h, w) only the part of its mask that falls on the map, hidx in [hstart, hend),
+    widx in [wstart, wend), is copied:
+      collect:    out[n, (hidx + h - half_h) * W + (widx + w - half_w), h, w] = mask[n, hidx * mw + widx, h, w]
+      distribute: out[n, h * W + w, hidx + h - half_h, widx + w - half_w]     = mask[n, hidx * mw + widx, h, w]
+    """
+    h_mask, w_mask = mask_size
+    num_, channels, h_feature, w_feature = input.shape
+    assert channels == h_mask * w_mask
+    half_h_mask, half_w_mask = (h_mask - 1) // 2, (w_mask - 1) // 2
+    output = input.new_zeros((num_, h_feature * w_feature, h_feature, w_feature))
+    out_flat = output.view(num_, h_feature * w_feature, h_feature * w_feature)
+    for h in range(h_feature):
+        for w in range(w_feature):
+            hstart = max(0, half_h_mask - h)
+            hend = min(h_mask, h_feature + half_h_mask - h)
+            wstart = max(0, half_w_mask - w)
+            wend = min(w_mask, w_feature + half_w_mask - w)
+            for hidx in range(hstart, hend):
+                for widx in range(wstart, wend):
+                    other = (hidx + h - half_h_mask) * w_feature + (widx + w - half_w_mask)
+                    here = h * w_feature + w
+                    value = input[:, hidx * w_mask + widx, h, w]
+                    if psa_type == "collect":
+                        out_flat[:, other, here] = value
+                    elif psa_type == "distribute":
+                        out_flat[:, here, other] = value
+                    else:
+                        raise ValueError(psa_type)
+    return output
+
+
+class PSAMask(nn.Module):
+    """mmcv/ops/psa_mask.py's module wrapper."""
+
+    def __init__(self, psa_type, mask_size):
+        super().__init__()
+        assert psa_type in ("collect", "distribute")
+        self.psa_type = psa_type
+        self.mask_size = tuple(mask_size)
+
+    def forward(self, input):
+        return psamask(input, self.psa_type, self.mask_size)
+
+
+class PSAHead(BaseDecodeHead):
+    """Follows mmseg/models/decode_heads/psa_head.py (1.x; compact=False).
+
+    reduce / reduce_p: 1x1 ConvModule in -> channels; attention / attention_p: 1x1 ConvModule then a
+    1x1 conv (no bias) to mask_h * mask_w. Shrink: if both h % s and w % s are non-zero,
+    (h - 1) // s + 1 with align_corners=True, else h // s with align_corners=False (s = 1 keeps
+    self.align_corners). psamask, softmax over dim 1, bmm(x (c, hw), y (hw, hw)) * (1 / norm).
+    proj: ConvModule kernel_size=1 WITH padding=1 (so (h + 2) x (w + 2)), resized to the identity's
+    size with that align_corners; bottleneck 3x3 on cat([identity, out]); cls_seg.
+    """
+
+    def __init__(self, mask_size, psa_type="bi-direction", compact=False, shrink_factor=2,
+                 normalization_factor=1.0, psa_softmax=True, **kwargs):
+        super().__init__(**kwargs)
+        assert psa_type in ("collect", "distribute", "bi-direction") and not compact
+        self.psa_type = psa_type
+        self.compact = compact
+        self.shrink_factor = shrink_factor
+        self.mask_size = tuple(mask_size)
+        mask_h, mask_w = self.mask_size
+        self.psa_softmax = psa_softmax
+        if normalization_factor is None:
+            normalization_factor = mask_h * mask_w
+        self.normalization_factor = normalization_factor
+
+        self.reduce = ConvModule(self.in_channels, self.channels, 1)
+        self.attention = nn.Sequential(ConvModule(self.channels, self.channels, 1),
+                                       nn.Conv2d(self.channels, mask_h * mask_w, kernel_size=1, bias=False))
+        if psa_type == "bi-direction":
+            self.reduce_p = ConvModule(self.in_channels, self.channels, 1)
+            self.attention_p = nn.Sequential(ConvModule(self.channels, self.channels, 1),
+                                             nn.Conv2d(self.channels, mask_h * mask_w, kernel_size=1, bias=False))
+            self.psamask_collect = PSAMask("collect", mask_size)
+            self.psamask_distribute = PSAMask("distribute", mask_size)
+        else:
+            self.psamask = PSAMask(psa_type, mask_size)
+        self.proj = ConvModule(self.channels * (2 if psa_type == "bi-direction" else 1), self.in_channels, 1,
+                               padding=1)
+        self.bottleneck = ConvModule(self.in_channels * 2, self.channels, 3, padding=1)
+
+    def _shrink(self, h, w):
+        s = self.shrink_factor
+        if h % s and w % s:
+            return (h - 1) // s + 1, (w - 1) // s + 1, True
+        return h // s, w // s, False
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        identity = x
+        align_corners = self.align_corners
+        if self.psa_type in ("collect", "distribute"):
+            out = self.reduce(x)
+            n, c, h, w = out.size()
+            if self.shrink_factor != 1:
+                h, w, align_corners = self._shrink(h, w)
+                out = resize(out, size=(h, w), mode="bilinear", align_corners=align_corners)
+            y = self.psamask(self.attention(out))
+            if self.psa_softmax:
+                y = F.softmax(y, dim=1)
+            out = torch.bmm(out.view(n, c, h * w), y.view(n, h * w, h * w)).view(n, c, h, w) * (
+                1.0 / self.normalization_factor)
+        else:
+            x_col = self.reduce(x)
+            x_dis = self.reduce_p(x)
+            n, c, h, w = x_col.size()
+            if self.shrink_factor != 1:
+                h, w, align_corners = self._shrink(h, w)
+                x_col = resize(x_col, size=(h, w), mode="bilinear", align_corners=align_corners)
+                x_dis = resize(x_dis, size=(h, w), mode="bilinear", align_corners=align_corners)
+            y_col = self.psamask_collect(self.attention(x_col))
+            y_dis = self.psamask_distribute(self.attention_p(x_dis))
+            if self.psa_softmax:
+                y_col = F.softmax(y_col, dim=1)
+                y_dis = F.softmax(y_dis, dim=1)
+            x_col = torch.bmm(x_col.view(n, c, h * w), y_col.view(n, h * w, h * w)).view(n, c, h, w) * (
+                1.0 / self.normalization_factor)
+            x_dis = torch.bmm(x_dis.view(n, c, h * w), y_dis.view(n, h * w, h * w)).view(n, c, h, w) * (
+                1.0 / self.normalization_factor)
+            out = torch.cat([x_col, x_dis], 1)
+        out = self.proj(out)
+        out = resize(out, size=identity.shape[2:], mode="bilinear", align_corners=align_corners)
+        out = self.bottleneck(torch.cat((identity, out), dim=1))
+        return self.cls_seg(out)

@@ -1,0 +1,366 @@
+"""Our heads compute the same function as mmsegmentation 1.x's decode heads.
+
+Each test builds our head (conf/head/<name>.yaml at small widths) and the independent
+re-implementation of mmseg's head in tests/reference_mmseg.py, randomises EVERY parameter and BN
+buffer of ours (zero-initialised ones included: NL's BN scale, GC's last conv, the gammas), copies
+them into the reference through an explicit name map that must cover both state dicts exactly,
+and compares the outputs in float64, eval mode, on non-square maps.
+
+Tolerance: rtol = atol = 1e-10. Both sides run in float64 (unit round-off 1.1e-16) on outputs of
+order 1; the two implementations order their sums differently (bmm vs einsum vs gather, x / f vs
+x * (1 / f)), which costs a few hundred ulps at most over the few-thousand-term reductions here
+(observed max |diff| ~1e-14). 1e-10 leaves four orders of margin over that and is still eight
+orders below what any real difference (a missing 1/sqrt(C'), a shifted mask, a wrong momentum)
+produces (>= 1e-3, see test_the_comparison_can_fail).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import reference_mmseg as ref
+from segattn.models.heads import build_head
+from segattn.models.attention.psa import psa_mask
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_CH = [8, 16, 32, 64]
+NUM_CLASSES = 5
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def head_cfg(name: str, **overrides) -> dict:
+    with open(os.path.join(REPO, "conf", "head", f"{name}.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg.update(overrides)
+    return cfg
+
+
+def feats(h: int, w: int, n: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(2 * h, 2 * w), (h, w), (h, w), (h, w)]  # a dilated (D8) backbone's stages
+    return [torch.randn(n, c, *s, generator=g, dtype=torch.float64) for c, s in zip(IN_CH, sizes)]
+
+
+@torch.no_grad()
+def randomise(module: nn.Module, seed: int = 1) -> None:
+    """Every parameter and BN buffer gets a random, non-zero value at a scale that keeps
+    activations O(1): conv weights N(0, 1/fan_in), biases N(0, 0.2^2), norm scales and running
+    variances U(0.5, 1.5), running means N(0, 0.2^2), scalar gammas +-U(0.5, 1.5)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(t, kind):
+        if kind == "normal":
+            return torch.randn(t.shape, generator=g, dtype=t.dtype)
+        return torch.rand(t.shape, generator=g, dtype=t.dtype)
+
+    for m in module.modules():
+        for name, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+            if not p.is_floating_point():
+                continue
+            if isinstance(m, nn.Conv2d) and name == "weight":
+                fan_in = p[0].numel()
+                p.copy_(rnd(p, "normal") / fan_in ** 0.5)
+            elif (isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)) and name == "weight") or name == "running_var":
+                p.copy_(0.5 + rnd(p, "uniform"))
+            elif name in ("bias", "running_mean"):
+                p.copy_(0.2 * rnd(p, "normal"))
+            elif name == "gamma":
+                p.copy_((0.5 + rnd(p, "uniform")) * torch.where(rnd(p, "uniform") < 0.5, -1.0, 1.0))
+            elif name == "bases":
+                p.copy_(nn.functional.normalize(rnd(p, "normal"), dim=1))
+            else:
+                raise AssertionError(f"randomise: no rule for {type(m).__name__}.{name}")
+    for name, p in module.state_dict().items():  # nothing left at a zero initialisation
+        if p.is_floating_point():
+            assert p.count_nonzero() == p.numel(), name
+
+
+def cbr(ours: str, theirs: str) -> list[tuple[str, str]]:
+    """Our conv_bn_relu Sequential (0 conv, 1 BN) -> mmcv ConvModule (conv, bn)."""
+    return [(f"{ours}.0.", f"{theirs}.conv."), (f"{ours}.1.", f"{theirs}.bn.")]
+
+
+def translate(key: str, rules: list[tuple[str, str]]) -> str:
+    hits = [(a, b) for a, b in rules if key == a or (a.endswith(".") and key.startswith(a))]
+    assert len(hits) == 1, f"{key}: {len(hits)} rules match ({hits})"
+    a, b = hits[0]
+    return b if key == a else b + key[len(a):]
+
+
+@torch.no_grad()
+def copy_into(reference: nn.Module, ours: nn.Module, rules: list[tuple[str, str]]) -> None:
+    """Load our state dict into the reference through ``rules``; both must be covered exactly."""
+    theirs = reference.state_dict()
+    mapped = {}
+    for k, v in ours.state_dict().items():
+        t = translate(k, rules)
+        assert t in theirs, f"{k} -> {t}: not in the reference ({sorted(theirs)})"
+        assert t not in mapped, f"{t} mapped twice"
+        assert theirs[t].numel() == v.numel(), (k, t, tuple(v.shape), tuple(theirs[t].shape))
+        mapped[t] = v.detach().clone().reshape(theirs[t].shape)
+    missing = sorted(set(theirs) - set(mapped))
+    assert not missing, f"reference entries nothing maps to: {missing}"
+    reference.load_state_dict(mapped, strict=True)
+
+
+def pair(name: str, reference: nn.Module, rules, seed: int = 1, **cfg):
+    ours = build_head(head_cfg(name, **cfg), IN_CH, NUM_CLASSES).double()
+    reference = reference.double()
+    randomise(ours, seed)
+    copy_into(reference, ours, rules)
+    return ours.eval(), reference.eval()
+
+
+COMMON = [("cls.", "conv_seg.")] + cbr("conv_cat", "conv_cat")
+
+
+def base(channels: int = 16) -> dict:
+    return dict(in_channels=IN_CH[-1], channels=channels, num_classes=NUM_CLASSES, dropout_ratio=0.1)
+
+
+def rules_between_convs(block: str, block_rules) -> list[tuple[str, str]]:
+    return COMMON + cbr("reduce", "convs.0") + cbr("project", "convs.1") + [
+        (f"attention.{a}", f"{block}.{b}") for a, b in block_rules]
+
+
+def check(ours, reference, x):
+    with torch.no_grad():
+        a, b = ours(x), reference(x)
+    torch.testing.assert_close(a, b, **TOL)
+    return a
+
+
+# --------------------------------------------------------------------------------------------------
+# the heads
+# --------------------------------------------------------------------------------------------------
+def test_fcn_matches_mmseg():
+    rules = COMMON + cbr("convs.0", "convs.0") + cbr("convs.1", "convs.1")
+    ours, theirs = pair("fcn", ref.FCNHead(num_convs=2, concat_input=True, **base()), rules, channels=16)
+    check(ours, theirs, feats(12, 18))
+
+
+def nl_rules(sub_sample: bool):
+    g = "g.0.conv." if sub_sample else "g.conv."
+    phi = "phi.0.conv." if sub_sample else "phi.conv."
+    return rules_between_convs("nl_block", [("g.", g), ("theta.", "theta.conv."), ("phi.", phi),
+                                            ("conv_out.0.", "conv_out.conv."), ("conv_out.1.", "conv_out.bn.")])
+
+
+@pytest.mark.parametrize("sub_sample, size", [(False, (12, 18)), (True, (11, 13))])
+def test_nl_matches_mmseg(sub_sample, size):
+    # mmseg NLHead(reduction=2, use_scale=True, mode='embedded_gaussian'); sub_sample is mmcv
+    # NonLocal2d's MaxPool2d((2, 2)) on g and phi (floor: an odd 11x13 map keeps 5x6 keys).
+    theirs = ref.NLHead(reduction=2, use_scale=True, mode="embedded_gaussian", sub_sample=sub_sample, **base())
+    ours, theirs = pair("nl", theirs, nl_rules(sub_sample), channels=16, sub_sample=sub_sample)
+    if sub_sample:
+        assert isinstance(theirs.nl_block.g[1], nn.MaxPool2d) and isinstance(ours.attention.pool, nn.MaxPool2d)
+    check(ours, theirs, feats(*size))
+
+
+def test_cc_matches_mmseg():
+    rules = rules_between_convs("cca", [("query_conv.", "query_conv."), ("key_conv.", "key_conv."),
+                                        ("value_conv.", "value_conv."), ("gamma", "gamma.scale")])
+    # 16 // 8 = 2 query/key channels on both sides.
+    ours, theirs = pair("cc", ref.CCHead(recurrence=2, **base()), rules, channels=16)
+    assert ours.attention.recurrence == 2
+    check(ours, theirs, feats(12, 18))
+
+
+def test_gc_matches_mmseg():
+    rules = rules_between_convs("gc_block", [("", "")])
+    theirs = ref.GCHead(ratio=1 / 4.0, pooling_type="att", fusion_types=("channel_add",), **base())
+    ours, theirs = pair("gc", theirs, rules, channels=16)
+    check(ours, theirs, feats(12, 18))
+
+
+EMA_RULES = COMMON + cbr("reduce", "ema_in_conv") + cbr("project", "bottleneck") + [
+    ("attention.conv1.", "ema_mid_conv.conv."), ("attention.bases", "ema_module.bases"),
+    ("attention.conv2.0.", "ema_out_conv.conv."), ("attention.conv2.1.", "ema_out_conv.bn.")]
+
+
+def ema_pair():
+    # mmseg EMAHead(ema_channels, channels, num_bases, num_stages=3, momentum=0.1); ours momentum 0.9
+    # weighs the OLD bases, mmseg's 0.1 the new mean: the same update.
+    theirs = ref.EMAHead(ema_channels=32, num_bases=8, num_stages=3, concat_input=True, momentum=0.1, **base(16))
+    return pair("ema", theirs, EMA_RULES, channels=16, attention_channels=32, num_bases=8, stages=3, momentum=0.9)
+
+
+def test_ema_matches_mmseg():
+    ours, theirs = ema_pair()
+    assert not any(p.requires_grad for p in ours.attention.conv1.parameters())
+    assert not any(p.requires_grad for p in theirs.ema_mid_conv.parameters())
+    check(ours, theirs, feats(12, 18))
+
+
+def test_ema_training_step_updates_bases_as_mmseg():
+    ours, theirs = ema_pair()
+    for head in (ours, theirs):
+        head.train()
+        head.dropout.eval()  # Dropout2d draws its own masks; everything else trains
+    x = feats(12, 18)
+    before = ours.attention.bases.clone()
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)  # BN on batch statistics on both sides
+        torch.testing.assert_close(a, b, **TOL)
+    assert (ours.attention.bases - before).abs().max() > 1e-3  # it did move
+    torch.testing.assert_close(ours.attention.bases, theirs.ema_module.bases, **TOL)
+    # BN running statistics moved the same way too.
+    torch.testing.assert_close(ours.reduce[1].running_mean, theirs.ema_in_conv.bn.running_mean, **TOL)
+    torch.testing.assert_close(ours.attention.conv2[1].running_var, theirs.ema_out_conv.bn.running_var, **TOL)
+    # A second step starts from the updated bases on both sides.
+    x2 = feats(12, 18, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x2), theirs(x2), **TOL)
+    torch.testing.assert_close(ours.attention.bases, theirs.ema_module.bases, **TOL)
+
+
+def test_da_matches_mmseg():
+    rules = ([("cls.", "conv_seg."), ("pam_cls.", "pam_conv_seg."), ("cam_cls.", "cam_conv_seg."),
+              ("attention.pam.query_conv.", "pam.query_project."), ("attention.pam.key_conv.", "pam.key_project."),
+              ("attention.pam.value_conv.", "pam.value_project."), ("attention.pam.gamma", "pam.gamma.scale"),
+              ("attention.cam.gamma", "cam.gamma.scale")]
+             + cbr("pam_in", "pam_in_conv") + cbr("pam_out", "pam_out_conv")
+             + cbr("cam_in", "cam_in_conv") + cbr("cam_out", "cam_out_conv"))
+    # 16 channels, reduction 8 -> pam_channels 2 (the recipe: 512 // 8 = mmseg's pam_channels=64).
+    ours, theirs = pair("da", ref.DAHead(pam_channels=2, **base()), rules, channels=16)
+    x = feats(12, 18)
+    with torch.no_grad():
+        out = ours(x)
+        pam_cam, pam, cam = theirs(x)
+    assert set(out) == {"out", "pam", "cam"}
+    torch.testing.assert_close(out["out"], pam_cam, **TOL)
+    torch.testing.assert_close(out["pam"], pam, **TOL)
+    torch.testing.assert_close(out["cam"], cam, **TOL)
+
+
+def psa_rules(psa_type: str):
+    branches = {"collect": ("reduce", "attention"), "distribute": ("reduce_p", "attention_p")}
+    if psa_type != "bi-direction":
+        branches = {psa_type: ("reduce", "attention")}
+    rules = COMMON[:1] + cbr("bottleneck", "bottleneck") + cbr("attention.proj", "proj")
+    for branch, (red, att) in branches.items():
+        rules += cbr(f"attention.reduce.{branch}", red) + cbr(f"attention.attention.{branch}.0", f"{att}.0")
+        rules += [(f"attention.attention.{branch}.1.", f"{att}.1.")]
+    return rules
+
+
+@pytest.mark.parametrize("size, mask, psa_type", [
+    ((12, 18), (5, 7), "bi-direction"),    # 6x9 grid, align_corners=False; the mask does not reach it all
+    ((11, 13), (5, 7), "bi-direction"),    # both sides odd: 6x7 grid, align_corners=True
+    ((12, 18), (4, 6), "bi-direction"),    # even mask sides (mmseg's ADE recipe: 66): half = (m - 1) // 2
+    ((11, 13), (66, 66), "bi-direction"),  # the ADE mask, covering the whole grid
+    ((12, 18), (5, 7), "collect"),
+    ((11, 13), (4, 6), "distribute"),
+])
+def test_psa_matches_mmseg(size, mask, psa_type):
+    theirs = ref.PSAHead(mask_size=mask, psa_type=psa_type, compact=False, shrink_factor=2, normalization_factor=1.0,
+                         psa_softmax=True, **base())
+    ours, theirs = pair("psa", theirs, psa_rules(psa_type), channels=16, mask_size=list(mask), psa_type=psa_type)
+    assert theirs.proj.conv.padding == (1, 1) and ours.attention.proj[0].padding == (1, 1)
+    check(ours, theirs, feats(*size))
+
+
+@pytest.mark.parametrize("h, w, mask", [(6, 9, (5, 7)), (6, 7, (4, 6)), (3, 5, (7, 9)), (5, 4, (1, 3))])
+@pytest.mark.parametrize("psa_type", ["collect", "distribute"])
+def test_psa_mask_matches_mmcv_cpu_kernel(h, w, mask, psa_type):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, mask[0] * mask[1], h, w, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(psa_mask(x, psa_type, mask), ref.psamask(x, psa_type, mask), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# the comparison is not vacuous
+# --------------------------------------------------------------------------------------------------
+def _fails(ours, theirs, x) -> bool:
+    try:
+        check(ours, theirs, x)
+    except AssertionError:
+        return True
+    return False
+
+
+def test_the_comparison_can_fail():
+    """Small departures from mmseg in the reference are caught (so a pass means something)."""
+    x = feats(12, 18)
+    ours, theirs = pair("nl", ref.NLHead(**base()), nl_rules(False), channels=16)
+    theirs.nl_block.use_scale = False  # no 1/sqrt(C') on the logits
+    assert _fails(ours, theirs, x)
+
+    ours, theirs = pair("psa", ref.PSAHead(mask_size=(5, 7), **base()), psa_rules("bi-direction"), channels=16,
+                        mask_size=[5, 7])
+    theirs.proj.conv.padding = (0, 0)  # hszhao/semseg's unpadded projection
+    assert _fails(ours, theirs, x)
+
+    ours, theirs = pair("cc", ref.CCHead(**base()), rules_between_convs(
+        "cca", [("query_conv.", "query_conv."), ("key_conv.", "key_conv."), ("value_conv.", "value_conv."),
+                ("gamma", "gamma.scale")]), channels=16)
+    theirs.recurrence = 1
+    assert _fails(ours, theirs, x)
+
+    ours, theirs = ema_pair()
+    theirs.ema_module.momentum = 0.9  # mmseg's momentum read as ours
+    for head in (ours, theirs):
+        head.train()
+        head.dropout.eval()
+    with torch.no_grad():
+        ours(x), theirs(x)
+    assert not torch.allclose(ours.attention.bases, theirs.ema_module.bases, **TOL)
+
+
+# --------------------------------------------------------------------------------------------------
+# the recipes' parameter counts
+# --------------------------------------------------------------------------------------------------
+MMSEG_COUNTS = {"fcn": 23_605_779, "nl": 24_131_859, "da": 23_954_619, "cc": 23_934_100, "gc": 23_738_260,
+                "ema": 16_458_003, "psa": 33_246_739}
+
+
+def _compose(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _reference_recipe_head(name: str) -> nn.Module:
+    # mmseg configs/_base_/models/<model>_r50-d8.py decode_head settings (1.x).
+    full = dict(in_channels=2048, channels=512, num_classes=19, dropout_ratio=0.1)
+    if name == "fcn":
+        return ref.FCNHead(num_convs=2, concat_input=True, **full)
+    if name == "nl":
+        return ref.NLHead(reduction=2, use_scale=True, mode="embedded_gaussian", **full)
+    if name == "da":
+        return ref.DAHead(pam_channels=64, **full)
+    if name == "cc":
+        return ref.CCHead(recurrence=2, **full)
+    if name == "gc":
+        return ref.GCHead(ratio=1 / 4.0, pooling_type="att", fusion_types=("channel_add",), **full)
+    if name == "ema":
+        return ref.EMAHead(ema_channels=512, num_bases=64, num_stages=3, momentum=0.1, concat_input=True,
+                           **dict(full, channels=256))
+    if name == "psa":
+        return ref.PSAHead(mask_size=(97, 97), psa_type="bi-direction", compact=False, shrink_factor=2,
+                           normalization_factor=1.0, psa_softmax=True, **full)
+    raise KeyError(name)
+
+
+def test_recipe_heads_have_mmsegs_parameter_counts():
+    for name, expected in MMSEG_COUNTS.items():
+        cfg = _compose([f"+experiment={name}_r50_d8_cityscapes_80k"])
+        head = OmegaConf.to_container(cfg.head, resolve=True)
+        assert head["name"] == name
+        with torch.device("meta"):
+            ours = build_head(head, [256, 512, 1024, 2048], 19)
+            theirs = _reference_recipe_head(name)
+        n_ours = sum(p.numel() for p in ours.parameters())
+        n_theirs = sum(p.numel() for p in theirs.parameters())
+        assert (n_ours, n_theirs) == (expected, expected), (name, n_ours, n_theirs, expected)
