@@ -6,7 +6,8 @@ Three registered modules, after the official ``oc_module/`` code (openseg-group/
 
 The official code normalises with InPlaceABNSync, whose activation is a leaky ReLU of slope 0.01
 (in-place ABN needs an invertible activation). The released models were trained with it, so
-every BN here, the shared key/query transform's included, is followed by that leaky ReLU.
+every BN in the modules, the shared key/query transform's included, is followed by that leaky ReLU
+(the one BN without it is Pyramid-OC's head reduction, see ``OCHead``).
 """
 
 from __future__ import annotations
@@ -143,7 +144,10 @@ class SelfAttentionBlock(Recorder, nn.Module):
 
 class OCHead(nn.Module):
     """OCNet's head (``network/resnet101_{base,pyramid,asp}_oc.py``): conv3x3 (with bias) 2048 ->
-    ``channels`` + InPlaceABNSync, the OC module, the 1x1 classifier. Nothing else: the module's own
+    ``channels`` + InPlaceABNSync, the OC module, the 1x1 classifier. The Pyramid-OC network is the
+    exception for the first normalisation: its ``layer5`` is conv3x3 + ``BatchNorm2d(512)``, which that
+    file defines as ``partial(InPlaceABNSync, activation='none')``, so BN without the leaky ReLU (the
+    base and ASP networks write ``InPlaceABNSync(512)``, leaky ReLU included). Nothing else: the module's own
     fusion ends with its dropout, so ``dropout`` before the classifier is 0 by default (OCNet has
     none). ``attention`` names the module: ``oc``, ``oc_pyramid`` or ``oc_asp``.
     """
@@ -155,7 +159,8 @@ class OCHead(nn.Module):
         super().__init__()
         if concat_input:
             raise ValueError(f"{attention} head: concat_input must be false (OCNet classifies the OC output directly)")
-        self.reduce = nn.Sequential(*_conv_abn(int(in_channels[-1]), channels, kernel=3))
+        act = None if attention == "oc_pyramid" else "leaky"  # see the docstring
+        self.reduce = conv_bn_relu(int(in_channels[-1]), channels, 3, bias=True, act=act)
         self.attention = ATTENTIONS[attention](channels, **module_kwargs)
         self.dropout = nn.Dropout2d(_check_dropout(f"{attention} head", "dropout", dropout))
         self.cls = classifier(channels, num_classes)

@@ -1,0 +1,384 @@
+"""Our attention modules compute the same function as the authors' official code.
+
+The official forwards are re-implemented in tests/reference_official.py from the sources listed
+there. Each test builds ours, overwrites EVERY parameter and buffer with random values (several
+modules zero-initialise a gate, a gamma or an output conv, which would hide a wrong branch),
+copies them into the reference through an explicit name map (a bijection, checked), and compares
+the two in float64, eval mode, on a non-square 2 x C x 7 x 11 input.
+
+Tolerance: ``rtol = atol = 1e-10``. Both sides run the same float64 arithmetic up to the order of
+summation (einsum vs bmm, fused vs separate softmax), which differs by ~1e-15; a real difference
+(a missing bias, a wrong epsilon, a transposed map, a different region split, a missing activation)
+is orders of magnitude larger with O(1) random weights.
+EMA is the one exception, compared with the official epsilon at a looser, derived tolerance (see
+``test_ema_matches_official_emau``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import reference_official as R
+from segattn.models.attention import build_attention
+from segattn.models.attention.oc import OCHead
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+SHAPE_HW = (7, 11)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def _randomise(module: nn.Module, seed: int = 0) -> None:
+    """Every floating parameter and buffer gets a random value of a sensible scale."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_var":
+                t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5)
+            elif leaf == "running_mean":
+                t.copy_(0.2 * torch.randn(t.shape, generator=g, dtype=t.dtype))
+            elif t.dim() >= 2 and t.shape[0] > 0 and t[0].numel() > 1:
+                fan_in = t[0].numel()
+                t.copy_(torch.randn(t.shape, generator=g, dtype=t.dtype) / math.sqrt(fan_in))
+            else:  # biases, BN/LN affine, gammas, SGE's per-group scalars: O(1), never zero
+                sign = torch.where(torch.rand(t.shape, generator=g) < 0.5, -1.0, 1.0).to(t.dtype)
+                t.copy_(sign * (0.3 + 0.7 * torch.rand(t.shape, generator=g, dtype=t.dtype)))
+
+
+def _copy(ours: nn.Module, ref: nn.Module, prefixes: dict[str, str]) -> None:
+    """Load ours' state into ``ref``: each of ours' keys is renamed by its longest matching prefix
+    in ``prefixes`` (ours -> ref). The map must be a bijection onto ref's state_dict, with equal
+    numbers of elements (a Linear copied to a 1x1 conv is reshaped). A reference tensor reachable
+    under two names (OCNet's ``f_query = f_key``) is filled once, through either name."""
+    src = ours.state_dict()
+    dst = ref.state_dict(keep_vars=True)
+    mapped = {}
+    for key, value in src.items():
+        match = max((p for p in prefixes if key == p or key.startswith(p + ".")), key=len, default=None)
+        assert match is not None, f"no mapping for our {key}"
+        target = prefixes[match] + key[len(match):]
+        assert target in dst, f"our {key} -> {target}, which the reference does not have"
+        assert target not in mapped, f"two of our keys map to {target}"
+        assert dst[target].numel() == value.numel(), f"{key} -> {target}: {value.shape} vs {dst[target].shape}"
+        mapped[target] = value.reshape(dst[target].shape).clone()
+    for key in set(dst) - set(mapped):  # aliases of a mapped tensor
+        twin = next((k for k in mapped if dst[k] is dst[key]), None)
+        if twin is not None:
+            mapped[key] = mapped[twin]
+    missing = set(dst) - set(mapped)
+    assert not missing, f"reference keys left without a value: {sorted(missing)}"
+    ref.load_state_dict(mapped, strict=True)
+
+
+def _pair(ours: nn.Module, ref: nn.Module, prefixes: dict[str, str], seed: int = 0):
+    ours = ours.double()
+    _randomise(ours, seed)
+    ref = ref.double()
+    _copy(ours, ref, prefixes)
+    return ours.eval(), ref.eval()
+
+
+def _x(c: int, seed: int = 1, n: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, *SHAPE_HW, generator=g, dtype=torch.float64)
+
+
+def _check(ours, ref, x, nontrivial: bool = True):
+    with torch.no_grad():
+        a = ours(x)
+        b = ref(x)
+    assert a.shape == b.shape
+    torch.testing.assert_close(a, b, **TOL)
+    if nontrivial and a.shape == x.shape:
+        # The module does something: a zero gate / output conv would make the comparison vacuous.
+        assert (a - x).abs().max() > 1e-2
+    return a
+
+
+# --------------------------------------------------------------------------------------------------
+# OCNet (openseg-group/OCNet.pytorch)
+# --------------------------------------------------------------------------------------------------
+def _conv_abn(ours: str, ref: str) -> dict[str, str]:
+    """Our conv_bn_relu layers (0 = conv, 1 = BN) -> official Sequential(conv, InPlaceABNSync)."""
+    return {f"{ours}.0": f"{ref}.0", f"{ours}.1": f"{ref}.1.bn"}
+
+
+def _sab(ours: str, ref: str) -> dict[str, str]:
+    """Our SelfAttentionBlock -> the official _SelfAttentionBlock / _PyramidSelfAttentionBlock."""
+    return {f"{ours}.f_key.0": f"{ref}.f_key.0", f"{ours}.f_key.1": f"{ref}.f_key.1.bn",
+            f"{ours}.f_value": f"{ref}.f_value", f"{ours}.W": f"{ref}.W"}
+
+
+def _base_oc_map(ours: str = "", ref: str = "") -> dict[str, str]:
+    p = f"{ours}." if ours else ""
+    q = f"{ref}." if ref else ""
+    return {**_sab(f"{p}attention", f"{q}stages.0"), **_conv_abn(f"{p}fuse", f"{q}conv_bn_dropout")}
+
+
+def _pyramid_oc_map(n_sizes: int, ours: str = "", ref: str = "") -> dict[str, str]:
+    p = f"{ours}." if ours else ""
+    q = f"{ref}." if ref else ""
+    m = {**_conv_abn(f"{p}up_dr", f"{q}up_dr"), **_conv_abn(f"{p}fuse", f"{q}conv_bn_dropout")}
+    for i in range(n_sizes):
+        m.update(_sab(f"{p}stages.{i}", f"{q}stages.{i}"))
+    return m
+
+
+def _asp_oc_map(ours: str = "", ref: str = "") -> dict[str, str]:
+    p = f"{ours}." if ours else ""
+    q = f"{ref}." if ref else ""
+    m = {
+        **_conv_abn(f"{p}context", f"{q}context"),  # context.0 conv3x3 (bias), context.1 ABN
+        **_sab(f"{p}context.3", f"{q}context.2.stages.0"),
+        f"{p}context.4": f"{q}context.2.conv_bn_dropout.0",
+        f"{p}context.5": f"{q}context.2.conv_bn_dropout.1.bn",
+        **_conv_abn(f"{p}fuse", f"{q}conv_bn_dropout"),
+    }
+    for i, name in enumerate(["conv2", "conv3", "conv4", "conv5"]):
+        m.update(_conv_abn(f"{p}branches.{i}", f"{q}{name}"))
+    return m
+
+
+def test_oc_base_matches_official_baseoc_module():
+    c = 16
+    ours = build_attention("oc", c)
+    ref = R.BaseOC_Module(in_channels=c, out_channels=c, key_channels=c // 2, value_channels=c // 2,
+                          dropout=0.05, sizes=([1]))
+    ours, ref = _pair(ours, ref, _base_oc_map())
+    _check(ours, ref, _x(c))
+
+
+@pytest.mark.parametrize("sizes", [[1, 2, 3], [1, 2, 3, 6]])
+def test_oc_pyramid_matches_official_loop_on_uneven_map(sizes):
+    # 7 x 11 with grids 2, 3, 6: no grid divides either side, so the official "the last region
+    # takes the remainder" rule is exercised on both axes.
+    c = 16
+    ours = build_attention("oc_pyramid", c, sizes=sizes)
+    ref = R.Pyramid_OC_Module(in_channels=c, out_channels=c, dropout=0.05, sizes=sizes)
+    ours, ref = _pair(ours, ref, _pyramid_oc_map(len(sizes)))
+    _check(ours, ref, _x(c))
+
+
+@pytest.mark.parametrize("dilations", [(2, 3, 4), (12, 24, 36)])
+def test_oc_asp_matches_official_asp_oc_module(dilations):
+    c = 16
+    ours = build_attention("oc_asp", c, dilations=list(dilations))
+    ref = R.ASP_OC_Module(c, c // 2, dilations=dilations)
+    ours, ref = _pair(ours, ref, _asp_oc_map())
+    _check(ours, ref, _x(c))
+
+
+@pytest.mark.parametrize("attention,variant", [("oc", "base"), ("oc_pyramid", "pyramid"), ("oc_asp", "asp")])
+def test_oc_head_matches_official_network_head(attention, variant):
+    cin, c, k = 24, 16, 5
+    ours = OCHead([8, cin], k, attention=attention, channels=c)
+    ref = R.OCNetHead(variant, cin, c, k)
+    if variant == "base":
+        m = {**_conv_abn("reduce", "context"), **_base_oc_map("attention", "context.2")}
+    elif variant == "pyramid":
+        m = {"reduce.0": "layer5.0", "reduce.1": "layer5.1.bn", **_pyramid_oc_map(4, "attention", "context")}
+    else:
+        m = {**_conv_abn("reduce", "context"), **_asp_oc_map("attention", "context.2")}
+    m["cls"] = "cls"
+    ours, ref = _pair(ours, ref, m)
+    g = torch.Generator().manual_seed(3)
+    feat = torch.randn(2, cin, *SHAPE_HW, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours([torch.zeros(1), feat]), ref(feat), **TOL)
+
+
+# --------------------------------------------------------------------------------------------------
+# SE (hujie-frank/SENet Caffe model)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("c,r", [(64, 16), (48, 8)])
+def test_se_matches_official_caffe_unit(c, r):
+    ours = build_attention("se", c, reduction=r)
+    assert ours.hidden == c // r  # exact C/r, as the prototxt (256 -> 16)
+    ref = R.SECaffe(c, r)
+    ours, ref = _pair(ours, ref, {"fc.0": "down", "fc.2": "up"})
+    assert ref.down.bias is not None and ours.fc[0].bias is not None
+    _check(ours, ref, _x(c))
+
+
+# --------------------------------------------------------------------------------------------------
+# CBAM (Jongchan/attention-module)
+# --------------------------------------------------------------------------------------------------
+def test_cbam_matches_official():
+    c = 32
+    ours = build_attention("cbam", c)
+    ref = R.CBAM(c, 16)
+    assert ours.spatial_gate.bn.momentum == ref.SpatialGate.spatial.bn.momentum == 0.01
+    assert ours.spatial_gate.bn.eps == ref.SpatialGate.spatial.bn.eps
+    m = {"channel_gate.mlp.0": "ChannelGate.mlp.1", "channel_gate.mlp.2": "ChannelGate.mlp.3",
+         "spatial_gate.conv": "SpatialGate.spatial.conv", "spatial_gate.bn": "SpatialGate.spatial.bn"}
+    ours, ref = _pair(ours, ref, m)
+    _check(ours, ref, _x(c))
+
+
+# --------------------------------------------------------------------------------------------------
+# SK (implus/SKNet Caffe model)
+# --------------------------------------------------------------------------------------------------
+def test_sk_matches_official_caffe_unit():
+    c, groups = 64, 32
+    ours = build_attention("sk", c, groups=groups)
+    d = max(c // 16, 32)  # paper Eq. 4 with r = 16, L = 32 (the prototxt: 128 -> 32)
+    assert ours.dim == d and ours.select.bias is None
+    ref = R.SKCaffe(c, groups, d)
+    m = {"convs.0.0": "conv3x3g32", "convs.0.1": "conv3x3g32_bn",
+         "convs.1.0": "conv3x3g32d2", "convs.1.1": "conv3x3g32d2_bn",
+         "fuse.0": "B_fc1", "fuse.1": "B_fc1_bn", "select": "B_fc2"}
+    ours, ref = _pair(ours, ref, m)
+    _check(ours, ref, _x(c))
+
+
+# --------------------------------------------------------------------------------------------------
+# ECA (BangguWu/ECANet)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("c", [64, 256])
+def test_eca_matches_official(c):
+    ours = build_attention("eca", c)
+    k = R.eca_k_size(c)
+    assert ours.k_size == k and k == {64: 3, 256: 5}[c]
+    ref = R.eca_layer(c, k)
+    ours, ref = _pair(ours, ref, {"conv": "conv"})
+    _check(ours, ref, _x(c))
+
+
+# --------------------------------------------------------------------------------------------------
+# SGE (implus/PytorchInsight)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("groups", [4, 8])
+def test_sge_matches_official(groups):
+    c = 32
+    ours = build_attention("sge", c, groups=groups)
+    ref = R.SpatialGroupEnhance(groups)
+    ours, ref = _pair(ours, ref, {"weight": "weight", "bias": "bias"})
+    _check(ours, ref, _x(c))
+
+
+# --------------------------------------------------------------------------------------------------
+# GC (xvjiarui/GCNet)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("pool", ["att", "avg"])
+@pytest.mark.parametrize("fusions", [["channel_add"], ["channel_mul"], ["channel_add", "channel_mul"]])
+def test_gc_matches_official_context_block(pool, fusions):
+    c = 16
+    ours = build_attention("gc", c, ratio=0.25, pooling_type=pool, fusion_types=fusions)
+    ref = R.ContextBlock2d(c, int(c * 0.25), pool, fusions)
+    m = {name: name for name in ("conv_mask", "channel_add_conv", "channel_mul_conv")}
+    ours, ref = _pair(ours, ref, m)
+    _check(ours, ref, _x(c))
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-local (mmcv NonLocal2d)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,use_scale", [("embedded_gaussian", True), ("embedded_gaussian", False),
+                                            ("gaussian", True), ("dot_product", True)])
+@pytest.mark.parametrize("sub_sample", [False, True])
+@pytest.mark.parametrize("use_bn", [True, False])
+def test_nl_matches_mmcv_nonlocal2d(mode, use_scale, sub_sample, use_bn):
+    c = 16
+    ours = build_attention("nl", c, mode=mode, use_scale=use_scale, sub_sample=sub_sample, use_bn=use_bn)
+    ref = R.NonLocal2d(c, reduction=2, use_scale=use_scale, norm=use_bn, mode=mode, sub_sample=sub_sample)
+    sub = ".0" if sub_sample else ""
+    m = {"g": f"g{sub}.conv"}
+    if mode != "gaussian":
+        m.update(theta="theta.conv", phi=f"phi{sub}.conv")
+    if use_bn:
+        m.update({"conv_out.0": "conv_out.conv", "conv_out.1": "conv_out.bn"})
+    else:
+        m["conv_out"] = "conv_out.conv"
+    ours, ref = _pair(ours, ref, m)
+    _check(ours, ref, _x(c))
+
+
+# --------------------------------------------------------------------------------------------------
+# CC (speedinghzl/CCNet pure-PyTorch)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("recurrence", [1, 2])
+def test_cc_matches_official_criss_cross(recurrence):
+    c = 16
+    ours = build_attention("cc", c, recurrence=recurrence)
+    ref = R.RCCA(c, recurrence)
+    m = {name: f"cca.{name}" for name in ("query_conv", "key_conv", "value_conv", "gamma")}
+    ours, ref = _pair(ours, ref, m)
+    _check(ours, ref, _x(c))
+
+
+# --------------------------------------------------------------------------------------------------
+# EMA (XiaLiPKU/EMANet EMAU)
+# --------------------------------------------------------------------------------------------------
+def _ema_pair(eps: float, c: int = 16, k: int = 8):
+    ours = build_attention("ema", c, num_bases=k, stages=3)
+    ref = R.EMAU(c, k, stage_num=3, eps=eps)
+    ours, ref = _pair(ours, ref, {"bases": "mu", "conv1": "conv1", "conv2": "conv2"})
+    with torch.no_grad():  # bases as the official init keeps them: unit columns
+        ours.bases.div_(ours.bases.norm(dim=1, keepdim=True))
+        ref.mu.copy_(ours.bases)
+    return ours, ref
+
+
+def test_ema_matches_official_emau_without_its_epsilon():
+    # With the official 1e-6 set to 0, the two are the same function to float64 precision: the
+    # epsilon is the only difference (ours: F.normalize, x / max(||x||, 1e-12), as mmseg's
+    # EMAModule, for both the L1 normalisation of z over positions and the L2 one of the bases).
+    ours, ref = _ema_pair(eps=0.0)
+    x = _x(16)
+    with torch.no_grad():
+        a = ours(x)
+        b, mu = ref(x)
+        mu_ours, _ = ours.em(ours.conv1(x).flatten(2))
+    torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(mu_ours, mu, **TOL)
+    assert (a - x).abs().max() > 1e-2
+
+
+def test_ema_matches_official_emau():
+    # The official code divides by (1e-6 + norm) where ours divides by max(norm, 1e-12). Per EM
+    # step this rescales each base by 1 / (1 + 1e-6 / ||X z_k||) (the z normalisation's 1e-6
+    # only rescales a column of z_, which the following L2 normalisation removes, up to the same
+    # order). A relative perturbation delta of the bases moves the logits X^T mu by about
+    # delta * |X^T mu|, so each of the 3 steps and the reconstruction carry a relative error of
+    # at most delta * (1 + max |X^T mu|). We bound delta from this input and check the outputs
+    # (magnitude O(1)) against stages * delta * (1 + max|X^T mu|) * max|out| (here ~3e-5, with an
+    # observed difference ~1e-7); at eps = 0 they agree to 1e-10 (above).
+    ours, ref = _ema_pair(eps=1e-6)
+    x = _x(16)
+    with torch.no_grad():
+        a = ours(x)
+        b, _ = ref(x)
+        feats = ours.conv1(x).flatten(2)
+        mu, z = ours.em(feats)
+        m = torch.bmm(feats, z / z.sum(dim=1, keepdim=True))  # X z_ before the L2 normalisation
+        delta = 1e-6 / m.norm(dim=1).min().item()
+        logit = torch.bmm(feats.transpose(1, 2), mu).abs().max().item()
+    bound = ours.stages * delta * (1 + logit) * max(1.0, a.abs().max().item())
+    assert bound < 1e-4  # the tolerance stays meaningful
+    diff = (a - b).abs().max().item()
+    assert diff <= bound, (diff, bound)
+    assert diff > 0  # the epsilon is really there (float64 noise alone is ~1e-15)
+
+
+# --------------------------------------------------------------------------------------------------
+# DA (junfu1115/DANet PAM_Module / CAM_Module)
+# --------------------------------------------------------------------------------------------------
+def test_da_branches_match_official_pam_and_cam():
+    c = 16
+    ours = build_attention("da", c)
+    pam, cam = R.PAM_Module(c), R.CAM_Module(c)
+    ref = nn.ModuleDict({"pam": pam, "cam": cam})
+    ours, ref = _pair(ours, ref, {"pam": "pam", "cam": "cam"})
+    x = _x(c)
+    _check(ours.pam, ref["pam"], x)
+    _check(ours.cam, ref["cam"], x)
+    with torch.no_grad():  # the registered module sums the two branches on one input
+        torch.testing.assert_close(ours(x), ref["pam"](x) + ref["cam"](x), **TOL)
