@@ -11,11 +11,14 @@ def words(value: str) -> str:
 
 
 def table() -> str:
-    rows = ["| `head=` | mechanism (paper) | weights computed by | applied by | over |", "|---|---|---|---|---|",
-            "| `fcn` | FCN baseline: Fully Convolutional Networks for Semantic Segmentation (2015) | — | — | — |"]
+    rows = ["| `head=` | mechanism (paper) | weights computed by | applied by | over | reference (checked in the tests) "
+            "| deliberate differences |", "|---|---|---|---|---|---|---|",
+            "| `fcn` | FCN baseline: Fully Convolutional Networks for Semantic Segmentation (2015) | — | — | — "
+            "| mmseg `FCNHead` | — |"]
     for name, cls in sorted(ATTENTIONS.items()):
         t = cls.taxonomy
-        rows.append(f"| `{name}` | {cls.paper} | {words(t['weights'])} | {words(t['applied'])} | {words(t['domain'])} |")
+        rows.append(f"| `{name}` | {cls.paper} | {words(t['weights'])} | {words(t['applied'])} | {words(t['domain'])} "
+                    f"| {cls.reference} | {getattr(cls, 'deviations', '—')} |")
     return "\n".join(rows)
 
 

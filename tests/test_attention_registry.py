@@ -31,6 +31,8 @@ def test_taxonomy_and_paper(name):
     assert cls.paper.endswith(")") and "(" in cls.paper
     year = int(cls.paper.rsplit("(", 1)[1].rstrip(")"))
     assert 2014 <= year <= 2021
+    # Every mechanism names the code it is checked against (the README's "reference" column).
+    assert isinstance(cls.reference, str) and len(cls.reference) > 10
 
 
 @pytest.mark.parametrize("name", NAMES)

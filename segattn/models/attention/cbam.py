@@ -67,6 +67,8 @@ class CBAM(Recorder, nn.Module):
     # a 7x7 conv, both multiplied element-wise.
     taxonomy = dict(weights="mlp+conv", applied="elementwise", domain="channel+spatial")
     paper = "CBAM: Convolutional Block Attention Module (2018)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "Jongchan/attention-module `CBAM`"
 
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7):
         super().__init__()

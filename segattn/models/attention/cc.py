@@ -33,6 +33,8 @@ class CrissCrossAttention(Recorder, nn.Module):
     # the positions of the row and column).
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "CCNet: Criss-Cross Attention for Semantic Segmentation (2020)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "mmseg `CCHead` + mmcv `CrissCrossAttention`; speedinghzl/CCNet (pure PyTorch)"
 
     def __init__(self, channels: int, recurrence: int = 2, reduction: int = 8):
         super().__init__()

@@ -156,6 +156,9 @@ class DualAttention(Recorder, nn.Module):
     # an HW x HW map for positions and a C x C map for channels).
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial+channel")
     paper = "Dual Attention Network for Scene Segmentation (2019)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "mmseg `DAHead`; junfu1115/DANet `PAM_Module`, `CAM_Module`"
+    deviations = "the registered module alone sums PAM and CAM; the head keeps DANet's convs per branch"
 
     def __init__(self, channels: int, reduction: int = 8):
         super().__init__()

@@ -33,6 +33,8 @@ class ECA(GatedChannels, nn.Module):
     # Survey (Guo et al. 2022): 卷积 点乘 通道 (convolution weights, element-wise product, channel domain).
     taxonomy = dict(weights="conv", applied="elementwise", domain="channel")
     paper = "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks (2020)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "BangguWu/ECANet `eca_layer`, k from the paper's Eq. 12"
 
     def __init__(self, channels: int, k_size: int | None = None, gamma: float = 2.0, b: float = 1.0):
         super().__init__()

@@ -52,6 +52,9 @@ class EMAttention(Recorder, nn.Module):
     # ("c 降到 k 再升回 c"), which is the number of bases, not a weighting of feature channels.
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "Expectation-Maximization Attention Networks for Semantic Segmentation (2019)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "mmseg `EMAHead`, `EMAModule` (eval and the training update); XiaLiPKU/EMANet `EMAU`"
+    deviations = "mmseg's normalisations (`F.normalize`) where EMANet adds 1e-6 to the norms (outputs differ by about 1e-7)"
 
     def __init__(self, channels: int, num_bases: int = 64, stages: int = 3, momentum: float = 0.9):
         super().__init__()

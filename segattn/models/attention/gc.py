@@ -47,6 +47,8 @@ class ContextBlock(Recorder, nn.Module):
     # spatial domain and the added term is one value per channel (spatial+channel).
     taxonomy = dict(weights="conv", applied="matmul+add", domain="spatial+channel")
     paper = "GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond (2019)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "mmseg `GCHead` + mmcv `ContextBlock`; xvjiarui/GCNet `ContextBlock`"
 
     def __init__(
         self,

@@ -60,6 +60,9 @@ class MultiHeadSelfAttention(Recorder, nn.Module):
     # over the spatial positions).
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "Attention Is All You Need (2017)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "naive multi-head attention (no official segmentation code)"
+    deviations = "a post-norm Transformer layer (2-D sinusoidal positions, FFN) as the mechanism"
 
     def __init__(
         self,

@@ -37,6 +37,8 @@ class NonLocal2d(Recorder, nn.Module):
     # product with g) over the spatial positions.
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "Non-local Neural Networks (2018)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "mmseg `NLHead` + mmcv `NonLocal2d`"
 
     def __init__(
         self,

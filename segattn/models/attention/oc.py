@@ -180,6 +180,9 @@ class BaseOC(Recorder, nn.Module):
     # Survey (Guo et al. 2022): 矩阵乘法 叉乘 空间 (pairwise key products applied as an HW x HW matrix product).
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "OCNet: Object Context Network for Scene Parsing (2018)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "openseg-group/OCNet.pytorch `BaseOC_Module` and its network head"
+    deviations = "auxiliary head is mmseg's FCN on c4, not OCNet's dsn"
 
     def __init__(self, channels: int, context_dropout: float = 0.05):
         super().__init__()
@@ -209,6 +212,9 @@ class PyramidOC(Recorder, nn.Module):
 
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "OCNet: Object Context Network for Scene Parsing (2018)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "openseg-group/OCNet.pytorch `Pyramid_OC_Module` and its network head"
+    deviations = "auxiliary head is mmseg's FCN on c4; a map smaller than a grid gets one row per region (the official loop makes empty ones)"
 
     def __init__(self, channels: int, sizes: Sequence[int] = (1, 2, 3, 6), context_dropout: float = 0.05):
         super().__init__()
@@ -245,6 +251,9 @@ class ASPOC(Recorder, nn.Module):
 
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
     paper = "OCNet: Object Context Network for Scene Parsing (2018)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "openseg-group/OCNet.pytorch `ASP_OC_Module` and its network head"
+    deviations = "auxiliary head is mmseg's FCN on c4, not OCNet's dsn"
 
     def __init__(
         self,

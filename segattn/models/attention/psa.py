@@ -149,6 +149,9 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
     # spatial positions.
     taxonomy = dict(weights="conv", applied="matmul", domain="spatial")
     paper = "PSANet: Point-wise Spatial Attention Network for Scene Parsing (2018)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "mmseg `PSAHead` + mmcv `PSAMask` (its CPU kernel)"
+    deviations = "the registered module alone fuses cat(x, context) back to C; `proj_padding: 1` is mmseg's (hszhao/semseg: 0)"
 
     def __init__(
         self,

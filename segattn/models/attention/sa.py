@@ -128,6 +128,9 @@ class SqueezeAttention(Recorder, nn.Module):
     # by a product with X_res and then *added* (the "+ X_attn" term), hence elementwise+add.
     taxonomy = dict(weights="conv", applied="elementwise+add", domain="spatial+channel")
     paper = "Squeeze-and-Attention Networks for Semantic Segmentation (2020)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "none released: the paper's equations"
+    deviations = "no ReLU before the sigmoid, sigmoid before the upsampling (see `SqueezeAttention`)"
 
     def __init__(self, channels: int, pool_size: int = 2):
         super().__init__()

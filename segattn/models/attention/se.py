@@ -22,6 +22,8 @@ class SqueezeExcitation(GatedChannels, nn.Module):
     # Survey (Guo et al. 2022): 全连接 点乘 通道域 (fully connected weights, element-wise product, channel domain).
     taxonomy = dict(weights="mlp", applied="elementwise", domain="channel")
     paper = "Squeeze-and-Excitation Networks (2019)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "hujie-frank/SENet `SE-ResNet-50.prototxt` (biases, exactly C/r)"
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()

@@ -28,6 +28,8 @@ class SpatialGroupEnhance(Recorder, nn.Module):
     # which channels; the survey's "通道" names the channel descriptor g used to compute it.
     taxonomy = dict(weights="pool", applied="elementwise", domain="spatial")
     paper = "Spatial Group-wise Enhance: Improving Semantic Feature Learning in Convolutional Networks (2019)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "implus/PytorchInsight `SpatialGroupEnhance`"
 
     def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5):
         super().__init__()

@@ -26,6 +26,9 @@ class SelectiveKernel(Recorder, nn.Module):
     # scale each branch channel-wise.
     taxonomy = dict(weights="mlp", applied="elementwise", domain="channel")
     paper = "Selective Kernel Networks (2019)"
+    # The code this mechanism and its head are checked against in the tests (README, "reference").
+    reference = "implus/SKNet `sknet50.prototxt`"
+    deviations = "BN momentum PyTorch's 0.1 (the Caffe model averages with 0.95)"
 
     def __init__(
         self,
