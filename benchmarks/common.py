@@ -102,23 +102,6 @@ def build_decode_head(name: str, in_channels: list[int], num_classes: int = 19, 
     return build_head(cfg, in_channels, num_classes)
 
 
-def psa_mask_for(size: int, shrink_factor: int = 2) -> list[int]:
-    """The smallest PSA mask that reaches a ``size`` x ``size`` feature map."""
-    s = (size - 1) // shrink_factor + 1
-    return [2 * s - 1, 2 * s - 1]
-
-
-def size_overrides(name: str, size: int) -> dict:
-    """Hyper-parameters that depend on the feature size: PSA's mask must reach the whole map."""
-    if name == "psa":
-        cfg = head_config("psa")
-        shrink = int(cfg.get("shrink_factor", 2))
-        reach = ((int(cfg["mask_size"][0]) - 1) // 2 + 1) * shrink
-        if size > reach:
-            return {"mask_size": psa_mask_for(size, shrink)}
-    return {}
-
-
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -362,10 +345,17 @@ def _sum_outputs(out) -> torch.Tensor:
 
 def train_mode(module: torch.nn.Module) -> torch.nn.Module:
     """Training mode with BatchNorm statistics frozen: a batch of one has a single value per channel
-    after global pooling (SK, SE-style gates), which BatchNorm cannot normalise in training."""
+    after global pooling (SK, SE-style gates), which BatchNorm cannot normalise in training.
+
+    SK's module is put in eval mode as a whole: its training mode differs from eval only by the
+    BatchNorm on the pooled vector (frozen here anyway) and by refusing a batch of one for its sake.
+    """
+    from segattn.models.attention import ATTENTIONS
+
+    frozen = tuple(c for c in (torch.nn.modules.batchnorm._BatchNorm, ATTENTIONS.get("sk")) if c is not None)
     module.train()
     for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, frozen):
             m.eval()
     return module
 

@@ -47,6 +47,10 @@ TIMM_PEERS = {
     "gc": ("GlobalContext", dict(use_attn=True, fuse_add=True, fuse_scale=False, rd_ratio=1 / 4, init_last_zero=True)),
     "nl": ("NonLocalAttn", dict(use_scale=True, rd_ratio=1 / 2)),
 }
+# Decode-head parameters of mmsegmentation's Cityscapes R50-D8 recipes (19 classes, decode head
+# alone: no auxiliary head), for the heads mmseg has.
+MMSEG_PARAMS = {"fcn": 23_605_779, "nl": 24_131_859, "da": 23_954_619, "cc": 23_934_100, "gc": 23_738_260,
+                "ema": 16_458_003, "psa": 33_246_739}
 PEER_LIMIT = 1.2  # our forward within 1.2x of timm's
 TARGETS = {"flops": 0.17, "memory": 1 / 5, "time": 0.5}  # cc / nl at 1 x 512 x 97 x 97
 
@@ -75,20 +79,23 @@ def stage_inputs(size: int, device, batch: int = 1) -> list[torch.Tensor]:
             for s in shapes]
 
 
-def build_pair(name: str, size: int, device) -> tuple[torch.nn.Module, torch.nn.Module | None, int]:
-    """(decode head, registered mechanism or None for fcn, the mechanism's channels)."""
+def build_pair(name: str, device) -> tuple[torch.nn.Module, torch.nn.Module | None, int]:
+    """(decode head, registered mechanism or None for fcn, the mechanism's channels), both from
+    conf/head/<name>.yaml alone: no hyper-parameter depends on the feature size (PSA's 97x97 mask
+    serves every map; its logits beyond the mask's reach are 0, as in the official psamask). The
+    mechanism gets the width it works at inside the head (``attention_channels``, else ``channels``)."""
     torch.manual_seed(0)
-    extra = common.size_overrides(name, size)
-    head = common.build_decode_head(name, common.R101_CHANNELS, 19, **extra).to(device)
-    channels = int(common.head_config(name).get("channels", 512))
-    mech = None if name == "fcn" else common.build_mechanism(name, channels, **extra).to(device)
+    head = common.build_decode_head(name, common.R101_CHANNELS, 19).to(device)
+    cfg = common.head_config(name)
+    channels = int(cfg.get("attention_channels") or cfg.get("channels", 512))
+    mech = None if name == "fcn" else common.build_mechanism(name, channels).to(device)
     return head, mech, channels
 
 
 def static_costs(name: str, size: int, device) -> dict:
     """Parameters, forward FLOPs and memory of the head and of its mechanism."""
     measure_dev = torch.device("meta") if torch.device(device).type == "cpu" else torch.device(device)
-    head, mech, channels = build_pair(name, size, measure_dev)
+    head, mech, channels = build_pair(name, measure_dev)
     row = {"name": name, "channels": channels, "head_params": common.count_params(head)}
     feats = stage_inputs(size, measure_dev)
     head.eval()
@@ -138,7 +145,7 @@ def latencies(names: list[str], size: int, device, rounds: int, warmup: int, pee
     x = {}
     feats = stage_inputs(size, device) if heads else None
     for name in names:
-        head, mech, channels = build_pair(name, size, device)
+        head, mech, channels = build_pair(name, device)
         if channels not in x:
             x[channels] = torch.randn(1, channels, size, size, device=device)
         inp = x[channels]
@@ -167,6 +174,7 @@ def paper_setting_macs(size: int = 65) -> dict[str, float]:
     """GMACs of EMANet's and PSANet's heads as the EMANet table (513x513, R101-D8: 65x65 c5) counts
     them, and of our heads at that size; multiply-accumulates, as the papers of that time counted."""
     from segattn.models.attention import build_attention
+    from segattn.models.attention.psa import shrunk_grid
     from segattn.models.heads import conv_bn_relu
 
     meta = torch.device("meta")
@@ -182,18 +190,24 @@ def paper_setting_macs(size: int = 65) -> dict[str, float]:
     emau = build_attention("ema", 512, num_bases=64, stages=3).to(meta).eval()
     out["ema_fc0"] = macs(lambda: fc0(c5))
     out["ema_emau"] = macs(lambda: emau(fc0(c5))) - out["ema_fc0"]
-    # Official PSANet (hszhao/semseg): PSA(2048, reduction 512, shrink 2, mask 2*33-1) returns
-    # cat(x, psa(x)) (4096 channels), then cls = ConvBNReLU(4096, 512, 3) -> classifier. Our module
-    # fuses the concatenation back to 2048 channels with a 1x1 conv that the official one has not.
-    psa = build_attention("psa", 2048, inner_channels=512, mask_size=common.psa_mask_for(size)).to(meta).eval()
+    # Official PSANet (hszhao/semseg) at this crop: PSA(2048, reduction 512, shrink 2) with the mask
+    # that exactly covers the shrunk grid (2 * 33 - 1 = 65 at 65x65) and an unpadded projection; its
+    # context (``fuse=False``: no 1x1 fuse conv) is concatenated with c5 and the head goes on with a
+    # 3x3 conv 4096 -> 512, PSAHead's ``bottleneck``.
+    grid = shrunk_grid(size, size, 2)[0]
+    psa = build_attention("psa", 2048, inner_channels=512, mask_size=2 * grid - 1, fuse=False).to(meta).eval()
+    out["psa_mask"] = 2 * grid - 1
+    out["psa_module"] = macs(lambda: psa.context(c5))
     cat = torch.empty(1, 4096, size, size, device=meta)
-    out["psa_module"] = macs(lambda: psa(c5)) - macs(lambda: psa.fuse(cat))
-    out["psa_cls_conv"] = macs(lambda: conv_bn_relu(4096, 512).to(meta).eval()(cat))
     feats = stage_inputs(size, meta)
     for name in ("ema", "psa"):
-        head = common.build_decode_head(name, common.R101_CHANNELS, 21, **common.size_overrides(name, size))
-        head = head.to(meta).eval()
+        head = common.build_decode_head(name, common.R101_CHANNELS, 21).to(meta).eval()
         out[f"{name}_head"] = macs(lambda: head(feats))
+        if name == "psa":
+            # Our psa decode head is PSANet's head: its module (the recipe's mask, mmseg's padded
+            # projection), the bottleneck, the classifier.
+            out["psa_head_module"] = macs(lambda: head.attention.context(c5))
+            out["psa_bottleneck"] = macs(lambda: head.bottleneck(cat))
     return out
 
 
@@ -211,7 +225,7 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
     have_heads = any(k.startswith("head:") for k in times)
     unit = "ms"
 
-    headers = ["head", "params (M)", "head GFLOPs", "head fwd MiB", "head train MiB",
+    headers = ["head", "params", "mmseg params", "head GFLOPs", "head fwd MiB", "head train MiB",
                "mech. params (M)", "mech. GFLOPs", "of which other", "mech. fwd MiB", "mech. saved MiB",
                "mech. train MiB", f"mech. fwd {unit}"]
     if have_peers:
@@ -222,7 +236,8 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
     for r in rows:
         n = r["name"]
         mech = "mech_flops" in r
-        row = [n, fmt(r["head_params"] / 1e6), fmt((r["head_flops"] + r["head_other"]) / 1e9, 1),
+        row = [n, f"{r['head_params']:,}", mmseg_cell(n, r["head_params"]),
+               fmt((r["head_flops"] + r["head_other"]) / 1e9, 1),
                fmt(r["head_fwd"] / MiB, 0), fmt(r["head_train"] / MiB, 0),
                fmt(r["mech_params"] / 1e6, 3) if mech else "—",
                fmt((r["mech_flops"] + r["mech_other"]) / 1e9) if mech else "—",
@@ -237,19 +252,22 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
             row += [fmt(times[f"head:{n}"] * 1e3, 0) if f"head:{n}" in times else "—"]
         table.append(row)
 
-    csv_headers = ["head", "head_params", "head_flops", "head_other_flops", "head_fwd_bytes", "head_saved_bytes",
-                   "head_train_bytes", "mech_channels", "mech_params", "mech_flops", "mech_other_flops",
-                   "mech_moved_elements", "mech_fwd_bytes", "mech_saved_bytes", "mech_train_bytes", "mech_fwd_s",
-                   "timm_fwd_s", "head_fwd_s", "mech_other_ops", "mech_uncounted_ops"]
-    csv_rows = [[r["name"], r["head_params"], r["head_flops"], r["head_other"], r["head_fwd"], r["head_saved"],
-                 r["head_train"], r["channels"] if "mech_flops" in r else "", r.get("mech_params", ""),
-                 r.get("mech_flops", ""), r.get("mech_other", ""), r.get("mech_moved", ""), r.get("mech_fwd", ""),
-                 r.get("mech_saved", ""), r.get("mech_train", ""), times.get(r["name"], ""),
+    csv_headers = ["head", "head_params", "mmseg_params", "head_flops", "head_other_flops", "head_fwd_bytes",
+                   "head_saved_bytes", "head_train_bytes", "mech_channels", "mech_params", "mech_flops",
+                   "mech_other_flops", "mech_moved_elements", "mech_fwd_bytes", "mech_saved_bytes", "mech_train_bytes",
+                   "mech_fwd_s", "timm_fwd_s", "head_fwd_s", "mech_other_ops", "mech_uncounted_ops"]
+    csv_rows = [[r["name"], r["head_params"], MMSEG_PARAMS.get(r["name"], ""), r["head_flops"], r["head_other"],
+                 r["head_fwd"], r["head_saved"], r["head_train"], r["channels"] if "mech_flops" in r else "",
+                 r.get("mech_params", ""), r.get("mech_flops", ""), r.get("mech_other", ""), r.get("mech_moved", ""),
+                 r.get("mech_fwd", ""), r.get("mech_saved", ""), r.get("mech_train", ""), times.get(r["name"], ""),
                  times.get(f"timm:{r['name']}", ""), times.get(f"head:{r['name']}", ""),
                  r.get("mech_other_ops", ""), r.get("mech_uncounted", "")] for r in rows]
 
     s = args.size
     crop = 8 * (s - 1) + 1
+    widths = sorted({r["channels"] for r in rows if "mech_flops" in r})
+    mech_width = " or ".join(map(str, widths)) or "512"
+    psa_mask = "x".join(str(m) for m in common.head_config("psa")["mask_size"])
     mem_how = ("measured with `torch.cuda.max_memory_allocated`" if device.type == "cuda" else
                "counted on the `meta` device by following every storage created and freed (the bytes a "
                "CPU run allocates, checked against one in tests/test_benchmarks.py)")
@@ -261,8 +279,17 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
         f"{'' if s == 97 else f' --size {s}'}{' --quick' if args.quick else ''}` on: {common.machine_line(device)}.",
         "",
         "- **head**: the decode head as `train.py head=<name>` builds it (conf/head/<name>.yaml), on R101-D8 stage "
-        f"outputs (c5 = 1 x 2048 x {s} x {s}) for 19 classes. **mech.**: the registered attention module alone on "
-        f"1 x 512 x {s} x {s} (what the papers compare). `fcn` has no mechanism.",
+        f"outputs (c5 = 1 x 2048 x {s} x {s}) for 19 classes, with the same hyper-parameters at every size (PSA's "
+        f"{psa_mask} mask included: beyond its reach the attention logits are 0, as in the official psamask). "
+        "**params**: its exact parameter count; **mmseg params**: the decode head of mmsegmentation's Cityscapes "
+        "R50-D8 recipe (19 classes, no auxiliary head) where mmseg has the head, ✓ where the two are the same "
+        "integer. "
+        f"{mmseg_note(rows)}",
+        f"- **mech.**: the registered attention module alone on 1 x {mech_width} x {s} x {s} (what the papers "
+        "compare), at the width it works at inside the head (`ema`: the EM unit at `attention_channels` 512; the "
+        "head goes on at 256). `psa` alone is the registry's C -> C form (branches reduced to C/2, a 1x1 conv "
+        "fusing input and context back to C); inside the head the same module runs on c5 itself (2048 channels, "
+        "branches 512, no fuse conv: PSANet's 4096 -> 512 3x3 conv follows). `fcn` has no mechanism.",
         "- **GFLOPs**: forward, 2 FLOPs per multiply-accumulate, convolutions and matrix products counted by "
         "`torch.utils.flop_counter.FlopCounterMode`; **of which other** is what it does not see, counted by "
         "`benchmarks/common.py` (softmax 5/element, BatchNorm/LayerNorm/GroupNorm, pooling, bilinear resizing "
@@ -290,6 +317,28 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
     common.write_atomic(md_path, "\n".join(lines))
     common.write_csv(csv_path, csv_headers, csv_rows)
     return [md_path, csv_path]
+
+
+def mmseg_cell(name: str, params: int) -> str:
+    """mmseg's count for ``name`` ("—" if mmseg has no such head), with ✓ where ours is the same
+    integer and the difference where it is not."""
+    theirs = MMSEG_PARAMS.get(name)
+    if theirs is None:
+        return "—"
+    return f"{theirs:,} ✓" if params == theirs else f"{theirs:,} (ours {params - theirs:+,})"
+
+
+def mmseg_note(rows) -> str:
+    compared = [r for r in rows if r["name"] in MMSEG_PARAMS]
+    if not compared:
+        return ""
+    same = [r["name"] for r in compared if r["head_params"] == MMSEG_PARAMS[r["name"]]]
+    differ = [r["name"] for r in compared if r["head_params"] != MMSEG_PARAMS[r["name"]]]
+    text = (f"{'All ' + str(len(same)) if not differ else len(same)} of the {len(compared)} heads compared "
+            f"{'have' if len(same) != 1 else 'has'} exactly mmseg's parameter count")
+    if differ:
+        text += f"; {', '.join(differ)} {'differ' if len(differ) > 1 else 'differs'} (see the column)"
+    return text + "."
 
 
 def _row(rows, name):
@@ -377,34 +426,49 @@ def paper_section(rows, times, extras, device) -> list[str]:
     e = extras
     paper_ema, paper_psa = 43.1, 56.3
     ema_paper_way = e["ema_fc0"] + e["ema_emau"]
+    psa_paper_way = e["psa_module"] + e["ema_fc0"]
+    m = e["psa_mask"]
+    recipe_mask = "x".join(str(v) for v in common.head_config("psa")["mask_size"])
     lines += [
         "**EMANet vs PSANet** (the EMANet paper's table: 513x513 input, ResNet-101, output stride 8, i.e. 65x65 c5; "
         "PSANet +56.3 and EMANet +43.1 GFLOPs over the backbone, a ratio of "
         f"{fmt(paper_ema / paper_psa, 2)}). Those numbers are multiply-accumulates, the convention of the time; in "
-        "GMACs at 65x65 we count:",
+        "GMACs at 65x65 (21 classes) we count:",
         "",
         common.markdown_table(
             ["what", "GMACs", "paper"],
             [["EMANet head as the paper counts it: fc0 (3x3 conv 2048 -> 512) + EMAU(512, K=64, T=3)",
               fmt(ema_paper_way, 1), "43.1"],
              ["  of which EMAU", fmt(e["ema_emau"], 2), ""],
-             ["PSANet's official PSA module (2048 channels, reduction 512, mask 65x65 at 33x33)",
-              fmt(e["psa_module"], 1), ""],
-             ["PSA module + one 3x3 conv 2048 -> 512 (= fc0 above)", fmt(e["psa_module"] + e["ema_fc0"], 1), "56.3"],
-             ["PSA module + PSANet's classifier conv (3x3, 4096 -> 512)", fmt(e["psa_module"] + e["psa_cls_conv"], 1), ""],
-             ["our `ema` decode head (mmseg shape: reduce, EMAU, project, concat + fuse, classifier)",
-              fmt(e["ema_head"], 1), ""],
-             ["our `psa` decode head", fmt(e["psa_head"], 1), ""]],
+             [f"PSANet's official PSA module (hszhao/semseg: 2048 channels, branches 512, mask {m}x{m} at 33x33, "
+              "unpadded projection), up to its 2048-channel context", fmt(e["psa_module"], 1), ""],
+             ["PSA module + one 3x3 conv 2048 -> 512 (= fc0 above)", fmt(psa_paper_way, 1), "56.3"],
+             ["PSA module + PSANet's 3x3 conv over cat(c5, context), 4096 -> 512 (`PSAHead.bottleneck`)",
+              fmt(e["psa_module"] + e["psa_bottleneck"], 1), ""],
+             ["our `ema` decode head (mmseg's EMAHead: 3x3 2048 -> 512, EMAU, 3x3 512 -> 256, concat with c5 + "
+              "3x3 2304 -> 256, classifier)", fmt(e["ema_head"], 1), ""],
+             ["our `psa` decode head = PSANet's head (mmseg's PSAHead: PSA module on c5, concat, 3x3 4096 -> 512, "
+              "classifier)", fmt(e["psa_head"], 1), ""],
+             [f"  of which its PSA module (the recipe's {recipe_mask} mask, mmseg's padded projection)",
+              fmt(e["psa_head_module"], 1), ""],
+             ["  of which the 3x3 conv 4096 -> 512", fmt(e["psa_bottleneck"], 1), ""]],
             align="lrr"),
         "",
         f"The EMANet number is reproduced: fc0 + EMAU = {fmt(ema_paper_way, 1)} GMACs against 43.1. PSANet's "
-        f"56.3 is matched within {fmt(100 * abs(e['psa_module'] + e['ema_fc0'] - paper_psa) / paper_psa, 0)} % by "
-        "the PSA module plus one 3x3 conv 2048 -> 512 (the accounting that gives EMANet's number: the module plus "
-        "the conv that brings the backbone to the head width); the official PSANet head, whose classifier starts "
-        "with a 3x3 conv over 4096 channels, costs more. Ratio EMA / PSA: paper "
-        f"{fmt(paper_ema / paper_psa, 2)}, ours {fmt(ema_paper_way / (e['psa_module'] + e['ema_fc0']), 2)} with that "
-        f"accounting and {fmt(e['ema_head'] / e['psa_head'], 2)} for our two decode heads, whose shared 3x3 "
-        "convolutions (reduce, project, concat-fuse) dominate both.",
+        f"56.3 is matched within {fmt(100 * abs(psa_paper_way - paper_psa) / paper_psa, 0)} % by the PSA module "
+        "plus one 3x3 conv 2048 -> 512, the accounting that gives EMANet's number (the module plus the conv that "
+        "brings the backbone to the head width). PSANet's head itself does not have that conv: it concatenates c5 "
+        "with the module's context and goes on with a 3x3 conv over the 4096 channels, which costs "
+        f"{fmt(e['psa_bottleneck'], 1)} GMACs, twice fc0. Our `psa` decode head is that head (PSA module + the "
+        f"4096 -> 512 3x3 conv + classifier, as mmseg's PSAHead): {fmt(e['psa_head'], 1)} GMACs, of which "
+        f"{fmt(e['psa_head_module'], 1)} for its PSA module. That is "
+        f"{fmt(e['psa_head_module'] - e['psa_module'], 1)} more than the official module at this crop because the "
+        f"recipe keeps its {recipe_mask} mask (the 1x1 conv that predicts the masks outputs "
+        f"{int(recipe_mask.split('x')[0]) * int(recipe_mask.split('x')[1])} instead of {m * m} channels per "
+        "grid cell) and mmseg pads the projection. Ratio EMA / PSA: paper "
+        f"{fmt(paper_ema / paper_psa, 2)}, ours {fmt(ema_paper_way / psa_paper_way, 2)} with the paper's "
+        f"accounting and {fmt(e['ema_head'] / e['psa_head'], 2)} for our two decode heads, the heads mmseg trains: "
+        "EMAHead's convolutions after the EM unit run at 256 channels, PSAHead's 3x3 conv reads 4096.",
         "",
     ]
     return lines

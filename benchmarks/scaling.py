@@ -7,12 +7,13 @@
 The seed's notes put the global mechanisms in two families: those that compare every position with
 every other (non-local, DANet's position attention, PSANet's point-wise map: an HW x HW matrix)
 and those that do not (criss-cross: HW x (H+W-1); EMA: HW x K for K bases; GCNet: one HW-long
-pooling map). Each registered module (conf/head hyper-parameters, 512 channels by default, PSA's
-mask grown to reach each size) runs on 1 x C x S x S. FLOPs and peak memory of an inference
-forward are counted as in benchmarks/heads.py (``meta`` device on the CPU, the allocator on
-CUDA); forward time is the median over interleaved rounds. The log-log slopes over the largest
-sizes are the measured exponents: 2 for the quadratic family once the map is large enough that
-the HW x HW terms dominate the per-position 1x1 convolutions.
+pooling map). Each registered module (conf/head hyper-parameters, 512 channels by default; PSA
+keeps its 97x97 mask at every size, its logits beyond the mask's reach being 0 as in the official
+psamask) runs on 1 x C x S x S. FLOPs and peak memory of an inference forward are counted as in
+benchmarks/heads.py (``meta`` device on the CPU, the allocator on CUDA); forward time is the
+median over interleaved rounds. The log-log slopes over the largest sizes are the measured
+exponents: 2 for the quadratic family once the map is large enough that the HW x HW terms
+dominate the per-position 1x1 convolutions.
 """
 
 from __future__ import annotations
@@ -67,9 +68,8 @@ def measure(names: list[str], sizes: list[int], channels: int, device, rounds: i
         x = torch.randn(1, channels, s, s, device=device)
         for name in names:
             progress.set_postfix_str(f"{name} {s}x{s}")
-            extra = common.size_overrides(name, s)
             torch.manual_seed(0)
-            m = common.build_mechanism(name, channels, **extra).to(static_dev).eval()
+            m = common.build_mechanism(name, channels).to(static_dev).eval()
             make = (lambda: [torch.empty(1, channels, s, s, device=static_dev)]) if static_dev.type == "meta" else \
                 (lambda: [torch.randn(1, channels, s, s, device=static_dev)])
             xin = make()[0]
@@ -80,7 +80,7 @@ def measure(names: list[str], sizes: list[int], channels: int, device, rounds: i
                          "train_bytes": mem["train"]})
             progress.update(1)
             torch.manual_seed(0)
-            real = common.build_mechanism(name, channels, **extra).to(device).eval()
+            real = common.build_mechanism(name, channels).to(device).eval()
             cases[name] = (lambda m=real: _no_grad(m, x))
         times = common.time_interleaved(cases, rounds=rounds, warmup=warmup, device=device, progress=progress)
         for r in rows:
@@ -167,14 +167,15 @@ def write_results(rows, names, args) -> list[str]:
         per_size.append(row)
     run = (f"python benchmarks/scaling.py{' --device ' + args.device if device.type == 'cuda' else ''}"
            f"{' --quick' if args.quick else ''}")
+    psa_mask = "x".join(str(m) for m in common.head_config("psa")["mask_size"])
     lines = [
         f"# Cost against feature size ({where})",
         "",
         f"Produced by `{run}` on: {common.machine_line(device)}. Each registered module (conf/head "
-        f"hyper-parameters; PSA's mask grown to reach the map) on 1 x {args.channels} x S x S; FLOPs and peak "
-        "memory of an inference forward counted as in `heads.md`, forward time the median of "
-        f"{args.rounds} interleaved rounds ({args.threads} thread(s)). Exponents are log-log slopes against H*W over "
-        "the three largest sizes.",
+        f"hyper-parameters; PSA's {psa_mask} mask at every size, zero logits beyond its reach) on "
+        f"1 x {args.channels} x S x S; FLOPs and peak memory of an inference forward counted as in `heads.md`, "
+        f"forward time the median of {args.rounds} interleaved rounds ({args.threads} thread(s)). Exponents are "
+        "log-log slopes against H*W over the three largest sizes.",
         "",
         f"![scaling]({os.path.basename(base)}.png)" if png else "(plot skipped: matplotlib is not installed; "
         "`pip install -e '.[bench]'`)",
