@@ -21,7 +21,7 @@ def _rows(path):
 def test_flops_and_memory_tools_count_what_they_claim():
     # Non-local at 8x8, C=512, C'=256: four 1x1 convs and two HW x HW x C' products, 2 FLOPs per MAC.
     hw, c, ci = 64, 512, 256
-    m = build_attention("nl", c).eval()
+    m = build_attention("nl", c, impl="explicit").eval()  # the map as bmm + softmax (fused: flash attention)
     x = torch.randn(1, c, 8, 8)
     f = common.count_flops(lambda: m(x))
     assert f.matmul == 2 * (3 * hw * c * ci + hw * ci * c) + 2 * (2 * hw * hw * ci)

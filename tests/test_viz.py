@@ -167,9 +167,12 @@ def test_mhsa_recorded_weights_are_the_ones_the_fused_kernel_used():
     x = torch.randn(1, 16, 3, 5)
     with torch.no_grad(), record_attention(m):
         m(x)
-        weights = m.recorded["attention"]  # (N, heads, L, L)
+        # The record holds queries and keys, not the L x L weights: rebuild the weights of every
+        # query from attention_maps (one row per position and head), then MultiHead(x, x, x) from them.
+        weights = torch.stack([torch.stack([torch.stack([attention_maps(m, i, j)[f"head{h}"].flatten()
+                                                         for h in range(4)]) for j in range(5)])
+                               for i in range(3)]).view(15, 4, 15).transpose(0, 1)[None]  # (N, heads, L, L)
         assert weights.shape == (1, 4, 15, 15)
-        # Rebuild MultiHead(x, x, x) from the recorded weights and the module's own projections.
         from segattn.models.attention.mhsa import sinusoidal_encoding_2d
 
         tokens = (x + sinusoidal_encoding_2d(16, 3, 5)).flatten(2).transpose(1, 2)
@@ -314,8 +317,15 @@ def test_attention_pictures_for_a_segmentor(tiny_models):
     # A large image is run at max_size, points with it.
     pics = viz.attention_pictures(tiny_models["cc"], torch.randn(3, 96, 144), [[95, 143]], max_size=72)
     assert pics["head.attention"].shape == (48, 72, 3)
-    with pytest.raises(ValueError, match="48x72"):
-        viz.attention_pictures(tiny_models["cc"], image, [[48, 0]])
+    # A point outside this (smaller) image is skipped for it, with a warning naming the image; the
+    # others are drawn (it used to abort a whole evaluation).
+    with pytest.warns(UserWarning, match=r"\[\[48, 0\]\] lie outside b\.png \(48x72\)"):
+        pics = viz.attention_pictures(tiny_models["cc"], image, [[48, 0], [4, 4]], name="b.png")
+    assert pics["head.attention"].shape == (48, 72, 3)  # one panel: the point inside
+    with pytest.warns(UserWarning, match="48x72"):
+        assert viz.attention_pictures(tiny_models["cc"], image, [[48, 0]]) == {}
+    with pytest.raises(ValueError, match="visualize.points"):
+        viz.attention_pictures(tiny_models["cc"], image, [[1, 2, 3]])
 
 
 def test_gate_pictures_per_class(tiny_models):

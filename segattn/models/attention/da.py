@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import classifier, conv_bn_relu
-from .record import Recorder
+from .record import Recorder, attention_row, check_impl, fused_attention
 from .registry import register
 
 
@@ -16,12 +16,15 @@ class PositionAttention(Recorder, nn.Module):
     """DANet's ``PAM_Module`` (Sec. 3.2): E = gamma * V softmax(Q^T K)^T + X over the HW positions.
 
     Query and key are 1x1 convolutions to C // reduction channels (C/8 in the official code),
-    the value keeps C; no scaling of the logits, as in the official code. gamma starts at zero so
-    the module is the identity at initialisation and "gradually learns to assign more weight".
+    the value keeps C; no scaling of the logits, as in the official code (``scale`` 1 for the fused
+    kernel). gamma starts at zero so the module is the identity at initialisation and "gradually
+    learns to assign more weight". ``impl="fused"`` never holds S (HW x HW): it runs the kernel of
+    ``fused_attention``; ``impl="explicit"`` computes S as the official code does.
     """
 
-    def __init__(self, channels: int, reduction: int = 8):
+    def __init__(self, channels: int, reduction: int = 8, impl: str = "fused"):
         super().__init__()
+        self.impl = check_impl("da", impl)
         self.key_channels = max(1, channels // reduction)
         self.query_conv = nn.Conv2d(channels, self.key_channels, 1)
         self.key_conv = nn.Conv2d(channels, self.key_channels, 1)
@@ -32,24 +35,34 @@ class PositionAttention(Recorder, nn.Module):
             nn.init.zeros_(conv.bias)
         self.gamma = nn.Parameter(torch.zeros(1))
 
+    def embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys, (N, HW, C') each."""
+        return self.query_conv(x).flatten(2).transpose(1, 2), self.key_conv(x).flatten(2).transpose(1, 2)
+
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """S of the paper's Eq. 1 as (N, HW, HW): row i is pixel i's distribution over positions."""
-        query = self.query_conv(x).flatten(2).transpose(1, 2)  # (N, HW, C')
-        key = self.key_conv(x).flatten(2)  # (N, C', HW)
-        return torch.bmm(query, key).softmax(dim=-1)
+        """S of the paper's Eq. 1 as (N, HW, HW): row i is pixel i's distribution over positions
+        (the explicit form)."""
+        query, key = self.embeddings(x)
+        return torch.bmm(query, key.transpose(1, 2)).softmax(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value = self.value_conv(x).flatten(2)  # (N, C, HW)
-        attention = self.attention(x)
+        query, key = self.embeddings(x)
         if self.recording:
-            self.record(attention=attention, size=tuple(x.shape[-2:]))
-        out = torch.bmm(value, attention.transpose(1, 2))
-        return self.gamma * out.view_as(x) + x
+            self.record(query=query, key=key, size=tuple(x.shape[-2:]))
+        if self.impl == "explicit":
+            attention = torch.bmm(query, key.transpose(1, 2)).softmax(dim=-1)
+            out = torch.bmm(value, attention.transpose(1, 2))
+        else:
+            out = fused_attention(query, key, value.transpose(1, 2), scale=1.0).transpose(1, 2)
+        return self.gamma * out.reshape(x.shape) + x
 
     def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
-        """Row (y, x) of S: where that position gathers its features from (sums to one)."""
+        """Row (y, x) of S: where that position gathers its features from (sums to one), computed
+        from the recorded queries and keys."""
         h, w = self.recorded["size"]
-        return {"position": self.recorded["attention"][index, y * w + x].view(h, w)}
+        row = attention_row(self.recorded["query"][index], self.recorded["key"][index], y * w + x, scale=1.0)
+        return {"position": row.view(h, w)}
 
 
 class ChannelAttention(Recorder, nn.Module):
@@ -160,12 +173,12 @@ class DualAttention(Recorder, nn.Module):
     reference = "mmseg `DAHead`; junfu1115/DANet `PAM_Module`, `CAM_Module`"
     deviations = "the registered module alone sums PAM and CAM; the head keeps DANet's convs per branch"
 
-    def __init__(self, channels: int, reduction: int = 8):
+    def __init__(self, channels: int, reduction: int = 8, impl: str = "fused"):
         super().__init__()
         if int(reduction) != reduction or int(reduction) < 1:
             raise ValueError(f"da: reduction must be a positive integer, got {reduction!r}")
         self.channels = int(channels)
-        self.pam = PositionAttention(self.channels, int(reduction))
+        self.pam = PositionAttention(self.channels, int(reduction), impl)
         self.cam = ChannelAttention()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .record import Recorder
+from .record import Recorder, attention_row, check_impl
 from .registry import register
 
 
@@ -54,6 +54,8 @@ class MultiHeadSelfAttention(Recorder, nn.Module):
     the residual addition and on the sum of input and positional encoding. It is separate from the
     head's ``dropout`` before the classifier. ``pos_encoding=False`` removes PE, which makes the
     layer equivariant to permuting the pixels (an ablation; the paper needs PE for word order).
+    ``impl="fused"`` runs Eq. 1 through ``F.scaled_dot_product_attention`` (no L x L matrix);
+    ``impl="explicit"`` computes softmax(QK^T / sqrt(d_k)) per head as written (the reference).
     """
 
     # Survey (Guo et al. 2022): 矩阵乘法 叉乘 空间域 (weights from Q K^T, applied as an HW x HW matrix product with V,
@@ -71,6 +73,7 @@ class MultiHeadSelfAttention(Recorder, nn.Module):
         ffn_ratio: float = 4.0,
         residual_dropout: float = 0.1,
         pos_encoding: bool = True,
+        impl: str = "fused",
     ):
         super().__init__()
         channels = int(channels)
@@ -87,6 +90,7 @@ class MultiHeadSelfAttention(Recorder, nn.Module):
         self.head_dim = channels // self.num_heads
         self.ffn_channels = int(round(channels * ffn_ratio))
         self.pos_encoding = bool(pos_encoding)
+        self.impl = check_impl("mhsa", impl)
 
         # W^Q, W^K, W^V for all heads at once (each head is a slice of C / h channels), and W^O.
         self.query = nn.Linear(channels, channels)
@@ -118,23 +122,23 @@ class MultiHeadSelfAttention(Recorder, nn.Module):
             return t.view(n, length, self.num_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        # The fused kernel computes softmax(QK^T / sqrt(d_k)) V without storing the L x L matrix.
-        y = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, d_k)
         if self.recording:
-            # The fused kernel does not return its weights: the same softmax, computed explicitly
-            # (in float32, as under AMP the kernel accumulates in float32 too) only for the record,
-            # one head at a time so that only one head's logits exist beside the record.
-            weights = q.new_empty(n, self.num_heads, length, length, dtype=torch.float32)
-            for i in range(self.num_heads):
-                logits = q[:, i].float() @ k[:, i].float().transpose(-2, -1) * self.head_dim**-0.5
-                weights[:, i] = logits.softmax(dim=-1)
-            self.record(attention=weights)  # (N, heads, L, L)
+            # The queries and keys, (N, heads, L, d_k) each: ``attention_maps`` computes the rows asked for.
+            self.record(query=q, key=k)
+        if self.impl == "explicit":
+            y = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1) @ v
+        else:
+            # The fused kernel computes softmax(QK^T / sqrt(d_k)) V without storing the L x L matrix.
+            y = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, d_k)
         return self.out(y.transpose(1, 2).reshape(n, length, c))
 
     def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
-        """Position (y, x)'s attention over the pixels: the mean over heads, then each head."""
+        """Position (y, x)'s attention over the pixels: the mean over heads, then each head (the
+        rows of softmax(QK^T / sqrt(d_k)), from the recorded queries and keys, in float32)."""
         h, w = self.recorded["size"]
-        per_head = self.recorded["attention"][index, :, y * w + x].view(self.num_heads, h, w)
+        q, k = self.recorded["query"][index], self.recorded["key"][index]
+        per_head = torch.stack([attention_row(q[i], k[i], y * w + x, self.head_dim**-0.5) for i in range(self.num_heads)])
+        per_head = per_head.view(self.num_heads, h, w)
         return {"mean": per_head.mean(dim=0), **{f"head{i}": a for i, a in enumerate(per_head)}}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

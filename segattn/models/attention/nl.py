@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .record import Recorder, spread, window_index
+from .record import Recorder, attention_row, check_impl, fused_attention, spread, window_index
 from .registry import register
 
 _MODES = ("embedded_gaussian", "gaussian", "dot_product")
@@ -22,7 +22,11 @@ class NonLocal2d(Recorder, nn.Module):
     HW x HW x 2C' tensor, and the paper finds the variants perform alike.)
 
     ``reduction`` sets the bottleneck C' = C // reduction (the paper halves the channels, Sec.
-    3.3). ``use_scale`` divides the embedded-Gaussian logits by sqrt(C'), as the authors'
+    3.3). ``impl="fused"`` (the default) computes the same function without the HW x HW' map:
+    the softmax modes through ``fused_attention`` (flash / memory-efficient kernels), and
+    ``dot_product``, which is not a softmax, as theta^T (phi g^T) / N, a C' x C' product (matrix
+    products associate); ``impl="explicit"`` builds the map as the paper writes it (the reference
+    the tests compare with). ``use_scale`` divides the embedded-Gaussian logits by sqrt(C'), as the authors'
     released Caffe2 code and mmcv's ``NonLocal2d`` do (not in the paper's equations); like
     mmcv, it does not touch the plain ``gaussian`` mode.
     ``sub_sample`` max-pools phi and g by 2 (Sec. 3.3, "a subsampling trick") in floor mode, as
@@ -48,6 +52,7 @@ class NonLocal2d(Recorder, nn.Module):
         mode: str = "embedded_gaussian",
         sub_sample: bool = False,
         use_bn: bool = True,
+        impl: str = "fused",
     ):
         super().__init__()
         if int(reduction) != reduction or int(reduction) < 1:
@@ -62,6 +67,7 @@ class NonLocal2d(Recorder, nn.Module):
         self.mode = mode
         self.sub_sample = bool(sub_sample)
         self.use_bn = bool(use_bn)
+        self.impl = check_impl("nl", impl)
 
         c, ci = self.channels, self.inter_channels
         self.g = nn.Conv2d(c, ci, 1)
@@ -89,32 +95,42 @@ class NonLocal2d(Recorder, nn.Module):
             nn.init.zeros_(self.conv_out.weight)
             nn.init.zeros_(self.conv_out.bias)
 
-    def pairwise(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised f(x_i, x_j)/C(x) as an (N, HW, HW') matrix (HW' = keys after sub-sampling)."""
+    def embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Queries (N, HW, C'), keys (N, HW', C') and the logit scale of f (keys after sub-sampling)."""
         if self.mode == "gaussian":
-            query = x.flatten(2).transpose(1, 2)  # (N, HW, C)
-            key = self.pool(x).flatten(2)  # (N, C, HW')
+            query, key = x, self.pool(x)
         else:
-            query = self.theta(x).flatten(2).transpose(1, 2)
-            key = self.pool(self.phi(x)).flatten(2)
-        logits = torch.bmm(query, key)
+            query, key = self.theta(x), self.pool(self.phi(x))
+        scale = query.shape[1] ** -0.5 if self.use_scale and self.mode == "embedded_gaussian" else 1.0
+        return query.flatten(2).transpose(1, 2), key.flatten(2).transpose(1, 2), scale
+
+    def pairwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised f(x_i, x_j)/C(x) as an (N, HW, HW') matrix (HW' = keys after sub-sampling):
+        the explicit form, for ``impl="explicit"`` and the tests."""
+        return self.normalised(*self.embeddings(x))
+
+    def normalised(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
+        logits = torch.bmm(query, key.transpose(1, 2))
         # In place, as mmcv: out of place would hold a second HW x HW' tensor (354 MB at 97x97).
         # bmm's backward needs its inputs, not its output, so autograd allows it.
         if self.mode == "dot_product":
             # Sec. 3.2: C(x) = N, the number of positions, which keeps the gradient simple.
-            return logits.div_(key.shape[-1])
-        if self.use_scale and self.mode == "embedded_gaussian":
-            logits.div_(query.shape[-1] ** 0.5)
+            return logits.div_(key.shape[1])
+        if scale != 1.0:
+            logits.mul_(scale)
         return logits.softmax(dim=-1)
 
     def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
-        """f(x_i, x_j)/C(x) of position i = (y, x) over the input positions j (see ``record.py``).
+        """f(x_i, x_j)/C(x) of position i = (y, x) over the input positions j (see ``record.py``):
+        the one row, computed from the recorded queries and keys.
 
         With ``sub_sample`` a key is the max of a 2x2 window; its weight is shared by the window.
         """
         h, w = self.recorded["size"]
         kh, kw = self.recorded["key_size"]
-        row = self.recorded["attention"][index, y * w + x].view(kh, kw)
+        normalise = "mean" if self.mode == "dot_product" else "softmax"
+        row = attention_row(self.recorded["query"][index], self.recorded["key"][index], y * w + x,
+                            self.recorded["scale"], normalise).view(kh, kw)
         if (kh, kw) != (h, w):
             row = spread(row, window_index(h, kh, 2), window_index(w, kw, 2))
         return {"attention": row}
@@ -126,9 +142,15 @@ class NonLocal2d(Recorder, nn.Module):
                              f"least 2x2, got {h}x{w}; set head.sub_sample=false for smaller maps")
         g = self.pool(self.g(x))
         value = g.flatten(2).transpose(1, 2)  # (N, HW', C')
-        attention = self.pairwise(x)
+        query, key, scale = self.embeddings(x)
         if self.recording:
-            self.record(attention=attention, size=(h, w), key_size=tuple(g.shape[-2:]))
-        y = torch.bmm(attention, value)  # (N, HW, C')
+            self.record(query=query, key=key, scale=scale, size=(h, w), key_size=tuple(g.shape[-2:]))
+        if self.impl == "explicit":
+            y = torch.bmm(self.normalised(query, key, scale), value)  # (N, HW, C')
+        elif self.mode == "dot_product":
+            # (theta^T phi / N) g = theta^T (phi g^T) / N: a C' x C' intermediate instead of HW x HW'.
+            y = torch.bmm(query, torch.bmm(key.transpose(1, 2), value)) / key.shape[1]
+        else:
+            y = fused_attention(query, key, value, scale)
         y = y.transpose(1, 2).reshape(n, self.inter_channels, h, w)
         return x + self.conv_out(y)

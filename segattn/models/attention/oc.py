@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import classifier, conv_bn_relu
-from .record import Recorder, spread, window_index
+from .record import Recorder, attention_row, check_impl, fused_attention, spread, window_index
 from .registry import ATTENTIONS, register
 
 
@@ -72,12 +72,17 @@ class SelfAttentionBlock(Recorder, nn.Module):
     ``grid`` = s splits the map into s x s regions and each pixel attends only inside its own
     region (Pyramid-OC). ``scale`` > 1 max-pools the map by ``scale`` before the
     attention and upsamples the context back (official ``scale`` option, used by ASP-OC).
+    ``impl="fused"`` runs each region's attention through ``fused_attention`` (scale
+    1/sqrt(d_k)), never holding its hw x hw map; ``impl="explicit"`` computes the map as the
+    official code.
     """
 
     def __init__(
-        self, in_channels: int, key_channels: int, value_channels: int, out_channels: int, grid: int = 1, scale: int = 1
+        self, in_channels: int, key_channels: int, value_channels: int, out_channels: int, grid: int = 1, scale: int = 1,
+        impl: str = "fused",
     ):
         super().__init__()
+        self.impl = check_impl("oc", impl)
         self.key_channels = key_channels
         self.grid = grid
         self.scale = scale
@@ -90,14 +95,18 @@ class SelfAttentionBlock(Recorder, nn.Module):
     def attend(self, key: torch.Tensor, value: torch.Tensor, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """Self-attention inside one region: (N, Ck, h, w), (N, Cv, h, w) -> (N, Cv, h, w).
 
-        ``origin`` is the region's top-left cell on the attention grid, kept with the weights
-        when recording.
+        ``origin`` is the region's top-left cell on the attention grid, kept with the keys (also
+        the queries) when recording: ``attention_maps`` computes a row from them.
         """
-        k = key.flatten(2)  # (N, Ck, hw), also the query
-        sim = (torch.bmm(k.transpose(1, 2), k) * self.key_channels**-0.5).softmax(dim=-1)
+        k = key.flatten(2).transpose(1, 2)  # (N, hw, Ck), also the query
         if self.recording:
-            self.recorded.setdefault("regions", []).append((origin, tuple(key.shape[-2:]), sim.detach()))
-        return torch.bmm(value.flatten(2), sim.transpose(1, 2)).view_as(value)
+            self.recorded.setdefault("regions", []).append((origin, tuple(key.shape[-2:]), k.detach()))
+        scale = self.key_channels**-0.5
+        if self.impl == "explicit":
+            sim = (torch.bmm(k, k.transpose(1, 2)) * scale).softmax(dim=-1)
+            return torch.bmm(value.flatten(2), sim.transpose(1, 2)).view_as(value)
+        context = fused_attention(k, k, value.flatten(2).transpose(1, 2), scale)  # (N, hw, Cv)
+        return context.transpose(1, 2).reshape(value.shape)
 
     def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
         """Position (y, x)'s attention over its region (the whole map unless Pyramid-OC).
@@ -110,10 +119,11 @@ class SelfAttentionBlock(Recorder, nn.Module):
         rows, cols = window_index(h, ah, self.scale), window_index(w, aw, self.scale)
         qy, qx = int(rows[y]), int(cols[x])
         coarse = None
-        for (r0, c0), (rh, rw), sim in self.recorded["regions"]:
+        for (r0, c0), (rh, rw), k in self.recorded["regions"]:
             if r0 <= qy < r0 + rh and c0 <= qx < c0 + rw:
-                coarse = sim.new_zeros(ah, aw)
-                coarse[r0:r0 + rh, c0:c0 + rw] = sim[index, (qy - r0) * rw + (qx - c0)].view(rh, rw)
+                row = attention_row(k[index], k[index], (qy - r0) * rw + (qx - c0), self.key_channels**-0.5)
+                coarse = row.new_zeros(ah, aw)
+                coarse[r0:r0 + rh, c0:c0 + rw] = row.view(rh, rw)
         return {"attention": spread(coarse, rows, cols) if self.scale > 1 else coarse}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,11 +194,11 @@ class BaseOC(Recorder, nn.Module):
     reference = "openseg-group/OCNet.pytorch `BaseOC_Module` and its network head"
     deviations = "auxiliary head is mmseg's FCN on c4, not OCNet's dsn"
 
-    def __init__(self, channels: int, context_dropout: float = 0.05):
+    def __init__(self, channels: int, context_dropout: float = 0.05, impl: str = "fused"):
         super().__init__()
         c = self.channels = int(channels)
         half = max(1, c // 2)
-        self.attention = SelfAttentionBlock(c, half, half, c)
+        self.attention = SelfAttentionBlock(c, half, half, c, impl=check_impl("oc", impl))
         self.fuse = nn.Sequential(
             *_conv_abn(2 * c, c), nn.Dropout2d(_check_dropout("oc", "context_dropout", context_dropout))
         )
@@ -216,12 +226,14 @@ class PyramidOC(Recorder, nn.Module):
     reference = "openseg-group/OCNet.pytorch `Pyramid_OC_Module` and its network head"
     deviations = "auxiliary head is mmseg's FCN on c4; a map smaller than a grid gets one row per region (the official loop makes empty ones)"
 
-    def __init__(self, channels: int, sizes: Sequence[int] = (1, 2, 3, 6), context_dropout: float = 0.05):
+    def __init__(self, channels: int, sizes: Sequence[int] = (1, 2, 3, 6), context_dropout: float = 0.05,
+                 impl: str = "fused"):
         super().__init__()
         c = self.channels = int(channels)
         self.sizes = _positive_ints("oc_pyramid", "sizes", sizes)
         g = len(self.sizes)
-        self.stages = nn.ModuleList(SelfAttentionBlock(c, max(1, c // 2), c, c, grid=s) for s in self.sizes)
+        impl = check_impl("oc_pyramid", impl)
+        self.stages = nn.ModuleList(SelfAttentionBlock(c, max(1, c // 2), c, c, grid=s, impl=impl) for s in self.sizes)
         self.up_dr = nn.Sequential(*_conv_abn(c, c * g))
         self.fuse = nn.Sequential(
             *_conv_abn(2 * c * g, c), nn.Dropout2d(_check_dropout("oc_pyramid", "context_dropout", context_dropout))
@@ -261,15 +273,17 @@ class ASPOC(Recorder, nn.Module):
         dilations: Sequence[int] = (12, 24, 36),
         context_scale: int = 2,
         context_dropout: float = 0.1,
+        impl: str = "fused",
     ):
         super().__init__()
         c = self.channels = int(channels)
+        impl = check_impl("oc_asp", impl)
         self.dilations = _positive_ints("oc_asp", "dilations", dilations)
         (self.context_scale,) = _positive_ints("oc_asp", "context_scale", context_scale)
         b = max(1, c // 2)
         self.context = nn.Sequential(
             *_conv_abn(c, b, kernel=3),
-            SelfAttentionBlock(b, max(1, b // 2), b, b, scale=self.context_scale),
+            SelfAttentionBlock(b, max(1, b // 2), b, b, scale=self.context_scale, impl=impl),
             *_conv_abn(b, b),
         )
         self.branches = nn.ModuleList(
