@@ -21,6 +21,7 @@ Every renderer returns an (H, W, 3) uint8 array, which TensorBoard takes as it i
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -289,13 +290,15 @@ def _recorded_forward(model: torch.nn.Module, image: torch.Tensor) -> None:
 
 
 def attention_pictures(model: torch.nn.Module, image: torch.Tensor, points: Sequence[Sequence[int]] | None = None,
-                       max_size: int | None = 1024) -> dict[str, np.ndarray]:
+                       max_size: int | None = 1024, name: str | None = None) -> dict[str, np.ndarray]:
     """Pictures of every attention module of ``model`` for one normalised (3, H, W) ``image``:
     {module name: (h, w, 3) uint8}, see the module docstring for what each one shows.
 
-    ``points`` are (y, x) pixels of ``image`` (default: ``default_points``). ``max_size`` caps the
-    longer side the image is run at (it is scaled down, points with it): a non-local-style module
-    keeps an (HW x HW) map while recording, which at 1024x2048 (128x256 features) is 4 GiB.
+    ``points`` are (y, x) pixels of ``image`` (default: ``default_points``); those outside it are skipped
+    with a warning naming the image (``name``, its file). ``max_size`` caps the
+    longer side the image is run at (it is scaled down, points with it): recording keeps no (HW x HW)
+    map (the matrix-product modules record queries and keys and compute the rows of ``points``), but a
+    module run with ``impl=explicit`` still builds one in its forward (4 GiB at 128x256 features).
     The model is run in eval mode and left in the mode it came in; what it recorded is dropped.
     """
     if image.dim() != 3 or image.shape[0] != 3:
@@ -304,9 +307,16 @@ def attention_pictures(model: torch.nn.Module, image: torch.Tensor, points: Sequ
         return {}  # e.g. the FCN baseline: nothing to picture, no forward spent
     h0, w0 = image.shape[-2:]
     points = [list(p) for p in (points if points is not None else default_points(h0, w0))]
-    for p in points:
-        if len(p) != 2 or not (0 <= p[0] < h0 and 0 <= p[1] < w0):
-            raise ValueError(f"attention_pictures: point {p} is not a (y, x) pixel of the {h0}x{w0} image")
+    bad = [p for p in points if len(p) != 2]
+    if bad:
+        raise ValueError(f"visualize.points: {bad[0]} is not a (y, x) pixel; expected [[y, x], ...]")
+    outside = [p for p in points if not (0 <= p[0] < h0 and 0 <= p[1] < w0)]
+    if outside:  # images of a split differ in size: skip the point for this one image, keep the others
+        warnings.warn(f"visualize.points: {outside} lie outside {name or 'the image'} ({h0}x{w0}); "
+                      f"skipped for it")
+        points = [p for p in points if p not in outside]
+        if not points:
+            return {}
     image, scale = _fit(image, max_size)
     h, w = image.shape[-2:]
     points = [[min(h - 1, int(y * scale)), min(w - 1, int(x * scale))] for y, x in points]
@@ -404,7 +414,8 @@ def write_attention_pictures(model: torch.nn.Module, dataset, out_dir: str, poin
     for i in range(min(int(num_images), len(dataset))):
         item = dataset[i]
         stem = os.path.splitext(os.path.basename(str(item.get("path", f"image{i}"))))[0]
-        for name, picture in attention_pictures(model, item["image"], points, max_size).items():
+        pictures = attention_pictures(model, item["image"], points, max_size, name=str(item.get("path", stem)))
+        for name, picture in pictures.items():
             written.append(save_png(picture, os.path.join(out_dir, f"{stem}_{_file_name(name)}.png")))
         if item.get("mask") is not None:
             samples.append((item["image"], item["mask"]))
