@@ -37,6 +37,15 @@ def palette_for(num_classes: int) -> np.ndarray:
     return full
 
 
-def colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 colours; 255 (ignore) is black."""
-    return palette_for(num_classes)[np.asarray(mask, dtype=np.int64).clip(0, 255)]
+def colorize(mask: np.ndarray, palette) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours; 255 (ignore) and ids beyond the palette are black.
+
+    ``palette`` is a class count (the palette of ``palette_for``) or a (K, 3) array of RGB colours
+    (``segattn.load(...).palette``)."""
+    if np.isscalar(palette):
+        table = palette_for(int(palette))
+    else:
+        colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
+        table = np.zeros((256, 3), dtype=np.uint8)
+        table[:len(colours)] = colours
+    return table[np.asarray(mask, dtype=np.int64).clip(0, 255)]

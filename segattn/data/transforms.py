@@ -118,8 +118,8 @@ class RandomResizeToScale(A.DualTransform):
         return ("scale", "ratio_range", "interpolation", "mask_interpolation")
 
 
-def normalize_to_tensor() -> list:
-    return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()]
+def normalize_to_tensor(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list:
+    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
 
 
 def build_train_transform(crop_size, scale_range=(0.5, 2.0), cat_max_ratio=0.75, flip=True,
@@ -147,9 +147,9 @@ def build_train_transform(crop_size, scale_range=(0.5, 2.0), cat_max_ratio=0.75,
     return A.Compose(ts + normalize_to_tensor(), strict=True)
 
 
-def build_val_transform() -> A.Compose:
-    """Validation runs at the files' own resolution: normalise only."""
-    return A.Compose(normalize_to_tensor(), strict=True)
+def build_val_transform(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
+    """Validation runs at the files' own resolution: normalise only (``segattn.load`` too)."""
+    return A.Compose(normalize_to_tensor(mean, std), strict=True)
 
 
 def _crop(crop_size) -> tuple[int, int]:

@@ -1,0 +1,289 @@
+"""A trained model outside train.py: ``segattn.load(path)`` to predict, ``export_model`` to deploy.
+
+``load`` rebuilds a checkpoint's model from the config stored in it (as eval.py does) and returns a
+:class:`Predictor`: the model in eval mode with its classes, palette, normalisation and inference
+settings, and ``predict(image_or_list, inference=None, output="mask"|"probs")``.
+
+``export_model`` writes the model as ONNX, TorchScript or a ``torch.export`` ExportedProgram, beside a
+JSON with what a deployment needs to feed it and read it (classes, palette, mean/std, input size).
+The exported graph takes **normalised** float32 images ``(N, 3, H, W)`` (RGB in [0, 1], minus
+``mean``, divided by ``std``) and returns the logits ``(N, K, H, W)`` at the input's size: the
+``whole`` inference mode. Slide and multi-scale inference are loops around that graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data.base import read_image
+from .data.labels import palette_for
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_val_transform
+from .engine.checkpoint import load_checkpoint
+from .io import atomic_write
+from .models import build_model_from_config
+from .models.inference import inference_kwargs, one_pass
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}
+
+# Heads whose export is fixed to the size it was made at, and why (one line each). The per-head test
+# (tests/test_deploy.py) checks every other (head, format) pair on a second, different input size,
+# and scripts/heads_table.py prints this in the README's "exports" column. Every head exports at a
+# fixed size in every format except where UNSUPPORTED says otherwise.
+_PSA = ("PSANet's shrink rule branches on odd/even feature sides and its mask reaches a fixed "
+        "feature size (97x97: inputs up to 792 px at output stride 8)")
+_OC_ASP = "OCNet ASP's max-pool chooses ceil_mode from the feature size (`min(h, w) < scale`)"
+_OC_PYRAMID = "Pyramid-OC's region grid is computed from the feature size in Python"
+STATIC_ONLY = {
+    ("psa", "torchscript"): _PSA, ("psa", "exported_program"): _PSA, ("psa", "onnx"): _PSA,
+    ("oc_asp", "exported_program"): _OC_ASP, ("oc_asp", "onnx"): _OC_ASP,
+    ("oc_pyramid", "exported_program"): _OC_PYRAMID, ("oc_pyramid", "onnx"): _OC_PYRAMID,
+}
+# (head, format) pairs that do not export at all.
+UNSUPPORTED = {
+    ("oc_asp", "torchscript"): _OC_ASP + ", which tracing turns into a tensor",
+}
+# Smallest input side of a dynamic export: below 64 px some heads' maps collapse to 1 pixel, a
+# different branch of their code.
+MIN_SIDE, MAX_SIDE = 64, 4096
+
+
+def _default_names(n: int) -> list[str]:
+    return [f"class_{i}" for i in range(n)]
+
+
+class Predictor(nn.Module):
+    """A trained segmentor with what it needs to predict on raw pictures (see ``segattn.load``).
+
+    ``forward(images)`` is the model's (normalised ``(N, 3, H, W)`` -> dict of logits at feature
+    resolution); ``predict`` takes pictures and returns class ids (or probabilities) at their size.
+    """
+
+    def __init__(self, model: nn.Module, classes, palette=None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 inference: dict | None = None, crop_size=None, config: dict | None = None):
+        super().__init__()
+        self.model = model.eval()
+        num_classes = int(model.num_classes)
+        self.classes = list(classes) if classes else _default_names(num_classes)
+        self.palette = np.asarray(palette if palette is not None else palette_for(num_classes)[:num_classes],
+                                  dtype=np.uint8)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.inference = {k: v for k, v in (inference or {"mode": "whole"}).items() if v is not None}
+        self.crop_size = list(crop_size) if crop_size else None
+        self.config = config or {}
+        self.transform = build_val_transform(self.mean, self.std)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, images: torch.Tensor):
+        return self.model(images)
+
+    def settings(self, inference=None) -> dict:
+        """The keyword arguments of ``Segmentor.predict``: the checkpoint's ``dataset.inference`` with
+        ``inference`` on top (a mode name such as ``"slide"``, or a dict of ``inference.*`` keys).
+        A slide without a window uses the training crop, windows 2/3 of it apart."""
+        if isinstance(inference, str):
+            inference = {"mode": inference}
+        elif inference is not None and not isinstance(inference, dict):
+            raise TypeError(f"inference={inference!r}: expected a mode name ('whole', 'slide') or a dict of "
+                            f"inference keys (mode, crop_size, stride, scales, flip, base_scale)")
+        kwargs = dict(self.inference)
+        kwargs.update({k: v for k, v in (inference or {}).items() if v is not None})
+        if kwargs.get("mode") == "slide" and kwargs.get("crop_size") is None and self.crop_size:
+            kwargs["crop_size"] = list(self.crop_size)
+        if kwargs.get("mode") == "slide" and kwargs.get("stride") is None and kwargs.get("crop_size"):
+            kwargs["stride"] = [max(1, (2 * int(c) + 2) // 3) for c in kwargs["crop_size"]]
+        return inference_kwargs(kwargs)
+
+    def _rgb(self, image, where: str) -> np.ndarray:
+        if isinstance(image, (str, os.PathLike)):
+            return read_image(os.fspath(image))  # names the file when it cannot be read
+        if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, in any mode
+            return np.asarray(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"{where}: expected an H x W x 3 uint8 RGB array, got shape {image.shape} "
+                                 f"dtype {image.dtype}")
+            return image
+        raise TypeError(f"{where}: expected a numpy H x W x 3 uint8 array, a PIL image or a path, "
+                        f"got {type(image).__name__}")
+
+    @torch.no_grad()
+    def predict(self, image_or_list, inference=None, output: str = "mask"):
+        """Class ids ``(H, W)`` int64 at the image's size (``output="mask"``), or class probabilities
+        ``(K, H, W)`` float32 (``output="probs"``), for one image (numpy H x W x 3 uint8 RGB, PIL, or a
+        path); a list of images gives a list. ``inference`` overrides the checkpoint's settings: a mode
+        (``"whole"``, ``"slide"``) or a dict (``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``,
+        ``base_scale``), as eval.py's ``inference.*``."""
+        if output not in ("mask", "probs"):
+            raise ValueError(f"output={output!r}; expected 'mask' or 'probs'")
+        kwargs = self.settings(inference)
+        passes = len(kwargs.get("scales") or [1.0]) * (2 if kwargs.get("flip") else 1)
+        single = not isinstance(image_or_list, (list, tuple))
+        images = [image_or_list] if single else list(image_or_list)
+        self.model.eval()
+        results = []
+        for i, image in enumerate(images):
+            rgb = self._rgb(image, "image" if single else f"image {i}")
+            x = self.transform(image=rgb)["image"][None].to(self.device)
+            scores = self.model.predict(x, **kwargs)[0]
+            if output == "mask":
+                results.append(scores.argmax(0).cpu().numpy().astype(np.int64))
+            else:  # one pass gives logits, several give averaged probabilities already
+                probs = scores.softmax(0) if passes == 1 else scores
+                results.append(probs.float().cpu().numpy())
+        return results[0] if single else results
+
+
+def load(path: str, device="cpu") -> Predictor:
+    """The trained model in the segattn checkpoint ``path``, in eval mode on ``device`` (see
+    :class:`Predictor`). Refuses files segattn did not write, with the messages eval.py gives."""
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["config"]
+    classes = list(cfg.get("classes") or [])
+    num_classes = int(cfg.get("num_classes", len(classes)))
+    if not num_classes:
+        raise ValueError(f"checkpoint={path!r} records neither num_classes nor classes in its config")
+    model = build_model_from_config(cfg, num_classes, pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    dataset = cfg.get("dataset") or {}
+    predictor = Predictor(model, classes, None, dataset.get("mean") or IMAGENET_MEAN,
+                          dataset.get("std") or IMAGENET_STD, dataset.get("inference"),
+                          dataset.get("crop_size"), cfg)
+    return predictor.to(torch.device(device)).eval()
+
+
+class ExportGraph(nn.Module):
+    """What is exported: normalised images -> logits at the input's size (one ``whole`` pass)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return one_pass(self.model, images, "whole")
+
+
+def export_reason(head: str, fmt: str, dynamic: bool) -> str | None:
+    """Why ``head`` cannot be exported as ``fmt`` (with ``dynamic`` sizes), or None when it can."""
+    if (head, fmt) in UNSUPPORTED:
+        return UNSUPPORTED[(head, fmt)]
+    if dynamic and (head, fmt) in STATIC_ONLY:
+        return STATIC_ONLY[(head, fmt)] + "; export it with dynamic=false at the size it will run at"
+    return None
+
+
+def _check(fmt: str, input_size) -> tuple[int, int]:
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
+    try:
+        h, w = int(input_size[0]), int(input_size[1])
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"input_size={input_size!r}: expected [H, W] of positive integers") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"input_size={input_size!r}: expected [H, W] of positive integers")
+    return h, w
+
+
+def _exported_program(graph: nn.Module, example: torch.Tensor, dynamic: bool):
+    from torch.export import Dim, export
+
+    shapes = None
+    if dynamic:
+        shapes = {"images": {0: Dim("batch", min=1, max=1024), 2: Dim("height", min=MIN_SIDE, max=MAX_SIDE),
+                             3: Dim("width", min=MIN_SIDE, max=MAX_SIDE)}}
+    # Guards symbolic reasoning cannot prove for every size (a map wider than one pixel) become
+    # run-time checks instead of failing the export.
+    return export(graph, (example,), dynamic_shapes=shapes, strict=False,
+                  prefer_deferred_runtime_asserts_over_guards=True)
+
+
+def json_path(path: str, fmt: str) -> str:
+    """The JSON beside an exported file: ``model.onnx`` -> ``model.json``."""
+    stem = path[:-len(FORMATS[fmt])] if path.endswith(FORMATS[fmt]) else os.path.splitext(path)[0]
+    return stem + ".json"
+
+
+def export_model(model: nn.Module, path: str, fmt: str, input_size=(512, 1024), dynamic: bool = False,
+                 head: str | None = None, meta: dict | None = None) -> dict:
+    """Write ``model`` (a Segmentor, or a :class:`Predictor`) to ``path`` as ``fmt`` (onnx |
+    torchscript | exported_program), and ``json_path(path, fmt)`` beside it; returns the JSON.
+
+    ``input_size`` ``[H, W]`` is the example input's size; with ``dynamic`` the batch, height and
+    width (``MIN_SIDE``..``MAX_SIDE``) stay free. ``head`` (read from a Predictor's config if not
+    given) is looked up in ``STATIC_ONLY`` / ``UNSUPPORTED`` first, so a head that cannot do what was
+    asked says why instead of exporting a graph that is wrong at other sizes.
+    """
+    h, w = _check(fmt, input_size)
+    meta = dict(meta or {})
+    if isinstance(model, Predictor):
+        head = head or (model.config.get("head") or {}).get("name")
+        meta = {"classes": model.classes, "palette": model.palette.tolist(), "mean": list(model.mean),
+                "std": list(model.std), **meta}
+        model = model.model
+    reason = export_reason(head, fmt, dynamic) if head else None
+    if reason:
+        raise ValueError(f"head={head} cannot be exported as {fmt}{' with dynamic sizes' if dynamic else ''}: {reason}")
+    num_classes = int(model.num_classes)
+    meta.setdefault("classes", _default_names(num_classes))
+    meta.setdefault("palette", palette_for(num_classes)[:num_classes].tolist())
+    meta.setdefault("mean", list(IMAGENET_MEAN))
+    meta.setdefault("std", list(IMAGENET_STD))
+
+    param = next(model.parameters())
+    graph = ExportGraph(model).eval()
+    # A batch of 2 at export: torch.export specialises a dimension of size 1.
+    example = torch.randn(2 if dynamic else 1, 3, h, w, device=param.device, dtype=param.dtype)
+    with torch.no_grad():
+        if fmt == "exported_program":
+            program = _exported_program(graph, example, dynamic)
+            with atomic_write(path) as f:
+                torch.export.save(program, f)
+        elif fmt == "torchscript":
+            traced = torch.jit.trace(graph, (example,), check_trace=False)
+            with atomic_write(path) as f:
+                torch.jit.save(traced, f)
+        else:  # ONNX from the same ExportedProgram, so it has the same dynamic sizes
+            program = _exported_program(graph, example, dynamic)
+            onnx_program = torch.onnx.export(program, (example,), input_names=["images"], output_names=["logits"],
+                                             dynamo=True, verbose=False)
+            with atomic_write(path) as f:
+                f.write(onnx_program.model_proto.SerializeToString())
+    info = {"format": fmt, "file": os.path.basename(path), "head": head,
+            "input": {"name": "images", "shape": ["N" if dynamic else 1, 3, "H" if dynamic else h, "W" if dynamic else w],
+                      "dtype": "float32", "layout": "NCHW RGB, (pixel / 255 - mean) / std"},
+            "output": {"name": "logits", "shape": ["N" if dynamic else 1, len(meta["classes"]), "H" if dynamic else h,
+                                                   "W" if dynamic else w], "argmax over dim 1": "class ids"},
+            "input_size": [h, w], "dynamic": bool(dynamic),
+            "dynamic_range": [MIN_SIDE, MAX_SIDE] if dynamic else None, **meta}
+    with atomic_write(json_path(path, fmt), "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+def load_exported(path: str, fmt: str | None = None):
+    """A callable ``images -> logits`` (torch tensors in and out) for a file ``export_model`` wrote;
+    ONNX files run with onnxruntime (``pip install segattn[export]``)."""
+    fmt = fmt or next((f for f, ext in FORMATS.items() if path.endswith(ext)), None)
+    if fmt == "exported_program":
+        return torch.export.load(path).module()
+    if fmt == "torchscript":
+        return torch.jit.load(path, map_location="cpu")
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda images: torch.from_numpy(session.run(None, {name: images.detach().cpu().numpy()})[0])
+    raise ValueError(f"{path!r}: cannot tell the format from the name; expected a suffix among "
+                     f"{', '.join(FORMATS.values())} or fmt=onnx|torchscript|exported_program")

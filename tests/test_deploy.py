@@ -1,0 +1,170 @@
+"""segattn.load / Predictor.predict on the session's trained checkpoint, and export of every head.
+
+The export test is parametrised over the registry (conf/head/<name>.yaml, a tiny backbone): each head
+is exported in each format at 64x96, run on a second input (another size and batch where the head
+exports with dynamic sizes) and compared with the PyTorch model. ONNX needs the ``export`` extra
+(onnx, onnxscript, onnxruntime) and is skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+import segattn
+from segattn.deploy import FORMATS, STATIC_ONLY, UNSUPPORTED, export_model, export_reason, json_path, load_exported
+from segattn.models import build_model
+
+from conftest import REPO
+
+HEADS = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(REPO, "conf", "head")))
+SIZE, SIZE2 = (64, 96), (72, 104)  # the second size has odd feature sides (9x13 at stride 8): another branch
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained_run) -> str:
+    return os.path.join(trained_run, "checkpoints", "last.pt")
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return segattn.load(checkpoint)
+
+
+def _picture(h=48, w=80, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_load_is_an_eval_module_with_classes_and_palette(predictor, checkpoint):
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert isinstance(predictor, torch.nn.Module) and not predictor.training
+    assert predictor.classes == list(ckpt["config"]["classes"])
+    assert predictor.palette.shape == (len(predictor.classes), 3) and predictor.palette.dtype == np.uint8
+    assert predictor.settings() == {"mode": "whole", "scales": [1.0], "flip": False}
+
+
+def test_predict_matches_the_evaluation_path(predictor, trained_run):
+    """A path, a numpy array and a PIL image give the same mask, equal to what eval.py predicts."""
+    from segattn.data import build_dataset
+
+    ds = build_dataset("mini", predictor.config["dataset"]["root"], "val")
+    item = ds[0]
+    expected = predictor.model.predict(item["image"][None]).argmax(1)[0].numpy()
+    rgb = np.asarray(Image.open(item["path"]).convert("RGB"))
+    by_path = predictor.predict(item["path"])
+    assert by_path.dtype == np.int64 and by_path.shape == rgb.shape[:2]
+    np.testing.assert_array_equal(by_path, expected)
+    np.testing.assert_array_equal(predictor.predict(rgb), expected)
+    np.testing.assert_array_equal(predictor.predict(Image.fromarray(rgb)), expected)
+
+
+def test_predict_batches_probs_and_slide(predictor):
+    a, b = _picture(48, 80, 0), _picture(40, 56, 1)
+    masks = predictor.predict([a, b])
+    assert isinstance(masks, list) and [m.shape for m in masks] == [(48, 80), (40, 56)]
+    np.testing.assert_array_equal(masks[1], predictor.predict(b))
+    probs = predictor.predict(a, output="probs")
+    assert probs.shape == (len(predictor.classes), 48, 80) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(0), masks[0])
+    # slide without a window: the training crop (64x64), 2/3 of it apart; inference.* keys as eval.py
+    assert predictor.settings("slide")["crop_size"] == [64, 64] and predictor.settings("slide")["stride"] == [43, 43]
+    slide = predictor.predict(_picture(70, 150, 2), inference="slide", output="probs")
+    assert slide.shape == (len(predictor.classes), 70, 150) and np.isfinite(slide).all()
+    tta = predictor.predict(a, inference={"scales": [0.75, 1.0], "flip": True}, output="probs")
+    np.testing.assert_allclose(tta.sum(0), 1.0, atol=1e-5)
+
+
+def test_colorize_with_the_palette(predictor):
+    mask = np.array([[0, 1], [255, len(predictor.classes) - 1]])
+    rgb = segattn.colorize(mask, predictor.palette)
+    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
+    assert (rgb[0, 0] == predictor.palette[0]).all() and (rgb[1, 0] == 0).all()
+    np.testing.assert_array_equal(rgb, segattn.colorize(mask, len(predictor.classes)))
+
+
+def test_predict_and_load_refuse_bad_input(predictor, tmp_path):
+    with pytest.raises(ValueError, match="H x W x 3 uint8"):
+        predictor.predict(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="output='logits'"):
+        predictor.predict(_picture(), output="logits")
+    with pytest.raises(ValueError, match="inference.mode='tiles'"):
+        predictor.predict(_picture(), inference="tiles")
+    with pytest.raises(ValueError, match="missing.png: cannot read"):
+        predictor.predict(str(tmp_path / "missing.png"))
+    weights = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, weights)
+    with pytest.raises(ValueError, match="is not a segattn checkpoint.*backbone.pretrained"):
+        segattn.load(str(weights))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        segattn.load(str(tmp_path / "nothing.pt"))
+
+
+def _tiny(name: str) -> torch.nn.Module:
+    head = OmegaConf.to_container(OmegaConf.load(os.path.join(REPO, "conf", "head", f"{name}.yaml")))
+    head["channels"] = 64 if name == "sge" else 16  # SGE: a multiple of its 64 groups
+    if "attention_channels" in head:
+        head["attention_channels"] = 16
+    torch.manual_seed(0)
+    model = build_model({"depth": 18, "output_stride": 8, "width": 8}, head, 4, {"channels": 8})
+    with torch.no_grad():  # BN statistics that are not the identity, so a wrong graph shows
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _export_and_compare(name: str, fmt: str, tmp_path) -> None:
+    model = _tiny(name)
+    path = str(tmp_path / f"{name}{FORMATS[fmt]}")
+    unsupported = export_reason(name, fmt, dynamic=False)
+    if unsupported:
+        with pytest.raises(ValueError, match="cannot be exported"):
+            export_model(model, path, fmt, SIZE, head=name)
+        return
+    dynamic = export_reason(name, fmt, dynamic=True) is None
+    if not dynamic:  # asking for it says why, in one line
+        with pytest.raises(ValueError, match=r"with dynamic sizes: .*dynamic=false") as e:
+            export_model(model, path, fmt, SIZE, dynamic=True, head=name)
+        assert "\n" not in str(e.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and exporter chatter
+        info = export_model(model, path, fmt, SIZE, dynamic=dynamic, head=name)
+        run = load_exported(path)
+        g = torch.Generator().manual_seed(1)
+        second = torch.randn(2, 3, *SIZE2, generator=g) if dynamic else torch.randn(1, 3, *SIZE, generator=g)
+        with torch.no_grad():
+            expected = model.predict(second)
+            got = run(second)
+    assert got.shape == expected.shape
+    diff = (got - expected).abs().max().item()
+    assert diff <= TOL, f"{name} as {fmt}: max abs diff {diff:.2e}"
+    assert json.load(open(json_path(path, fmt))) == json.loads(json.dumps(info))
+    assert info["dynamic"] == dynamic and len(info["classes"]) == 4 and info["input_size"] == list(SIZE)
+
+
+@pytest.mark.parametrize("fmt", ["exported_program", "torchscript"])
+@pytest.mark.parametrize("name", HEADS)
+def test_every_head_exports_with_torch(name, fmt, tmp_path):
+    _export_and_compare(name, fmt, tmp_path)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_every_head_exports_to_onnx(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    _export_and_compare(name, "onnx", tmp_path)
+
+
+def test_export_limits_name_registered_heads_and_formats():
+    for head, fmt in {**STATIC_ONLY, **UNSUPPORTED}:
+        assert head in HEADS and fmt in FORMATS
