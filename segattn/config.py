@@ -195,3 +195,14 @@ class EvalConfig(ConfigNode):
     num_workers: int = 2
     progress: bool = True
 
+
+
+@dataclass
+class ExportConfig(ConfigNode):
+    """conf/export.yaml: ``python export.py checkpoint=PATH format=...`` (segattn.deploy.export_checkpoint)."""
+    checkpoint: str = "???"
+    format: str = "???"
+    input_size: Optional[List[int]] = None
+    dynamic: bool = False
+    output: Optional[str] = None
+    device: str = "cpu"

@@ -287,3 +287,47 @@ def load_exported(path: str, fmt: str | None = None):
         return lambda images: torch.from_numpy(session.run(None, {name: images.detach().cpu().numpy()})[0])
     raise ValueError(f"{path!r}: cannot tell the format from the name; expected a suffix among "
                      f"{', '.join(FORMATS.values())} or fmt=onnx|torchscript|exported_program")
+
+
+def export_checkpoint(checkpoint: str, fmt: str, output: str | None = None, input_size=None,
+                      dynamic: bool = False, device="cpu") -> dict:
+    """What ``export.py`` does: ``load`` the checkpoint and ``export_model`` it to ``output`` (default:
+    beside the checkpoint, ``best.pt`` -> ``best.onnx``) at ``input_size`` (default: the training
+    crop). Returns the JSON written, with ``path`` and ``json`` added."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
+    predictor = load(checkpoint, device)
+    size = input_size or predictor.crop_size
+    if not size:
+        raise ValueError(f"input_size is null and checkpoint={checkpoint!r} records no dataset.crop_size; "
+                         f"set input_size=[H,W]")
+    path = output or os.path.splitext(checkpoint)[0] + FORMATS[fmt]
+    if fmt == "onnx":
+        try:
+            import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+        except ImportError:
+            raise ValueError("format=onnx needs the export extra: pip install -e '.[export]' "
+                             "(onnx, onnxscript, onnxruntime)") from None
+    info = export_model(predictor, path, fmt, size, dynamic,
+                        meta={"checkpoint": os.path.abspath(checkpoint), "inference": predictor.inference})
+    return {**info, "path": path, "json": json_path(path, fmt)}
+
+
+def export_summary(head: str) -> str:
+    """One line for the README's heads table (scripts/heads_table.py): which formats export with
+    dynamic sizes, which at a fixed size, which not, and why. tests/test_deploy.py checks each claim."""
+    dynamic = [f for f in FORMATS if export_reason(head, f, True) is None]
+    fixed = [f for f in FORMATS if f not in dynamic and (head, f) not in UNSUPPORTED]
+    unsupported = [f for f in FORMATS if (head, f) in UNSUPPORTED]
+    if len(dynamic) == len(FORMATS):
+        return "all (dynamic sizes)"
+    parts = []
+    if dynamic:
+        parts.append(f"{', '.join(dynamic)}: dynamic")
+    if fixed:
+        parts.append(f"{', '.join(fixed)}: fixed size")
+    if unsupported:
+        parts.append(f"not {', '.join(unsupported)}")
+    reasons = list(dict.fromkeys(STATIC_ONLY.get((head, f)) or UNSUPPORTED[(head, f)] for f in fixed + unsupported))
+    reasons = [r for r in reasons if not any(o != r and o.startswith(r) for o in reasons)]  # said once
+    return f"{'; '.join(parts)} ({'; '.join(reasons)})"

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import segattn
-from segattn.deploy import FORMATS, STATIC_ONLY, UNSUPPORTED, export_model, export_reason, json_path, load_exported
+from segattn.deploy import FORMATS, STATIC_ONLY, UNSUPPORTED, export_checkpoint, export_model, export_reason, json_path, load_exported
 from segattn.models import build_model
 
 from conftest import REPO
@@ -168,3 +168,41 @@ def test_every_head_exports_to_onnx(name, tmp_path):
 def test_export_limits_name_registered_heads_and_formats():
     for head, fmt in {**STATIC_ONLY, **UNSUPPORTED}:
         assert head in HEADS and fmt in FORMATS
+
+
+def test_export_entry_point(checkpoint, tmp_path):
+    """export.py checkpoint=... format=...: the file and its JSON, equal to the checkpoint's model."""
+    from conftest import _run_hydra_main
+
+    out = str(tmp_path / "model.pt2")
+    _run_hydra_main("export", [f"checkpoint={checkpoint}", "format=exported_program", f"output={out}",
+                               "input_size=[64,96]", f"hydra.run.dir={tmp_path / 'run'}"])
+    meta = json.load(open(tmp_path / "model.json"))
+    predictor = segattn.load(checkpoint)
+    assert meta["classes"] == predictor.classes and meta["palette"] == predictor.palette.tolist()
+    assert meta["mean"] == list(predictor.mean) and meta["input_size"] == [64, 96]
+    x = torch.randn(1, 3, 64, 96)
+    torch.testing.assert_close(load_exported(out)(x), predictor.model.predict(x), atol=TOL, rtol=0)
+    # the default size is the training crop, the default file sits beside the checkpoint
+    import shutil
+
+    copy = shutil.copy(checkpoint, tmp_path / "best.pt")  # not beside the shared run's checkpoints
+    _run_hydra_main("export", [f"checkpoint={copy}", "format=torchscript", f"hydra.run.dir={tmp_path / 'run'}"])
+    stem = str(tmp_path / "best")
+    assert os.path.isfile(stem + ".torchscript.pt") and json.load(open(stem + ".json"))["input_size"] == [64, 64]
+    with pytest.raises(ValueError, match="format='tflite'; expected one of onnx, torchscript, exported_program"):
+        export_checkpoint(checkpoint, "tflite")
+    with pytest.raises(ValueError, match=r"input_size=\[0, 4\]: expected \[H, W\] of positive integers"):
+        export_checkpoint(checkpoint, "torchscript", str(tmp_path / "x.torchscript.pt"), [0, 4])
+    with pytest.raises(SystemExit, match="export_format"):
+        _run_hydra_main("export", [f"checkpoint={checkpoint}", "export_format=onnx"])
+
+
+def test_export_yaml_is_the_schema():
+    import dataclasses
+
+    from segattn.config import ExportConfig
+
+    node = OmegaConf.to_container(OmegaConf.load(os.path.join(REPO, "conf", "export.yaml")))
+    node = {k: v for k, v in node.items() if k not in ("defaults", "hydra")}
+    assert node == dataclasses.asdict(ExportConfig())

@@ -1,0 +1,40 @@
+"""Export a checkpoint: ``python export.py checkpoint=PATH format=onnx|torchscript|exported_program``.
+
+Hydra composes conf/export.yaml with the overrides, checked against the schema in segattn/config.py;
+segattn.deploy.export_checkpoint rebuilds the model from the config stored in the checkpoint and
+writes it with a JSON of its classes, palette, normalisation and input size.
+"""
+
+import os
+import sys
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from segattn.config import ExportConfig
+from segattn.deploy import export_checkpoint
+from train import check_overrides
+
+# An absolute config path, so that tests can import this module and call main() in-process.
+CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
+
+ConfigStore.instance().store(group="schema", name="export", node=ExportConfig)  # conf/export.yaml's first default
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="export")
+def _main(cfg: DictConfig):
+    cfg = ExportConfig.from_dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    info = export_checkpoint(cfg.checkpoint, cfg.format, cfg.output, cfg.input_size, cfg.dynamic, cfg.device)
+    print(f"wrote {info['path']} ({cfg.format}, {'dynamic sizes' if cfg.dynamic else 'input %dx%d' % tuple(info['input_size'])})"
+          f" and {info['json']}")
+    return info
+
+
+def main():
+    check_overrides(sys.argv[1:], ExportConfig)
+    return _main()
+
+
+if __name__ == "__main__":
+    main()
