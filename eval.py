@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segattn.cli import check_run_dir, user_errors
 from segattn.config import EvalConfig
 from segattn.engine import evaluate_checkpoint
 from train import check_overrides
@@ -25,13 +26,18 @@ ConfigStore.instance().store(group="schema", name="eval", node=EvalConfig)  # co
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="eval")
 def _main(cfg: DictConfig):
-    cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # checkpoint=PATH is required
-    result = evaluate_checkpoint(cfg, HydraConfig.get().runtime.output_dir)
+    with user_errors("eval.py"):
+        if OmegaConf.is_missing(cfg, "checkpoint"):
+            raise ValueError("checkpoint=PATH is required: the segattn checkpoint to evaluate, e.g. "
+                             "python eval.py checkpoint=outputs/<date>/<run>/checkpoints/best.pt")
+        cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        result = evaluate_checkpoint(cfg, HydraConfig.get().runtime.output_dir)
     return result.get("mIoU")  # None when the images have no masks (prediction only)
 
 
 def main():
     check_overrides(sys.argv[1:], EvalConfig)
+    check_run_dir(sys.argv[1:], default=os.path.join("outputs", "eval"))  # before Hydra opens its log file
     return _main()
 
 

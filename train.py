@@ -6,6 +6,7 @@ runs this file; only rank 0 gets a run directory (see ``_quiet_nonzero_rank``).
 """
 
 import os
+import re
 import sys
 
 import hydra
@@ -13,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segattn.cli import check_run_dir, user_errors
 from segattn.config import ConfigNode, TrainConfig
 from segattn.engine import train
 from segattn.engine.distributed import env_rank
@@ -23,6 +25,31 @@ CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 # conf/train.yaml's defaults list starts with ``optional schema@_here_: train``: with this registered,
 # Hydra checks every key and value type while it composes.
 ConfigStore.instance().store(group="schema", name="train", node=TrainConfig)
+
+
+# Said already, or not changing what is learnt.
+_NOT_IN_NAME = ("head", "backbone", "seed", "backbone.block_attention", "model.scale_attention.scales",
+                "trainer.progress", "trainer.num_workers", "trainer.log_interval", "trainer.device")
+
+
+def run_name(head, backbone, block_attention, scales, seed, overrides: str) -> str:
+    """The run folder's name after its time (``hydra.run.dir``): what tells two runs apart, the head,
+    backbone, block and scale attention, seed, then the other overrides as ``key-value`` (the group
+    choices and paths left out; at most 120 characters), so two runs never look identical."""
+    parts = [str(head), str(backbone)]
+    if block_attention:
+        parts.append(f"{block_attention}-blocks")
+    if scales:
+        parts.append("scales" + "-".join(f"{s:g}" for s in scales))
+    parts.append(f"seed{seed}")
+    rest = [o for o in str(overrides or "").split(",")
+            if o and not o.split("=")[0].lstrip("+~") in _NOT_IN_NAME]
+    # Only characters a path passed back as an override (eval.py checkpoint=...) may hold unquoted.
+    name = "_".join(parts + [o.replace("=", "-") for o in rest])
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", name)[:120]
+
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
@@ -46,12 +73,14 @@ def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def _main(cfg: DictConfig) -> float:
-    metrics = train(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
+    with user_errors("train.py"):  # a mistake: one paragraph, exit 1; SIGINT/SIGTERM: saved, 130/143
+        metrics = train(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
     return metrics["mIoU"]  # the value a sweeper would optimise
 
 
 def main() -> float:
     check_overrides(sys.argv[1:], TrainConfig)
+    check_run_dir(sys.argv[1:], default="outputs")  # before Hydra opens its log file in it
     return _main()
 
 

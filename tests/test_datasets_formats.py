@@ -136,7 +136,13 @@ def test_inference_settings_are_checked(model):
         inference_kwargs({"mode": "tiles"})  # refused before any image is predicted
     with pytest.raises(ValueError, match="inference.window"):
         inference_kwargs({"mode": "whole", "window": 3})
-    assert inference_kwargs({"mode": "slide", "crop_size": [4, 4], "flip": None}) == {"mode": "slide", "crop_size": [4, 4]}
+    assert inference_kwargs({"mode": "slide", "crop_size": [4, 4], "stride": [2, 2], "flip": None}) == {
+        "mode": "slide", "crop_size": [4, 4], "stride": [2, 2]}
+    # A slide node without its windows is refused up front (eval.py: before the model is built).
+    with pytest.raises(ValueError, match=r"inference.mode=slide needs inference.stride"):
+        inference_kwargs({"mode": "slide", "crop_size": [4, 4], "flip": None})
+    with pytest.raises(ValueError, match=r"needs inference.crop_size and inference.stride"):
+        inference_kwargs({"mode": "slide"})
 
 
 # --- ADE20K ----------------------------------------------------------------------------------------

@@ -61,10 +61,8 @@ def test_a_checkpoint_of_other_classes_is_refused(trained_run, tmp_path, monkeyp
 
 
 def test_the_checkpoint_is_required(tmp_path, monkeypatch):
-    from omegaconf.errors import MissingMandatoryValue
-
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    with pytest.raises(MissingMandatoryValue, match="checkpoint"):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the error itself, with its traceback
+    with pytest.raises(ValueError, match=r"checkpoint=PATH is required"):
         run_eval([f"hydra.run.dir={tmp_path}"])
 
 

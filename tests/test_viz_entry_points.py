@@ -39,3 +39,14 @@ def test_eval_writes_attention_pngs(cc_run, tiny_root, tmp_path):
     for p in pngs:
         a = np.array(Image.open(p))
         assert a.shape[0] >= 64 and a.shape[1] >= 2 * 128 and a.shape[2] == 3
+
+
+def test_eval_skips_a_visualize_point_outside_a_smaller_image(cc_run, tmp_path):
+    """A point that fits one image of a split but not another is skipped for that image, with a
+    warning naming its file; the evaluation and the other pictures go on."""
+    ckpt = os.path.join(cc_run, "checkpoints", "last.pt")
+    with pytest.warns(UserWarning, match=r"\[\[100, 300\]\] lie outside .*frankfurt.*\.png \(64x128\); skipped"):
+        run_eval([f"checkpoint={ckpt}", "visualize.points=[[2,3],[100,300]]", f"visualize.out_dir={tmp_path / 'vis'}",
+                  "progress=false", f"hydra.run.dir={tmp_path / 'eval'}"])
+    assert os.path.isfile(tmp_path / "eval" / "eval.json")
+    assert any(f.endswith(".png") for f in os.listdir(tmp_path / "vis"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 
 import numpy as np
 import torch
@@ -46,6 +47,10 @@ def seed_worker(worker_id: int) -> None:
     would otherwise start identical in every forked worker and repeat the same augmentation;
     albumentations' Compose draws from its own generator, which we reseed from the same value.
     """
+    # Ctrl-C reaches every process of the terminal's group: the main process stops the run cleanly
+    # (segattn.engine.stopping) and shuts the workers down itself, so they leave SIGINT to it. (Not
+    # SIGTERM: the loader and multiprocessing end leftover workers with it.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

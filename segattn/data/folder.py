@@ -24,17 +24,23 @@ def list_images(directory: str) -> list[str]:
 
 
 class FolderDataset(SegmentationDataset):
-    """``FolderDataset(images, masks, classes)``: image files under ``images`` (recursively), each with
+    """``FolderDataset(images, masks, classes)``: image files under ``images`` (recursively; or the one
+    image file ``images`` names), each with
     ``<masks>/<same relative path, mask_suffix>``. Without ``masks`` the images are predicted only
     (``has_masks`` False). ``classes`` names the mask values 0..K-1 (required with masks)."""
 
     def __init__(self, images: str, masks: str | None = None, classes=None, transform=None,
                  mask_suffix: str = ".png"):
-        files = list_images(images) if os.path.isdir(images) else []
+        single = os.path.isfile(images)  # one picture (eval.py images=photo.jpg): its folder holds it
+        if single and not images.lower().endswith(IMAGE_EXTENSIONS):
+            raise ValueError(f"images={images!r} is a file but not an image ({', '.join(IMAGE_EXTENSIONS)}); "
+                             f"give an image file or a folder of images")
+        files = [images] if single else list_images(images) if os.path.isdir(images) else []
         if not files:
             why = "does not exist" if not os.path.isdir(images) else "holds no image files"
             raise FileNotFoundError(f"image folder {images!r} {why} ({', '.join(IMAGE_EXTENSIONS)}); "
                                     f"expected the folder layout:\n{LAYOUT}")
+        images = os.path.dirname(os.path.abspath(images)) if single else images
         if masks is not None and not classes:
             raise ValueError(f"dataset.classes is empty: list the class names of the masks in {masks!r} "
                              f"(value k is classes[k])")

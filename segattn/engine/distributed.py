@@ -46,9 +46,10 @@ def init(device_name: str | None = "auto", timeout_s: float = 1800) -> tuple[int
     if device_name in (None, "auto"):
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(device_name)
+        device = resolve_device(device_name, "trainer.device")
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", local_rank)  # one GPU per process
+    check_device(device, f"trainer.device={device_name}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
@@ -58,11 +59,27 @@ def init(device_name: str | None = "auto", timeout_s: float = 1800) -> tuple[int
     return rank, world, device
 
 
-def resolve_device(name: str | None) -> torch.device:
+def resolve_device(name: str | None, key: str = "device") -> torch.device:
     """``device: auto`` is the GPU when there is one; otherwise the named device."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{key}={name}: not a device; use auto, cpu, cuda or cuda:<index>") from None
+    return check_device(device, f"{key}={name}")
+
+
+def check_device(device: torch.device, key: str) -> torch.device:
+    """A CUDA device that this machine has, or ValueError naming ``key`` and what to set instead."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{key}, but PyTorch finds no CUDA GPU on this machine (torch.cuda.is_available() is "
+                             f"False); use device auto (the GPU when there is one, else the CPU) or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{key}, but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"use auto or cuda:0..{torch.cuda.device_count() - 1}")
+    return device
 
 
 def is_dist() -> bool:

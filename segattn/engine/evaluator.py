@@ -8,12 +8,14 @@ during training did; the eval config only overrides what it sets (``dataset.root
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 from torch.utils.data import DataLoader
 
 from ..config import EvalConfig
 from ..data import FolderDataset, build_dataset
+from ..models.inference import inference_kwargs
 from ..models import build_model_from_config
 from .checkpoint import load_checkpoint
 from .distributed import resolve_device
@@ -42,6 +44,7 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     d.update(overrides)
     inference = dict(d.get("inference") or {"mode": "whole"})
     inference.update(_set(cfg.inference.to_dict()))
+    inference_kwargs(inference)  # a bad inference node fails now, not after the model has loaded
     export_dir, fmt = cfg.export_dir, cfg.export_format or "labelids"
     if export_dir:
         check_format(fmt)
@@ -69,7 +72,7 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
         raise ValueError(f"{source} has no masks, so there is nothing to measure; set export_dir=DIR "
                          f"(and export_format=labelids|trainids|color) to write the predictions")
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "device")
     model = build_model_from_config(train_cfg, num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])
     model.to(device)
@@ -98,4 +101,5 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     if writer is not None:
         print(f"wrote {writer.written} predictions ({fmt}) to {export_dir}")
     write_json(result, os.path.join(run_dir, "eval.json"))
+    print(f"wrote {os.path.join(run_dir, 'eval.json')}", file=sys.stderr)
     return result

@@ -62,8 +62,8 @@ def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
             writer.add_scalar(f"val_iou/{name}", iou, step)
     if samples:
         writer.add_image("val/image_gt_pred", prediction_grid(samples, len(classes)), step, dataformats="HWC")
-    if "confusion" in metrics:
-        writer.add_image("val/confusion_matrix", confusion_image(metrics["confusion"]), step, dataformats="HWC")
+    if "confusion" in metrics:  # rows ground truth, columns prediction, the class names on both axes
+        writer.add_image("val/confusion_matrix", confusion_image(metrics["confusion"], class_names=classes), step, dataformats="HWC")
 
 
 def log_hparams(writer, cfg: dict | TrainConfig, metrics: dict, step: int) -> None:
@@ -85,6 +85,10 @@ def log_hparams(writer, cfg: dict | TrainConfig, metrics: dict, step: int) -> No
         "batch_size": int(cfg.trainer.batch_size),
         "max_iters": int(cfg.trainer.max_iters),
         "dataset": str(cfg.dataset["name"]),
+        # what else tells two runs apart (the run folder's name says the same)
+        "block_attention": str(cfg.backbone.get("block_attention") or "none"),
+        "scale_attention": "/".join(map(str, cfg.model.scale_attention.scales or [])) or "none",
+        "seed": int(cfg.seed),
     }
     miou = float(metrics["mIoU"])
     for summary in hparams(hp, {"hparams/mIoU": miou}):

@@ -37,6 +37,7 @@ from .evaluate import evaluate
 from .logging import iou_table, log_hparams, log_train, log_validation, metrics_json, write_json
 from .optim import build_optimizer, build_scheduler
 from .preflight import preflight_checks
+from .stopping import GracefulStop, Interrupted
 from ..viz import log_attention_pictures
 
 
@@ -206,6 +207,10 @@ def restore(ckpt: dict, path: str, model, optimizer, scheduler, rank: int, world
     if ckpt["config"].get("num_classes", num_classes) != num_classes:
         raise ValueError(f"resume={path!r} has {ckpt['config'].get('num_classes')} classes, "
                          f"the dataset {num_classes}")
+    if "optimizer" not in ckpt:
+        raise ValueError(f"resume={path!r} holds the weights only (best.pt keeps no optimizer state); resume from "
+                         f"{os.path.join(os.path.dirname(path), 'last.pt')} or an iter_<N>.pt, or start a new run "
+                         f"from these weights with model.init_from={path}")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -232,6 +237,8 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
     seed_everything(cfg.seed + rank)  # dropout differs per rank, as it would across a bigger batch
 
     resume_path = distributed.broadcast_object(find_resume(cfg.resume, ckpt_dir) if rank == 0 else None)
+    if cfg.resume == "auto" and resume_path is None and rank == 0:
+        print(f"resume=auto: no checkpoint in {ckpt_dir}, starting from iteration 0", file=sys.stderr)
     ckpt = load_checkpoint(resume_path) if resume_path else None
     start_iter = int(ckpt["iter"]) if ckpt else 0
 
@@ -329,25 +336,31 @@ def train_step(model: torch.nn.Module, batch: dict | list[dict], optimizer: torc
     return Step(loss, parts, finite, lr)
 
 
-def save(run: Run, name: str, step: int) -> None:
+def save(run: Run, name: str, step: int, metrics: dict | None = None) -> None:
     """``checkpoints/<name>``. Called by every rank at the same iterations: the random states of all
-    ranks are gathered, so a resumed run continues each rank's stream."""
+    ranks are gathered, so a resumed run continues each rank's stream. With ``metrics`` (``best.pt``)
+    only what evaluation and fine-tuning need is kept: weights, config, iteration and those metrics,
+    not the optimizer state (as large as the weights again with SGD momentum, twice with AdamW)."""
     rngs = distributed.all_gather_object(rng_state())
     if run.main_process:
         config = dict(run.cfg.to_dict(), num_classes=len(run.classes), classes=list(run.classes))
-        save_checkpoint({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                         "scheduler": run.scheduler.state_dict(), "iter": step, "config": config,
-                         "best": run.best, "rng": rngs[0], "rng_ranks": rngs}, os.path.join(run.ckpt_dir, name))
+        ckpt = {"model": run.model.state_dict(), "iter": step, "config": config, "best": run.best}
+        if metrics is not None:
+            ckpt["metrics"] = metrics_json(metrics, run.classes, iter=step)
+        else:
+            ckpt.update(optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs[0],
+                        rng_ranks=rngs)
+        save_checkpoint(ckpt, os.path.join(run.ckpt_dir, name))
 
 
-def validate_and_save(run: Run, step: int, stop_at: int) -> dict | None:
+def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False) -> dict | None:
     """At the iterations the config names: validation (and ``best.pt`` when the mIoU improves),
-    ``iter_<N>.pt`` (the newest ``trainer.keep_ckpts`` kept) and ``last.pt``. Returns the validation
-    metrics when it validated, else None."""
+    ``iter_<N>.pt`` (the newest ``trainer.keep_ckpts`` kept) and ``last.pt``; ``stopping`` (a signal
+    ends the run here) writes ``last.pt`` too. Returns the validation metrics when it validated, else None."""
     t = run.cfg.trainer
     validate = step % t.val_interval == 0 or step == t.max_iters
     keep = bool(t.ckpt_interval) and step % t.ckpt_interval == 0
-    if not (validate or keep or step == stop_at):
+    if not (validate or keep or step == stop_at or stopping):
         return None
     # Without SyncBN the ranks' BN statistics drift apart: evaluate and save rank 0's.
     distributed.broadcast_buffers(run.model)
@@ -367,7 +380,7 @@ def validate_and_save(run: Run, step: int, stop_at: int) -> dict | None:
             tqdm.write(f"iter {step}: val mIoU {100 * metrics['mIoU']:.2f}  aAcc {100 * metrics['aAcc']:.2f}")
         if not math.isnan(metrics["mIoU"]) and metrics["mIoU"] > run.best:
             run.best = metrics["mIoU"]
-            save(run, "best.pt", step)
+            save(run, "best.pt", step, metrics=metrics)
     if keep:
         save(run, f"iter_{step}.pt", step)
         if run.main_process:
@@ -376,21 +389,20 @@ def validate_and_save(run: Run, step: int, stop_at: int) -> dict | None:
     return metrics
 
 
-def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
-    """Train ``cfg`` (the composed conf/train.yaml as a plain dict, or a ``TrainConfig``) writing into
-    ``run_dir``; returns the last validation metrics (as in ``metrics.json``)."""
-    cfg = TrainConfig.from_dict(cfg)
-    t = cfg.trainer
-    run = setup(cfg, run_dir)
-    # stop_at ends the process early (e.g. a time-limited job) while the schedule still runs over
-    # max_iters; resume=auto continues from there.
-    stop_at = min(int(t.stop_at or t.max_iters), t.max_iters)
-    bar = tqdm(range(run.start_iter, stop_at), initial=run.start_iter, total=t.max_iters, desc="train",
-               disable=not (t.progress and run.main_process), dynamic_ncols=True)
-    batches = iter(run.train_loader)
+def where_things_are(run: Run) -> str:
+    """The lines printed when a run ends: its files and how to look at them."""
+    ckpts = [f"{run.ckpt_dir}/{n}" for n in ("best.pt", "last.pt") if os.path.isfile(os.path.join(run.ckpt_dir, n))]
+    return "\n".join([f"checkpoints: {', '.join(ckpts) or 'none'}",
+                      f"metrics:     {run.run_dir}/metrics.json",
+                      f"TensorBoard: tensorboard --logdir {run.run_dir}"])
+
+
+def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | None:
+    """The iterations of ``train``; returns the last validation metrics. On SIGINT/SIGTERM it ends after
+    the current iteration, with ``last.pt`` written, by raising :class:`Interrupted`."""
+    t = run.cfg.trainer
     metrics = None
     t_data = t_step = 0.0
-    run.model.train()
     for it in bar:
         tic = time.perf_counter()
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
@@ -410,8 +422,36 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
         if run.main_process and (step % t.log_interval == 0 or step == t.max_iters):
             log_train(run.writer, out.loss.item(), out.lr, out.parts, t_data / max(t_step, 1e-9), step)
             bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{out.lr:.2e}")
-        metrics = validate_and_save(run, step, stop_at) or metrics
-    bar.close()
+        signum = stop.requested(run.device) if step < stop_at else 0
+        metrics = validate_and_save(run, step, stop_at, stopping=bool(signum)) or metrics
+        if signum:
+            bar.close()
+            if run.main_process:
+                run.writer.close()
+            distributed.barrier()
+            distributed.cleanup()
+            raise Interrupted(signum, step, t.max_iters, run.run_dir)
+    return metrics
+
+
+def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
+    """Train ``cfg`` (the composed conf/train.yaml as a plain dict, or a ``TrainConfig``) writing into
+    ``run_dir``; returns the last validation metrics (as in ``metrics.json``)."""
+    cfg = TrainConfig.from_dict(cfg)
+    t = cfg.trainer
+    # From here on SIGINT / SIGTERM finish the current iteration, write last.pt and stop (Interrupted).
+    with GracefulStop() as stop:
+        run = setup(cfg, run_dir)
+        if run.main_process:
+            print(f"run directory: {run.run_dir}", file=sys.stderr)
+        # stop_at ends the process early (e.g. a time-limited job) while the schedule still runs over
+        # max_iters; resume=auto continues from there.
+        stop_at = min(int(t.stop_at or t.max_iters), t.max_iters)
+        bar = tqdm(range(run.start_iter, stop_at), initial=run.start_iter, total=t.max_iters, desc="train",
+                   disable=not (t.progress and run.main_process), dynamic_ncols=True)
+        run.model.train()
+        metrics = _loop(run, bar, iter(run.train_loader), stop, stop_at)
+        bar.close()
     if metrics is None:  # nothing validated in this process (resumed a finished run, or stopped early)
         metrics, _ = evaluate(run.model, run.val_loader, len(run.classes), run.device,
                               inference=cfg.dataset.get("inference"))
@@ -420,6 +460,7 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
             log_hparams(run.writer, cfg, metrics, t.max_iters)
         run.writer.close()
         print(iou_table(metrics, run.classes))
+        print(where_things_are(run), file=sys.stderr)
     distributed.barrier()  # nobody leaves (and tears the group down) while rank 0 still writes
     distributed.cleanup()
     return metrics_json(metrics, run.classes, iter=max(stop_at, run.start_iter))

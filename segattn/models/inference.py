@@ -34,6 +34,15 @@ def inference_kwargs(node: dict | None) -> dict:
         raise ValueError(f"inference.{unknown[0]} is not a known key; known: {', '.join(KEYS)}")
     if node.get("mode") is not None and node["mode"] not in MODES:
         raise ValueError(f"inference.mode={node['mode']!r}; expected one of {', '.join(MODES)}")
+    if node.get("mode") == "slide":  # checked here, before a model is built or an image read
+        missing = [k for k in ("crop_size", "stride") if node.get(k) is None]
+        if missing:
+            raise ValueError(f"inference.mode=slide needs inference.{' and inference.'.join(missing)} ([H, W] "
+                             f"each, e.g. inference.crop_size=[769,769] inference.stride=[513,513] for Cityscapes)")
+        crop, stride = _pair(node["crop_size"], "crop_size"), _pair(node["stride"], "stride")
+        if stride[0] > crop[0] or stride[1] > crop[1]:
+            raise ValueError(f"inference.stride={list(stride)} is larger than inference.crop_size={list(crop)}: "
+                             f"pixels between windows would get no prediction")
     return {k: v for k, v in node.items() if v is not None}
 
 
