@@ -12,6 +12,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from segattn.cli import user_errors
 from segattn.config import ExportConfig
 from segattn.deploy import export_checkpoint
 from train import check_overrides
@@ -24,8 +25,13 @@ ConfigStore.instance().store(group="schema", name="export", node=ExportConfig)  
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="export")
 def _main(cfg: DictConfig):
-    cfg = ExportConfig.from_dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-    info = export_checkpoint(cfg.checkpoint, cfg.format, cfg.output, cfg.input_size, cfg.dynamic, cfg.device)
+    with user_errors("export.py"):  # a mistake: one paragraph, exit 1 (HYDRA_FULL_ERROR=1: the traceback)
+        missing = [k for k in ("checkpoint", "format") if OmegaConf.is_missing(cfg, k)]
+        if missing:
+            raise ValueError(f"{' and '.join(k + '=...' for k in missing)} required: python export.py "
+                             f"checkpoint=PATH format=onnx|torchscript|exported_program")
+        cfg = ExportConfig.from_dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+        info = export_checkpoint(cfg.checkpoint, cfg.format, cfg.output, cfg.input_size, cfg.dynamic, cfg.device)
     print(f"wrote {info['path']} ({cfg.format}, {'dynamic sizes' if cfg.dynamic else 'input %dx%d' % tuple(info['input_size'])})"
           f" and {info['json']}")
     return info

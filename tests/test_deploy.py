@@ -170,7 +170,7 @@ def test_export_limits_name_registered_heads_and_formats():
         assert head in HEADS and fmt in FORMATS
 
 
-def test_export_entry_point(checkpoint, tmp_path):
+def test_export_entry_point(checkpoint, tmp_path, capsys):
     """export.py checkpoint=... format=...: the file and its JSON, equal to the checkpoint's model."""
     from conftest import _run_hydra_main
 
@@ -196,6 +196,17 @@ def test_export_entry_point(checkpoint, tmp_path):
         export_checkpoint(checkpoint, "torchscript", str(tmp_path / "x.torchscript.pt"), [0, 4])
     with pytest.raises(SystemExit, match="export_format"):
         _run_hydra_main("export", [f"checkpoint={checkpoint}", "export_format=onnx"])
+    # as the user typed it: one paragraph naming the key, exit 1, no traceback
+    with pytest.raises(SystemExit) as exc:
+        _run_hydra_main("export", [f"checkpoint={checkpoint}", f"hydra.run.dir={tmp_path / 'run2'}"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "export.py: error: format=... required" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        _run_hydra_main("export", [f"checkpoint={checkpoint}", "format=tflite", f"hydra.run.dir={tmp_path / 'run3'}"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "format='tflite'; expected one of" in err and "Traceback" not in err
 
 
 def test_export_yaml_is_the_schema():
