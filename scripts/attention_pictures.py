@@ -8,7 +8,8 @@ Without ``--checkpoint`` each head is trained for ``--iters`` iterations through
 directories under ``--runs``), then its ``checkpoints/last.pt`` is drawn on the first validation
 image: the marked pixels are picked from the label (one per large class), and every attention
 module of the model gets a picture (``segattn.viz.attention_pictures``), plus the per-class channel
-gates over the validation images for gating heads (``segattn.viz.gate_pictures``).
+gates over the validation images for gating heads (``segattn.viz.gate_pictures``). Each picture
+has a title and a colour bar; docs/pictures.md says how to read them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import sys
 
 import numpy as np
 import torch
-from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -28,10 +28,6 @@ from segattn import viz  # noqa: E402
 from segattn.data import build_dataset  # noqa: E402
 from segattn.engine.checkpoint import load_checkpoint  # noqa: E402
 from segattn.models import build_model_from_config  # noqa: E402
-
-
-WHAT = {"": "attention of the marked pixels", "bases": "the EM bases' responsibilities",
-        "channels": "channel x channel attention (sqrt scale)", "gates": "channel gates of this image"}
 
 
 def train_briefly(head: str, iters: int, run_dir: str, overrides: list[str]) -> str:
@@ -82,19 +78,15 @@ def draw(checkpoint: str, out_dir: str, points: list[list[int]] | None, n_points
 
     def save(name: str, image: np.ndarray, text: str):
         path = os.path.join(out_dir, f"attention_{head}_{name.replace('/', '_').replace('.', '_')}.png")
-        if scale != 1.0 and not name.endswith("/classes"):  # the class heat map is compact, and has text
-            pil = Image.fromarray(image)
-            image = np.asarray(pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))),
-                                          Image.LANCZOS))
         written.append(viz.save_png(viz.caption(image, text), path, colors=colors))
 
-    for name, image in viz.attention_pictures(model, item["image"], points).items():
-        module, _, part = name.partition("/")
-        where = "" if module == "head.attention" else f" ({module})"
-        save(name, image, f"{head}{where}: {WHAT[part]}, {it} iterations")
+    # The pictures carry their own titles and colour bars; the caption adds the head and the training.
+    # ``scale`` shrinks the image panels only (resizing the finished picture would shrink the text).
+    for name, image in viz.attention_pictures(model, item["image"], points, draw_scale=scale).items():
+        save(name, image, f"head={head}, {it} training iterations")
     samples = [(val[i]["image"], val[i]["mask"]) for i in range(len(val))]
     for name, image in viz.gate_pictures(model, samples, len(val.classes), list(val.classes)).items():
-        save(name, image, f"{head}: mean channel gate per class (rows) and channel (columns), {it} iterations")
+        save(name, image, f"head={head}, {it} training iterations, {len(samples)} validation images")
     return written
 
 
@@ -108,7 +100,7 @@ def main(argv=None):
     p.add_argument("--points", nargs="+", metavar="Y,X", help="pixels to mark (default: one per large class)")
     p.add_argument("--num-points", type=int, default=3)
     p.add_argument("--colors", type=int, default=128, help="PNG palette size (small files); 0 keeps full RGB")
-    p.add_argument("--scale", type=float, default=0.5, help="resize the pictures by this factor before saving")
+    p.add_argument("--scale", type=float, default=0.5, help="draw the image panels at this factor of the image size")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("overrides", nargs="*", help="train.py overrides for the brief trainings, e.g. trainer.batch_size=4")
     args = p.parse_args(argv)

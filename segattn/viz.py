@@ -14,8 +14,13 @@ Every renderer returns an (H, W, 3) uint8 array, which TensorBoard takes as it i
 - ``log_attention_pictures(writer, model, image, points, step)`` (validation during training) and
   ``write_attention_pictures(model, dataset, out_dir, points)`` (eval.py): the above in one call.
 - ``prediction_grid(samples, num_classes)`` (image | ground truth | prediction rows) and
-  ``confusion_image(confusion)`` (the row-normalised confusion matrix): validation's pictures in
-  TensorBoard (``segattn.engine.logging.log_validation``).
+  ``confusion_image(confusion, class_names=...)`` (the row-normalised confusion matrix, class names
+  on its axes): validation's pictures in TensorBoard (``segattn.engine.logging.log_validation``).
+
+The pictures explain themselves (``figure``): a title strip names the module (and, per panel, the
+marked point (y, x)), and a colour bar at the right gives the values of the scale used. Channel
+maps (EM bases, DANet's channel matrix, gates) are scaled to their own range (``robust_range``),
+not to [0, 1], where they would be almost black. docs/pictures.md says how to read each kind.
 """
 
 from __future__ import annotations
@@ -93,24 +98,6 @@ def prediction_grid(samples, num_classes: int) -> np.ndarray:
     return np.concatenate(rows, 0)
 
 
-def confusion_image(confusion: torch.Tensor, size: int = 512) -> np.ndarray:
-    """The confusion matrix (rows ground truth, columns prediction) as an (H, W, 3) uint8 heat map.
-
-    Each row is normalised by its ground-truth pixels (the diagonal is the class accuracy, the rest
-    of the row where that class's pixels went), so rare classes are as visible as road and sky.
-    A strip of the class colours runs along the top and the left, as in the prediction grid.
-    """
-    m = confusion.double().cpu()
-    k = m.shape[0]
-    heat = colormap((m / m.sum(1, keepdim=True).clamp(min=1)).numpy(), VIRIDIS)
-    cell = max(1, size // k)
-    heat = heat.repeat(cell, 0).repeat(cell, 1)
-    colours = palette_for(k)[:k].repeat(cell, 0)  # (k * cell, 3)
-    left = np.repeat(colours[:, None], cell, 1)
-    top = np.concatenate([np.zeros((cell, cell, 3), np.uint8), np.repeat(colours[None], cell, 0)], 1)
-    return np.concatenate([top, np.concatenate([left, heat], 1)], 0)
-
-
 def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of an (h, w) float map to ``size`` = (H, W)."""
     values = np.asarray(values, dtype=np.float32)
@@ -179,14 +166,20 @@ def render_points(image: np.ndarray, maps: Sequence, points: Sequence[Sequence[i
     return hstack(point_panels(image, maps, points), gap)
 
 
-def bases_grid(maps, cols: int = 8, cell_height: int = 48, gap: int = 2, per_map: bool = True) -> np.ndarray:
+def bases_grid(maps, cols: int = 8, cell_height: int = 48, gap: int = 2, per_map: bool = True,
+               vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """EMA's (K, h, w) responsibility maps as a grid of ``cols`` columns, each cell resized to
-    ``cell_height`` rows. ``per_map`` scales each map to its own maximum (early in training the
-    responsibilities are soft, ~1/K, and would all look black on the absolute [0, 1] scale)."""
+    ``cell_height`` rows. With ``vmin`` and ``vmax`` every map is on that one scale (what
+    ``attention_pictures`` does, with the maps' own range: early in training the responsibilities
+    are soft, ~1/K, and would all look black on the absolute [0, 1] scale); otherwise ``per_map``
+    scales each map to its own maximum."""
     maps = to_numpy(maps)
     k, h, w = maps.shape
     cell = (cell_height, max(1, round(cell_height * w / h)))
-    cells = [colormap(_unit(m) if per_map else m) for m in maps]
+    if vmin is not None and vmax is not None:
+        cells = [colormap((m - vmin) / max(vmax - vmin, 1e-12)) for m in maps]
+    else:
+        cells = [colormap(_unit(m) if per_map else m) for m in maps]
     cells = [np.asarray(Image.fromarray(c).resize((cell[1], cell[0]), Image.NEAREST)) for c in cells]
     cols = max(1, min(cols, k))
     blank = np.full((*cell, 3), 255, np.uint8)
@@ -237,6 +230,214 @@ def caption(image: np.ndarray, text: str, height: int = 18) -> np.ndarray:
     band = Image.new("RGB", (image.shape[1], height), (255, 255, 255))
     ImageDraw.Draw(band).text((3, 2), text, fill=(0, 0, 0), font=_font(max(8, height - 6)))
     return np.concatenate([np.asarray(band), image], axis=0)
+
+
+# --- titles and colour bars ---------------------------------------------------------------------
+# Every picture that leaves this module (attention_pictures, gate_pictures, confusion_image) is a
+# body with a title strip above it (``titled``) and a vertical colour bar at its right
+# (``with_colorbar``), labelled with the values its ends and middle stand for.
+
+TITLE_SIZE = 12  # font size of the title strip (PIL's default font)
+LABEL_SIZE = 11  # panel labels, colour bar values, class names
+COLORBAR_WIDTH = 72  # the colour bar's column: BAR_GAP white, BAR_WIDTH of colours, then the values
+BAR_GAP, BAR_WIDTH = 6, 10
+
+
+def _wrap(text: str, width: int, font) -> list[str]:
+    """``text`` broken into lines at spaces so that each fits ``width`` pixels (a word longer than
+    the width is cut)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+            continue
+        while len(word) > 1 and font.getlength(word) > width:
+            cut = max((i for i in range(1, len(word)) if font.getlength(word[:i]) <= width), default=1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines or [""]
+
+
+def text_strip(text: str, width: int, size: int = TITLE_SIZE, lines: int | None = None) -> np.ndarray:
+    """A white (h, ``width``, 3) strip with ``text`` in black, wrapped to the width; ``lines`` fixes
+    the number of lines (so that strips side by side are equally tall)."""
+    font = _font(size)
+    wrapped = _wrap(text, max(1, width - 6), font)
+    n = max(len(wrapped), lines or 0)
+    strip = Image.new("RGB", (width, n * (size + 3) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, line in enumerate(wrapped):
+        draw.text((3, 2 + i * (size + 3)), line, fill=(0, 0, 0), font=font)
+    return np.asarray(strip)
+
+
+def titled(image: np.ndarray, title: str, size: int = TITLE_SIZE) -> np.ndarray:
+    """``image`` below a strip holding ``title`` (wrapped to the image's width)."""
+    return np.concatenate([text_strip(title, image.shape[1], size), image], axis=0)
+
+
+def _fmt(value: float) -> str:
+    return "0" if value == 0 else f"{value:.3g}"
+
+
+def colorbar(height: int, labels: Sequence[tuple[float, str]], anchors: np.ndarray = _INFERNO,
+             gamma: float = 1.0) -> np.ndarray:
+    """A vertical colour bar, (max(height, room for the labels), COLORBAR_WIDTH, 3): the colormap
+    from its value 1 at the top to 0 at the bottom, coloured as the pictures colour a value t of
+    the scale (``t ** gamma``), and ``labels`` = (t, text) written beside it at t."""
+    font = _font(LABEL_SIZE)
+    line = LABEL_SIZE + 2
+    height = max(int(height), len(labels) * line + 2)
+    t = np.linspace(1.0, 0.0, height)[:, None].repeat(BAR_WIDTH, axis=1)
+    canvas = Image.new("RGB", (COLORBAR_WIDTH, height), (255, 255, 255))
+    canvas.paste(Image.fromarray(colormap(t ** gamma, anchors)), (BAR_GAP, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = BAR_GAP + BAR_WIDTH + 3
+    for pos, text in labels:
+        y = round((1.0 - pos) * (height - 1) - line / 2)
+        y = min(max(0, y), height - line)
+        draw.line((BAR_GAP + BAR_WIDTH, round((1.0 - pos) * (height - 1)), x - 1, round((1.0 - pos) * (height - 1))),
+                  fill=(0, 0, 0))
+        while len(text) > 1 and font.getlength(text) > COLORBAR_WIDTH - x:
+            text = text[:-1]
+        draw.text((x, y), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def value_labels(lo: float, hi: float, prefix: str = "") -> list[tuple[float, str]]:
+    """Colour bar labels for a linear scale from ``lo`` (bottom) to ``hi`` (top), and its middle."""
+    return [(1.0, prefix + _fmt(hi)), (0.5, _fmt((lo + hi) / 2)), (0.0, prefix + _fmt(lo))]
+
+
+def with_colorbar(body: np.ndarray, labels: Sequence[tuple[float, str]], anchors: np.ndarray = _INFERNO,
+                  gamma: float = 1.0, top: int = 0) -> np.ndarray:
+    """``body`` with a colour bar at its right, running along its rows from ``top`` down (below
+    the panels' labels, beside the colours it explains); a body too short for the bar's labels is
+    padded with white below."""
+    bar = colorbar(body.shape[0] - top, labels, anchors, gamma)
+    bar = np.concatenate([np.full((top, COLORBAR_WIDTH, 3), 255, np.uint8), bar], axis=0)
+    if bar.shape[0] > body.shape[0]:
+        body = np.pad(body, ((0, bar.shape[0] - body.shape[0]), (0, 0), (0, 0)), constant_values=255)
+    return np.concatenate([body, bar], axis=1)
+
+
+def figure(body: np.ndarray, title: str, labels: Sequence[tuple[float, str]], anchors: np.ndarray = _INFERNO,
+           gamma: float = 1.0, top: int = 0) -> np.ndarray:
+    """The layout of every picture: title strip, then ``body`` with its colour bar at the right."""
+    return titled(with_colorbar(body, labels, anchors, gamma, top), title)
+
+
+def robust_range(values, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
+    """The ``low``..``high`` percentiles of the finite ``values`` (a few outliers then do not
+    leave the rest of the picture black); a flat map gets a tiny range above its value."""
+    v = to_numpy(values).astype(np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return 0.0, 1.0
+    lo, hi = (float(x) for x in np.percentile(v, [low, high]))
+    if hi <= lo:
+        lo, hi = float(v.min()), float(v.max())
+    return (lo, hi) if hi > lo else (lo, lo + max(abs(lo) * 1e-6, 1e-12))
+
+
+def points_figure(image: np.ndarray, maps: Sequence, points: Sequence[Sequence[int]], title: str,
+                  labels: Sequence[Sequence[int]] | None = None, gap: int = 4) -> np.ndarray:
+    """``render_points`` with a title, each panel's point (y, x) (``labels``: the points in the
+    caller's pixels, e.g. before the image was scaled) and its largest weight above it, and the
+    colour bar of the overlay's scale: 0 to each panel's own maximum, square-root (``overlay``)."""
+    labels = points if labels is None else labels
+    if len(labels) != len(points):
+        raise ValueError(f"points_figure: {len(labels)} labels for {len(points)} points")
+    panels = point_panels(image, maps, points)
+    texts = [f"({int(y)}, {int(x)}) max {_fmt(float(np.nanmax(to_numpy(a))))}" for a, (y, x) in zip(maps, labels)]
+    lines = max(len(_wrap(t, max(1, p.shape[1] - 6), _font(LABEL_SIZE))) for t, p in zip(texts, panels))
+    heads = [text_strip(t, p.shape[1], LABEL_SIZE, lines) for t, p in zip(texts, panels)]
+    body = hstack([np.concatenate([h, p], axis=0) for h, p in zip(heads, panels)], gap)
+    bar = [(1.0, "max"), (0.25, "max/16"), (0.0, "0")]  # (a / max) ** 0.5 = 0.25 at a = max / 16
+    return figure(body, title, bar, gamma=0.5, top=heads[0].shape[0])
+
+
+def confusion_image(confusion: torch.Tensor, size: int = 512, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """The confusion matrix as an (H, W, 3) uint8 picture: rows are the ground truth, columns the
+    prediction (the title says so), the class names along both axes (the columns' turned upright,
+    long names cut with a "."), and the cells coloured (viridis) and, when they are large enough,
+    written as the percentage of the row: each row is normalised by its ground-truth pixels (the
+    diagonal is the class accuracy, the rest of the row where that class's pixels went), so rare
+    classes are as visible as road and sky. A class without ground-truth pixels is a grey row. A
+    strip of the class colours runs along the top and the left, as in the prediction grid; the
+    colour bar at the right runs from 0 to 100 %.
+    """
+    m = confusion.double().cpu()
+    k = m.shape[0]
+    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise ValueError(f"confusion_image: {len(names)} class names for a {k}x{k} matrix")
+    total = m.sum(1, keepdim=True)
+    share = torch.where(total > 0, m / total.clamp(min=1), torch.full_like(m, float("nan"))).numpy()
+    cell = max(1, size // k)
+    strip = max(3, min(cell, 8))
+    heat = Image.fromarray(colormap(share, VIRIDIS).repeat(cell, 0).repeat(cell, 1))
+    if cell >= 16:  # the percentages, in black on the bright cells and white on the dark ones
+        draw, font = ImageDraw.Draw(heat), _font(min(LABEL_SIZE, cell // 2 + 2))
+        for i, j in zip(*np.nonzero(np.isfinite(share))):
+            text = f"{100 * share[i, j]:.0f}"
+            box = font.getbbox(text)
+            xy = (j * cell + (cell - (box[2] - box[0])) / 2 - box[0],
+                  i * cell + (cell - (box[3] - box[1])) / 2 - box[1])
+            draw.text(xy, text, fill=(0, 0, 0) if share[i, j] > 0.55 else (255, 255, 255), font=font)
+    colours = palette_for(k)[:k].repeat(cell, 0)  # (k * cell, 3)
+    left = np.repeat(colours[:, None], strip, 1)
+    grid = np.concatenate([np.repeat(colours[None], strip, 0), np.asarray(heat)], 0)
+    grid = np.concatenate([np.concatenate([np.full((strip, strip, 3), 255, np.uint8), left], 0), grid], 1)
+
+    font = _font(min(LABEL_SIZE, max(6, cell)))
+    limit = 110  # longest name in pixels before it is cut
+
+    def fit(name):
+        if font.getlength(name) <= limit:
+            return name
+        while len(name) > 1 and font.getlength(name + ".") > limit:
+            name = name[:-1]
+        return name + "."
+
+    short = [fit(n) for n in names]
+    margin = int(max(font.getlength(n) for n in short)) + 4
+    line = LABEL_SIZE + 3
+    # The row names at the left of their rows, right-aligned; "ground truth" turned upright beside them.
+    side = Image.new("RGB", (line + margin, grid.shape[0]), (255, 255, 255))
+    draw = ImageDraw.Draw(side)
+    for i, n in enumerate(short):
+        y = strip + i * cell + (cell - LABEL_SIZE) / 2 - 1
+        draw.text((line + margin - 2 - font.getlength(n), y), n, fill=(0, 0, 0), font=font)
+    axis = _upright("ground truth", _font(LABEL_SIZE))
+    if axis.height <= side.height:
+        side.paste(axis, (0, strip + (k * cell - axis.height) // 2))
+    # The column names above their columns, turned upright; "prediction" above them.
+    above = Image.new("RGB", (grid.shape[1], line + margin), (255, 255, 255))
+    draw = ImageDraw.Draw(above)
+    if _font(LABEL_SIZE).getlength("prediction") <= k * cell:
+        draw.text((strip + (k * cell - _font(LABEL_SIZE).getlength("prediction")) / 2, 0), "prediction",
+                  fill=(0, 0, 0), font=_font(LABEL_SIZE))
+    for j, n in enumerate(short):
+        upright = _upright(n, font)
+        above.paste(upright, (strip + j * cell + (cell - upright.width) // 2, line + margin - upright.height - 2))
+    corner = np.full((line + margin, line + margin, 3), 255, np.uint8)
+    body = np.concatenate([np.concatenate([corner, np.asarray(above)], 1),
+                           np.concatenate([np.asarray(side), grid], 1)], 0)
+    bar = [(1.0, "100%"), (0.5, "50%"), (0.0, "0%")]
+    top = line + margin + strip
+    title = ("Confusion matrix: rows = ground truth, columns = prediction; "
+             "% of each row's pixels (diagonal = class accuracy)")
+    return figure(body, title, bar, VIRIDIS, top=top)
+
+
+def _upright(text: str, font) -> Image.Image:
+    """``text`` in black on white, turned to read from bottom to top."""
+    box = font.getbbox(text)
+    img = Image.new("RGB", (max(1, int(font.getlength(text)) + 2), max(1, box[3] + 1)), (255, 255, 255))
+    ImageDraw.Draw(img).text((1, 0), text, fill=(0, 0, 0), font=font)
+    return img.rotate(90, expand=True)
 
 
 def save_png(image: np.ndarray, path: str, colors: int | None = None) -> str:
@@ -290,7 +491,8 @@ def _recorded_forward(model: torch.nn.Module, image: torch.Tensor) -> None:
 
 
 def attention_pictures(model: torch.nn.Module, image: torch.Tensor, points: Sequence[Sequence[int]] | None = None,
-                       max_size: int | None = 1024, name: str | None = None) -> dict[str, np.ndarray]:
+                       max_size: int | None = 1024, name: str | None = None,
+                       draw_scale: float = 1.0) -> dict[str, np.ndarray]:
     """Pictures of every attention module of ``model`` for one normalised (3, H, W) ``image``:
     {module name: (h, w, 3) uint8}, see the module docstring for what each one shows.
 
@@ -300,6 +502,9 @@ def attention_pictures(model: torch.nn.Module, image: torch.Tensor, points: Sequ
     map (the matrix-product modules record queries and keys and compute the rows of ``points``), but a
     module run with ``impl=explicit`` still builds one in its forward (4 GiB at 128x256 features).
     The model is run in eval mode and left in the mode it came in; what it recorded is dropped.
+    ``draw_scale`` resizes the image panels (not the text) after the forward, e.g. 0.5 for
+    documentation. Each picture has a title naming the module (and, per panel, the point (y, x) in
+    ``image``'s pixels) and a colour bar at its right with the values of the scale used.
     """
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"attention_pictures: expected one (3, H, W) image, got shape {tuple(image.shape)}")
@@ -319,8 +524,15 @@ def attention_pictures(model: torch.nn.Module, image: torch.Tensor, points: Sequ
             return {}
     image, scale = _fit(image, max_size)
     h, w = image.shape[-2:]
+    labels = [[int(y), int(x)] for y, x in points]  # the panels name the caller's pixels
     points = [[min(h - 1, int(y * scale)), min(w - 1, int(x * scale))] for y, x in points]
     rgb = denormalize(image)
+    if draw_scale != 1.0:  # smaller (or larger) panels; the text stays its size
+        size = (max(1, round(h * draw_scale)), max(1, round(w * draw_scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.LANCZOS))
+        drawn = [[min(size[0] - 1, int(y * draw_scale)), min(size[1] - 1, int(x * draw_scale))] for y, x in points]
+    else:
+        drawn = points
 
     pictures = {}
     try:
@@ -331,18 +543,39 @@ def attention_pictures(model: torch.nn.Module, image: torch.Tensor, points: Sequ
                 if is_query_dependent(m):
                     grid = module_size(m)
                     maps = [attention_for(m, *grid_point(y, x, (h, w), grid)) for y, x in points]
-                    pictures[name] = render_points(rgb, maps, points)
+                    pictures[name] = points_figure(
+                        rgb, maps, drawn, f"{name}: where the marked pixel (y, x) looks; each panel from 0 "
+                        f"to its own max weight, square-root scale", labels)
                 else:
-                    pictures[name] = overlay(rgb, attention_for(m, 0, 0))
+                    a = to_numpy(attention_for(m, 0, 0))
+                    top = float(np.nanmax(a)) if a.size else 0.0
+                    pictures[name] = figure(
+                        overlay(rgb, a), f"{name}: spatial attention, the same for every pixel; square-root scale",
+                        [(1.0, _fmt(top)), (0.25, _fmt(top / 16)), (0.0, "0")], gamma=0.5)
             if hasattr(m, "responsibilities"):
-                pictures[f"{name}/bases"] = bases_grid(responsibilities(m))
+                r = to_numpy(responsibilities(m))
+                lo, hi = robust_range(r)
+                pictures[f"{name}/bases"] = figure(
+                    bases_grid(r, vmin=lo, vmax=hi),
+                    f"{name}/bases: responsibility of each of the {len(r)} EM bases (cells, row by row) "
+                    f"for each position; all on one scale, {_fmt(lo)}..{_fmt(hi)} (1st..99th percentile)",
+                    value_labels(lo, hi))
             if hasattr(m, "channel_matrix"):
                 matrix = to_numpy(m.channel_matrix())
                 side = max(1, 512 // len(matrix))
-                pictures[f"{name}/channels"] = gate_heatmap(_unit(matrix) ** 0.5, cell=(side, side))
+                lo, hi = robust_range(matrix)
+                pictures[f"{name}/channels"] = figure(
+                    gate_heatmap(matrix, cell=(side, side), vmin=lo, vmax=hi),
+                    f"{name}/channels: channel attention ({len(matrix)} x {len(matrix)}): row = output channel, "
+                    f"column = the channel it takes from (rows sum to 1); 1st..99th percentile",
+                    value_labels(lo, hi))
             if has_gates(m):
-                g = gates(m)[:1]
-                pictures[f"{name}/gates"] = gate_heatmap(g, cell=(16, _cell_width(g.shape[1])))
+                g = to_numpy(gates(m)[:1])
+                lo, hi = robust_range(g, 0.0, 100.0)
+                pictures[f"{name}/gates"] = figure(
+                    gate_heatmap(g, cell=(16, _cell_width(g.shape[1])), vmin=lo, vmax=hi),
+                    f"{name}/gates: the gate of each of the {g.shape[1]} channels (left to right) for this image; "
+                    f"scaled to its min..max", value_labels(lo, hi))
     finally:
         clear_records(model)
     return pictures
@@ -388,10 +621,11 @@ def gate_pictures(model: torch.nn.Module, samples: Iterable[tuple[torch.Tensor, 
         means = class_mean_gates(np.stack(g), masks, num_classes)
         # Stretched to the values' own range: a gate is per image, and scenes share most classes,
         # so the class means differ by less than the (0, 1) scale could show.
-        finite = means[np.isfinite(means)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        pictures[f"{name}/classes"] = gate_heatmap(means, labels, cell=(12, _cell_width(len(g[0]))),
-                                                   vmin=lo, vmax=hi if hi > lo else lo + 1e-6, legend=True)
+        lo, hi = robust_range(means, 0.0, 100.0)
+        body = gate_heatmap(means, labels, cell=(12, _cell_width(len(g[0]))), vmin=lo, vmax=hi)
+        pictures[f"{name}/classes"] = figure(
+            body, f"{name}: mean channel gate per class (rows) and channel (columns) over {len(g)} images; "
+            f"scaled to its min..max; grey: class absent", value_labels(lo, hi))
     return pictures
 
 

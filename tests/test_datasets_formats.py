@@ -272,13 +272,43 @@ def test_export_names_follow_the_official_pattern(tiny_root, tmp_path):
 
 
 def test_confusion_image_shows_rows_normalised():
+    from segattn import viz
+
     cm = torch.tensor([[10, 0, 0], [0, 5, 5], [0, 0, 0]])
-    img = confusion_image(cm, size=30)
-    assert img.shape == (40, 40, 3) and img.dtype == np.uint8  # a strip of class colours + 3x3 cells of 10
-    yellow, dark = img[15, 15], img[15, 25]  # row 0: all on the diagonal
+    img = confusion_image(cm, size=60)
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    # 3x3 cells of 20 pixels at the bottom, left of the colour bar; class colour strips above and left.
+    right = img.shape[1] - viz.COLORBAR_WIDTH
+    heat = img[-60:, right - 60:right]
+    yellow, dark = heat[2, 2], heat[2, 22]  # row 0: all on the diagonal (corners: clear of the digits)
     assert yellow.tolist() == [253, 231, 37] and dark.tolist() == [68, 1, 84]
-    assert img[25, 25].tolist() == img[25, 35].tolist()  # row 1: split evenly
-    assert img[0:10, 10:20].reshape(-1, 3)[0].tolist() == [128, 64, 128]  # class 0's colour on top
+    assert heat[22, 22].tolist() == heat[22, 42].tolist()  # row 1: split evenly
+    assert heat[42, 42].tolist() == list(viz.NAN_GREY)  # class 2 has no ground-truth pixels
+    strip = img[-60 - 8:-60, right - 60:right]
+    assert strip[4, 5].tolist() == [128, 64, 128]  # class 0's colour on top
+    # The title says which axis is which; the colour bar beside the cells runs from 0 % (dark) to
+    # 100 % (yellow).
+    assert img[:12].astype(int).sum(-1).min() < 200  # text in the title strip
+    bar = img[-60:, right + viz.BAR_GAP + viz.BAR_WIDTH // 2]
+    assert bar[0].tolist() == [253, 231, 37] and bar[-1].tolist() == [68, 1, 84]
+
+    # With class names and cells large enough, the names sit beside the rows and above the columns,
+    # and each cell holds its percentage of the row.
+    names = ["road", "a-very-long-class-name", "sky"]
+    big = confusion_image(cm, size=90, class_names=names)
+    right = big.shape[1] - viz.COLORBAR_WIDTH
+    plain = confusion_image(cm, size=90, class_names=["r", "s", "t"])
+    assert big.shape[0] > plain.shape[0] and big.shape[1] > plain.shape[1]  # room for the longer names
+    cells = big[-90:, right - 90:right].astype(int)
+    assert (cells[10:20, 0:30].sum(-1) < 150).any()  # cell (0, 0) at 100 %: dark digits on yellow
+    assert (cells[10:20, 30:60].sum(-1) > 600).any()  # cell (0, 1) at 0 %: white digits on dark
+    assert (cells[40:50, 30:60].sum(-1) > 600).any()  # cell (1, 1) at 50 %
+    assert (cells[70:80].astype(int) == viz.NAN_GREY).all()  # no pixels of class 2: no numbers
+    left = big[-90:, :right - 90 - 8].astype(int).sum(-1)
+    assert (left[:30] < 300).sum() > 10 and (left[60:] < 300).sum() > 10  # names by rows 0 and 2
+    assert (big[:-98, right - 90:right].astype(int).sum(-1) < 300).sum() > 50  # names above the columns
+    with pytest.raises(ValueError, match="2 class names for a 3x3"):
+        confusion_image(cm, class_names=["a", "b"])
 
 
 # --- the base-scale random resize -----------------------------------------------------------------

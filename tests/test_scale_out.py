@@ -71,17 +71,43 @@ def test_multirun_sweep_and_summary(tiny_root, tmp_path):
     metrics = sorted(glob.glob(os.path.join(sweep, "*", "metrics.json")))
     assert len(metrics) == 4, runs  # each run its own directory
 
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("summarize", os.path.join(REPO, "scripts", "summarize_sweep.py"))
-    summarize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summarize)
+    summarize = _summarize()
     rows = summarize.collect(sweep)
     assert len(rows) == 4 and len({r["overrides"] for r in rows}) == 4
     assert {("head=cc" in r["overrides"], "seed=1" in r["overrides"]) for r in rows} == {
         (False, False), (False, True), (True, False), (True, True)}
     table = summarize.markdown(rows)
     assert table.count("\n") == 5 and "head=cc seed=1" in table
+
+
+def _summarize():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("summarize", os.path.join(REPO, "scripts", "summarize_sweep.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summarize_sweep_csv_to_stdout_or_a_file(tmp_path, capsys):
+    import csv
+    import io
+
+    for run, (head, miou) in enumerate([("fcn", 0.25), ("cc", 0.5)]):
+        os.makedirs(tmp_path / str(run) / ".hydra")
+        (tmp_path / str(run) / ".hydra" / "overrides.yaml").write_text(f"- head={head}\n")
+        (tmp_path / str(run) / "metrics.json").write_text(json.dumps({"mIoU": miou, "mAcc": 0.6, "aAcc": 0.9,
+                                                                      "iter": 2}))
+    summarize = _summarize()
+    summarize.main([str(tmp_path), "--csv"])  # no path: the CSV on stdout, nothing else
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["overrides"], r["mIoU"]) for r in rows] == [("head=cc", "0.5"), ("head=fcn", "0.25")]
+    summarize.main([str(tmp_path), "--csv", "-", "--sort", "run"])
+    assert capsys.readouterr().out.splitlines()[1].startswith("0,head=fcn")
+    out = tmp_path / "t.csv"
+    summarize.main([str(tmp_path), "--csv", str(out)])  # a path: the table on stdout, the CSV in the file
+    assert capsys.readouterr().out.startswith("| run |")
+    assert [r["run"] for r in csv.DictReader(open(out))] == ["1", "0"]
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "slurm_cpu"])

@@ -271,6 +271,50 @@ def test_bases_grid_and_gate_heatmap_shapes():
     assert labelled.shape[0] == 20 and labelled.shape[1] > 12
 
 
+def _title_height(picture, body_height):
+    """Rows of the title strip (and panel labels) above a body of ``body_height`` rows."""
+    top = picture.shape[0] - body_height
+    assert top > 0
+    return top
+
+
+def _assert_titled(picture, top):
+    """The strip above the body holds text (dark pixels on white), not nothing."""
+    strip = picture[:top].astype(int).sum(-1)
+    assert (strip == 3 * 255).mean() > 0.5 and (strip < 3 * 100).sum() > 20
+
+
+def _assert_colorbar(picture, anchors=None, top=0, bottom=None):
+    """The colour bar's column at the right runs through the colormap, its top the colormap's 1 and
+    its bottom its 0 (rows ``top``..``bottom`` of the picture), with the values written beside it."""
+    anchors = viz._INFERNO if anchors is None else anchors
+    x = picture.shape[1] - viz.COLORBAR_WIDTH + viz.BAR_GAP + viz.BAR_WIDTH // 2
+    column = picture[top:bottom, x].astype(int)
+    coloured = np.nonzero((column != 255).any(-1))[0]
+    assert coloured.size and np.array_equal(coloured, np.arange(coloured[0], coloured[-1] + 1))  # one run
+    column = column[coloured[0]:coloured[-1] + 1]
+    assert np.abs(column[0] - viz.colormap(np.array(1.0), anchors).astype(int)).max() <= 2
+    assert np.abs(column[-1] - viz.colormap(np.array(0.0), anchors).astype(int)).max() <= 2
+    assert len({tuple(c) for c in column}) > min(10, len(column) // 2)  # a ramp, not a block
+    labels = picture[top:bottom, -viz.COLORBAR_WIDTH + viz.BAR_GAP + viz.BAR_WIDTH + 3:].astype(int).sum(-1)
+    assert (labels < 3 * 100).sum() > 10  # the values are written
+
+
+def test_figure_adds_title_and_colorbar():
+    body = np.zeros((60, 100, 3), np.uint8)
+    pic = viz.figure(body, "head.attention: a title", viz.value_labels(0.25, 0.75))
+    assert pic.dtype == np.uint8 and pic.shape[1] == 100 + viz.COLORBAR_WIDTH
+    top = _title_height(pic, 60)
+    assert np.array_equal(pic[top:, :100], body)  # the body is untouched
+    _assert_titled(pic, top)
+    _assert_colorbar(pic, top=top)
+    # A long title wraps, the width stays; a short body is padded for the bar's labels.
+    long = viz.figure(body[:8], "word " * 40, viz.value_labels(0, 1))
+    assert long.shape[1] == 100 + viz.COLORBAR_WIDTH and long.shape[0] > 8 + 3 * viz.TITLE_SIZE
+    assert viz.robust_range(np.full((3, 3), 0.5))[1] > 0.5
+    assert viz.robust_range(np.array([0.0, np.nan, 1.0]), 0, 100) == (0.0, 1.0)
+
+
 def test_class_mean_gates_weighs_images_by_class_share():
     g = np.array([[0.2, 0.4], [0.6, 0.8]])
     masks = [np.array([[0, 0], [0, 1]]), np.array([[1, 1], [255, 1]])]
@@ -307,21 +351,53 @@ def test_attention_pictures_for_a_segmentor(tiny_models):
     pics = viz.attention_pictures(model, image, points)
     assert model.training  # mode restored
     assert all(not r for r in _records(model).values())  # records released
-    assert pics["head.attention"].shape == (48, 2 * 72 + 4, 3)
+    # Two panels of the image's size side by side, each under its point's label, under the title;
+    # the colour bar at the right.
+    pic = pics["head.attention"]
+    assert pic.shape[1] == 2 * 72 + 4 + viz.COLORBAR_WIDTH and pic.dtype == np.uint8
+    top = _title_height(pic, 48)
+    _assert_titled(pic, top)
+    _assert_colorbar(pic, top=top)
+    title = viz.text_strip("head.attention: where the marked pixel (y, x) looks; each panel from 0 to its own "
+                           "max weight, square-root scale", pic.shape[1])
+    assert np.array_equal(pic[:len(title)], title)  # the title names the module
+    labels = pic[len(title):top, :72]
+    first = viz.text_strip("(4, 4) max", 72, viz.LABEL_SIZE)  # the first panel's point (and its max)
+    assert np.array_equal(labels[:len(first) - 2, :40], first[:-2, :40])
     pics = viz.attention_pictures(tiny_models["da"].eval(), image, points)
     assert {"head.attention", "head.attention/channels"} <= set(pics)
+    # DANet's 16 x 16 channel matrix, 32-pixel cells, on its own range (not black): the colours span
+    # the colormap, and the bar says the range.
+    channels = pics["head.attention/channels"]
+    assert channels.shape[1] == 16 * 32 + viz.COLORBAR_WIDTH
+    top = _title_height(channels, 16 * 32)
+    _assert_titled(channels, top)
+    _assert_colorbar(channels, top=top)
+    cells = channels[top:, :16 * 32:32].reshape(-1, 3)
+    assert cells.astype(int).sum(-1).max() > 500 and cells.astype(int).sum(-1).min() < 100
     pics = viz.attention_pictures(tiny_models["ema"], image, points)
     assert pics["head.attention/bases"].dtype == np.uint8 and "head.attention" in pics
+    bases = pics["head.attention/bases"]
+    _assert_titled(bases, 20)
+    _assert_colorbar(bases)
     pics = viz.attention_pictures(tiny_models["se"], image, points)
     assert list(pics) == ["head.attention/gates"]
-    # A large image is run at max_size, points with it.
+    gates_pic = pics["head.attention/gates"]
+    assert gates_pic.shape[1] == 16 * 8 + viz.COLORBAR_WIDTH
+    _assert_titled(gates_pic, 20)
+    # A large image is run at max_size, points with it; the label names the point in the image given.
     pics = viz.attention_pictures(tiny_models["cc"], torch.randn(3, 96, 144), [[95, 143]], max_size=72)
-    assert pics["head.attention"].shape == (48, 72, 3)
+    assert pics["head.attention"].shape[1] == 72 + viz.COLORBAR_WIDTH
+    label = viz.text_strip("(95, 143)", 72, viz.LABEL_SIZE)
+    assert any(np.array_equal(pics["head.attention"][r:r + 12, :30], label[:12, :30]) for r in range(100))
+    # draw_scale shrinks the panels, not the text.
+    pics = viz.attention_pictures(tiny_models["cc"], image, points, draw_scale=0.5)
+    assert pics["head.attention"].shape[1] == 2 * 36 + 4 + viz.COLORBAR_WIDTH
     # A point outside this (smaller) image is skipped for it, with a warning naming the image; the
     # others are drawn (it used to abort a whole evaluation).
     with pytest.warns(UserWarning, match=r"\[\[48, 0\]\] lie outside b\.png \(48x72\)"):
         pics = viz.attention_pictures(tiny_models["cc"], image, [[48, 0], [4, 4]], name="b.png")
-    assert pics["head.attention"].shape == (48, 72, 3)  # one panel: the point inside
+    assert pics["head.attention"].shape[1] == 72 + viz.COLORBAR_WIDTH  # one panel: the point inside
     with pytest.warns(UserWarning, match="48x72"):
         assert viz.attention_pictures(tiny_models["cc"], image, [[48, 0]]) == {}
     with pytest.raises(ValueError, match="visualize.points"):
@@ -334,8 +410,11 @@ def test_gate_pictures_per_class(tiny_models):
     samples = [(torch.randn(3, 32, 32), torch.full((32, 32), k)) for k in (0, 1)]
     pics = viz.gate_pictures(tiny_models["se"], samples, num_classes=4, class_names=["a", "b", "c", "d"])
     (name, img), = pics.items()
-    assert name == "head.attention/classes" and img.shape[0] == 4 * 12 + 14  # rows, then the legend
-    right = img[:, -16 * 8:]  # the 16 channels, 8 pixels each, clear of the labels
+    assert name == "head.attention/classes" and img.shape[1] > 16 * 8 + viz.COLORBAR_WIDTH
+    top = _title_height(img, 4 * 12)  # the title, then 4 class rows, the colour bar beside them
+    _assert_titled(img, top)
+    _assert_colorbar(img, top=top)
+    right = img[top:, -viz.COLORBAR_WIDTH - 16 * 8:-viz.COLORBAR_WIDTH]  # the 16 channels, 8 pixels each
     assert not np.array_equal(right[0:12], right[12:24])  # the two images' gates, stretched apart
     assert (right[30] == viz.NAN_GREY).all() and (right[40] == viz.NAN_GREY).all()
 
@@ -355,10 +434,13 @@ def test_one_call_helpers_for_training_and_eval(tiny_models, tiny_root, tmp_path
     val = CityscapesDataset(tiny_root, "val")
     writer = _Writer()
     viz.log_attention_pictures(writer, tiny_models["cc"], val[0]["image"], [[10, 20]], step=7)
-    assert writer.images == {"attention/head.attention": ((64, 128, 3), 7)}
+    (shape, step), = writer.images.values()
+    assert list(writer.images) == ["attention/head.attention"] and step == 7
+    assert shape[0] > 64 and shape[1:] == (128 + viz.COLORBAR_WIDTH, 3)  # title over the panel, colour bar beside
     written = viz.write_attention_pictures(tiny_models["se"], val, str(tmp_path), points=[[10, 20]], num_images=2)
     names = sorted(os.path.basename(p) for p in written)
     stems = sorted(os.path.splitext(os.path.basename(val[i]["path"]))[0] for i in range(2))
     assert names == ["classes_head_attention_classes.png"] + [f"{s}_head_attention_gates.png" for s in stems]
     heat = np.asarray(Image.open(tmp_path / "classes_head_attention_classes.png"))
-    assert heat.shape[0] == len(val.classes) * 12 + 14
+    assert heat.shape[0] > len(val.classes) * 12  # the class rows under the title
+    _assert_colorbar(heat, top=heat.shape[0] - len(val.classes) * 12)

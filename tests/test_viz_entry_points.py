@@ -26,7 +26,11 @@ def test_validation_writes_attention_to_tensorboard(cc_run):
     tags = [t for t in acc.Tags()["images"] if t.startswith("attention/")]
     assert tags, acc.Tags()["images"]
     img = acc.Images(tags[0])[-1]
-    assert img.height == 64 and img.width >= 2 * 128  # one panel per point, each the image's size
+    # One panel per point, each the image's size, under the title and the points' labels, the
+    # colour bar at the right.
+    from segattn.viz import COLORBAR_WIDTH
+
+    assert img.height > 64 and img.width == 2 * 128 + 4 + COLORBAR_WIDTH
 
 
 def test_eval_writes_attention_pngs(cc_run, tiny_root, tmp_path):

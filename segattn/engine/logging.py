@@ -63,7 +63,8 @@ def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
     if samples:
         writer.add_image("val/image_gt_pred", prediction_grid(samples, len(classes)), step, dataformats="HWC")
     if "confusion" in metrics:  # rows ground truth, columns prediction, the class names on both axes
-        writer.add_image("val/confusion_matrix", confusion_image(metrics["confusion"], class_names=classes), step, dataformats="HWC")
+        writer.add_image("val/confusion_matrix", confusion_image(metrics["confusion"], class_names=classes), step,
+                         dataformats="HWC")
 
 
 def log_hparams(writer, cfg: dict | TrainConfig, metrics: dict, step: int) -> None:
