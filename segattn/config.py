@@ -135,6 +135,15 @@ class ModelConfig(ConfigNode):
 
 
 @dataclass
+class LossConfig(ConfigNode):
+    """segattn/models/losses.py: ``ce`` or ``ohem`` (OCNet's/CCNet's OHEM cross-entropy), class weights."""
+    name: str = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100000
+    class_weight: Any = None  # null | auto (ENet's inverse log-frequency of the training masks) | [w_0, ...]
+
+
+@dataclass
 class VisualizeConfig(ConfigNode):
     points: Optional[List[List[int]]] = None
     max_size: int = 512
@@ -149,6 +158,7 @@ class TrainConfig(ConfigNode):
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     seed: int = 0

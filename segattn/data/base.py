@@ -114,6 +114,21 @@ class SegmentationDataset(Dataset):
                                f"for this file's format (valid: {valid_values(self.luts[i])})")
         return img, mask.astype(np.uint8)
 
+    def class_pixel_counts(self, ignore_index: int = 255) -> np.ndarray:
+        """Labelled pixels per class over every mask of the split, at the files' resolution (masks are
+        read alone, no image, no transform): what ``loss.class_weight=auto`` weighs classes by."""
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        for path, lut in zip(self.masks, self.luts):
+            if path is None:
+                continue
+            mask = lut[read_mask(path)]
+            if (mask < 0).any():
+                raise DatasetError(f"{path}: invalid label value(s) {np.unique(read_mask(path)[mask < 0]).tolist()[:10]} "
+                                   f"for this file's format (valid: {valid_values(lut)})")
+            labelled = mask[(mask != ignore_index) & (mask < self.num_classes)]
+            counts += np.bincount(labelled.ravel().astype(np.int64), minlength=self.num_classes)[:self.num_classes]
+        return counts
+
     def __getitem__(self, i) -> dict:
         # The training sampler passes (index, seed): the augmentation of a sample is then a function
         # of its position in the run, whatever worker or process loads it, so a resumed run is exact.

@@ -221,6 +221,27 @@ def restore(ckpt: dict, path: str, model, optimizer, scheduler, rank: int, world
     return ckpt.get("best", -1.0)
 
 
+def resolve_class_weights(model: torch.nn.Module, train_set, classes: list[str], rank: int) -> list[float]:
+    """``loss.class_weight=auto``: count the training masks' pixels per class once (rank 0; masks only, no
+    cache on disk), give the model's loss ENet's inverse log-frequency weights, print them."""
+    counts = None
+    if rank == 0:
+        if not hasattr(train_set, "class_pixel_counts"):
+            raise ValueError(f"loss.class_weight=auto: the training dataset ({type(train_set).__name__}) cannot "
+                             f"count its masks' classes; give loss.class_weight as a list of {len(classes)} weights")
+        counts = train_set.class_pixel_counts().tolist()
+    counts = distributed.broadcast_object(counts)
+    weights = model.criterion.set_class_counts(counts)
+    if rank == 0:
+        total = max(sum(counts), 1)
+        width = max(12, *(len(c) for c in classes))
+        lines = [f"loss.class_weight=auto (1 / ln(1.02 + share), {total} labelled training pixels):",
+                 f"{'class':<{width}}  share %  weight"]
+        lines += [f"{c:<{width}} {100 * n / total:8.2f} {w:7.3f}" for c, n, w in zip(classes, counts, weights)]
+        print("\n".join(lines), file=sys.stderr)
+    return weights
+
+
 def setup(cfg: TrainConfig, run_dir: str) -> Run:
     """Everything before the first iteration: processes, resume, data, model, optimizer, logging.
 
@@ -252,6 +273,8 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
 
     init_from = cfg.model.init_from
     model = setup_model(cfg, len(classes), device, world_size, pretrained=ckpt is None and not init_from)
+    if cfg.loss.class_weight == "auto":
+        resolve_class_weights(model, train_set, classes, rank)
     optimizer = build_optimizer(model, **cfg.optimizer.to_dict())
     scheduler = build_scheduler(optimizer, t.max_iters, **cfg.scheduler.to_dict())
     best = -1.0

@@ -90,6 +90,10 @@ class ScaleAttention(nn.Module):
         return self.segmentor.head
 
     @property
+    def criterion(self):
+        return self.segmentor.criterion
+
+    @property
     def aux_head(self):
         return self.segmentor.aux_head
 

@@ -10,20 +10,23 @@ from .backbone import ResNet
 from .block_attention import block_attention, block_widths
 from .heads import FCNHead, build_head
 from .inference import infer
+from .losses import SegmentationLoss
 from .scale_attention import wrap
 
 
 class Segmentor(nn.Module):
     """``forward(images)`` returns a dict of logits at feature resolution: ``out`` (the prediction),
     ``aux`` (the auxiliary FCN head on stage 3, in training) and any extra outputs of the head.
-    ``loss(outputs, target)`` upsamples each to the label size and sums the weighted cross-entropies.
+    ``loss(outputs, target)`` upsamples each to the label size and sums the weighted per-pixel losses
+    (``criterion``: cross-entropy or OHEM, optionally class-weighted; ``segattn.models.losses``).
     """
 
     def __init__(self, backbone: ResNet, head: nn.Module, num_classes: int, aux_head: nn.Module | None = None,
-                 aux_weight: float = 0.4, ignore_index: int = 255):
+                 aux_weight: float = 0.4, ignore_index: int = 255, criterion: SegmentationLoss | None = None):
         super().__init__()
         self.backbone, self.head, self.aux_head = backbone, head, aux_head
         self.num_classes, self.aux_weight, self.ignore_index = num_classes, aux_weight, ignore_index
+        self.criterion = criterion or SegmentationLoss(ignore_index=ignore_index, num_classes=num_classes)
 
     def forward_features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """``forward`` plus the backbone's stage outputs ``[c2, c3, c4, c5]`` it computed them from
@@ -63,7 +66,9 @@ class Segmentor(nn.Module):
                 part = F.binary_cross_entropy_with_logits(logits, present)
             else:
                 logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-                part = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+                # OHEM on the decode head's outputs, plain cross-entropy on the auxiliary head, as CCNet's
+                # CriterionOhemDSN (and mmseg's recipes, which set the sampler on the decode head only).
+                part = self.criterion(logits, target, ohem=name != "aux")
             parts[name] = part.detach()
             total = total + w * part
         return total, parts
@@ -77,10 +82,11 @@ class Segmentor(nn.Module):
 
 
 def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | None = None,
-                scale_attention: dict | None = None) -> nn.Module:
-    """Build a Segmentor from plain dicts (the ``backbone``, ``head``, ``model.aux_head`` and
-    ``model.scale_attention`` config nodes). With ``model.scale_attention.scales`` set, the Segmentor is
-    wrapped in :class:`~segattn.models.scale_attention.ScaleAttention` (same interface)."""
+                scale_attention: dict | None = None, loss: dict | None = None) -> nn.Module:
+    """Build a Segmentor from plain dicts (the ``backbone``, ``head``, ``model.aux_head``,
+    ``model.scale_attention`` and ``loss`` config nodes). With ``model.scale_attention.scales`` set, the
+    Segmentor is wrapped in :class:`~segattn.models.scale_attention.ScaleAttention` (same interface).
+    ``loss.class_weight=auto`` is left for the trainer to resolve (``model.criterion.set_class_counts``)."""
     bb_cfg = dict(backbone)
     bb_cfg.pop("name", None)
     attention_name = bb_cfg.pop("block_attention", None)
@@ -101,16 +107,18 @@ def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | N
         # mmseg's auxiliary head: one 3x3 conv on stage 3 (c4), no concat, dropout 0.1.
         aux_module = FCNHead(bb.channels[2], num_classes, channels=aux.pop("channels", 256), num_convs=1,
                              concat_input=False, dropout=aux.pop("dropout", 0.1), in_index=2)
-    return wrap(Segmentor(bb, head_module, num_classes, aux_module, aux_weight), scale_attention)
+    criterion = SegmentationLoss(**dict(loss or {}), num_classes=num_classes)
+    return wrap(Segmentor(bb, head_module, num_classes, aux_module, aux_weight, criterion=criterion), scale_attention)
 
 
 def build_model_from_config(cfg: dict, num_classes: int, pretrained: bool = True) -> nn.Module:
     """``build_model`` on a whole training config (``backbone``, ``head``, ``model.aux_head``,
-    ``model.scale_attention``): what the trainer, eval.py, the benchmarks and the scripts build.
+    ``model.scale_attention``, ``loss``): what the trainer, eval.py, the benchmarks and the scripts build.
 
     ``pretrained=False`` skips ``backbone.pretrained``: the weights come from a checkpoint (resume,
     eval.py), and the ImageNet file need not exist on the machine that resumes or evaluates.
     """
     backbone = dict(cfg["backbone"]) if pretrained else dict(cfg["backbone"], pretrained=None)
     model = cfg.get("model") or {}
-    return build_model(backbone, cfg["head"], num_classes, model.get("aux_head"), model.get("scale_attention"))
+    return build_model(backbone, cfg["head"], num_classes, model.get("aux_head"), model.get("scale_attention"),
+                       cfg.get("loss"))
