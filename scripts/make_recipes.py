@@ -27,6 +27,8 @@ PUBLISHED = {
     ("ema", "r50_d8_cityscapes_80k"): 77.59, ("ema", "r101_d8_cityscapes_80k"): 79.10,
     ("nl", "r50_d8_cityscapes_80k"): 78.01, ("nl", "r101_d8_cityscapes_80k"): 78.93,
     ("gc", "r50_d8_cityscapes_80k"): 78.48, ("gc", "r101_d8_cityscapes_80k"): 79.03,
+    # configs/dnlnet/metafile.yaml: dnl_r{50,101}-d8_4xb2-80k_cityscapes-512x1024
+    ("dnl", "r50_d8_cityscapes_80k"): 79.33, ("dnl", "r101_d8_cityscapes_80k"): 80.41,
 }
 # Head settings mmsegmentation changes per dataset: PSANet's over-complete mask is (97, 97) for the
 # Cityscapes recipes (the head's default) and (66, 66) for ADE20K. Where a mask does not reach (the

