@@ -101,13 +101,14 @@ def test_summarize_sweep_csv_to_stdout_or_a_file(tmp_path, capsys):
     summarize = _summarize()
     summarize.main([str(tmp_path), "--csv"])  # no path: the CSV on stdout, nothing else
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [(r["overrides"], r["mIoU"]) for r in rows] == [("head=cc", "0.5"), ("head=fcn", "0.25")]
-    summarize.main([str(tmp_path), "--csv", "-", "--sort", "run"])
+    assert [(r["overrides"], r["mIoU mean %"], r["n"]) for r in rows] == [("head=cc", "50.00", "1"),
+                                                                          ("head=fcn", "25.00", "1")]
+    summarize.main([str(tmp_path), "--csv", "-", "--sort", "run", "--runs"])
     assert capsys.readouterr().out.splitlines()[1].startswith("0,head=fcn")
     out = tmp_path / "t.csv"
     summarize.main([str(tmp_path), "--csv", str(out)])  # a path: the table on stdout, the CSV in the file
-    assert capsys.readouterr().out.startswith("| run |")
-    assert [r["run"] for r in csv.DictReader(open(out))] == ["1", "0"]
+    assert capsys.readouterr().out.startswith("| overrides (minus seed) |")
+    assert [r["overrides"] for r in csv.DictReader(open(out))] == ["head=cc", "head=fcn"]
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "slurm_cpu"])
