@@ -38,10 +38,13 @@ _PSA = ("PSANet's shrink rule branches on odd/even feature sides and its mask re
         "feature size (97x97: inputs up to 792 px at output stride 8)")
 _OC_ASP = "OCNet ASP's max-pool chooses ceil_mode from the feature size (`min(h, w) < scale`)"
 _OC_PYRAMID = "Pyramid-OC's region grid is computed from the feature size in Python"
+_ISA = ("ISA pads the map to whole down_factor blocks (ceil(H / 8) * 8 - H rows), a derived size torch.export "
+        "cannot keep symbolic: it specialises the input to multiples of 64 px")
 STATIC_ONLY = {
     ("psa", "torchscript"): _PSA, ("psa", "exported_program"): _PSA, ("psa", "onnx"): _PSA,
     ("oc_asp", "exported_program"): _OC_ASP, ("oc_asp", "onnx"): _OC_ASP,
     ("oc_pyramid", "exported_program"): _OC_PYRAMID, ("oc_pyramid", "onnx"): _OC_PYRAMID,
+    ("isa", "exported_program"): _ISA, ("isa", "onnx"): _ISA,
 }
 # (head, format) pairs that do not export at all.
 UNSUPPORTED = {

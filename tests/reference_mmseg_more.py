@@ -67,3 +67,126 @@ class DNLHead(_BlockBetweenConvsHead):
 
     def block(self, x):
         return self.dnl_block(x)
+
+
+# ---- mmseg's general SelfAttentionBlock -----------------------------------------------------------
+class SelfAttentionBlock(nn.Module):
+    """Follows mmseg/models/utils/self_attention_block.py with all its options: key/query projections
+    of ``key_query_num_convs`` 1x1 layers (ConvModules with BN+ReLU when ``key_query_norm``, else plain
+    convs with bias), the value projected to ``channels`` when ``with_out`` else to ``out_channels``
+    (``value_out_num_convs`` layers, ConvModules when ``value_out_norm``), optional down-sampling of
+    query and of key+value, sim = q^T k (* channels^-0.5 when ``matmul_norm``), softmax over the keys,
+    context reshaped to the query's size, then ``out_project`` when ``with_out``."""
+
+    def __init__(self, key_in_channels, query_in_channels, channels, out_channels, share_key_query,
+                 query_downsample, key_downsample, key_query_num_convs, value_out_num_convs, key_query_norm,
+                 value_out_norm, matmul_norm, with_out):
+        super().__init__()
+        if share_key_query:
+            assert key_in_channels == query_in_channels
+        self.channels = channels
+        self.key_project = self.build_project(key_in_channels, channels, key_query_num_convs, key_query_norm)
+        if share_key_query:
+            self.query_project = self.key_project
+        else:
+            self.query_project = self.build_project(query_in_channels, channels, key_query_num_convs, key_query_norm)
+        self.value_project = self.build_project(key_in_channels, channels if with_out else out_channels,
+                                                value_out_num_convs, value_out_norm)
+        if with_out:
+            self.out_project = self.build_project(channels, out_channels, value_out_num_convs, value_out_norm)
+        else:
+            self.out_project = None
+        self.query_downsample = query_downsample
+        self.key_downsample = key_downsample
+        self.matmul_norm = matmul_norm
+
+    @staticmethod
+    def build_project(in_channels, channels, num_convs, use_conv_module):
+        if use_conv_module:
+            convs = [ConvModule(in_channels, channels, 1)]
+            convs += [ConvModule(channels, channels, 1) for _ in range(num_convs - 1)]
+        else:
+            convs = [nn.Conv2d(in_channels, channels, 1)]
+            convs += [nn.Conv2d(channels, channels, 1) for _ in range(num_convs - 1)]
+        return nn.Sequential(*convs) if len(convs) > 1 else convs[0]
+
+    def forward(self, query_feats, key_feats):
+        batch_size = query_feats.size(0)
+        query = self.query_project(query_feats)
+        if self.query_downsample is not None:
+            query = self.query_downsample(query)
+        query = query.reshape(*query.shape[:2], -1).permute(0, 2, 1).contiguous()
+        key = self.key_project(key_feats)
+        value = self.value_project(key_feats)
+        if self.key_downsample is not None:
+            key = self.key_downsample(key)
+            value = self.key_downsample(value)
+        key = key.reshape(*key.shape[:2], -1)
+        value = value.reshape(*value.shape[:2], -1).permute(0, 2, 1).contiguous()
+        sim_map = torch.matmul(query, key)
+        if self.matmul_norm:
+            sim_map = (self.channels ** -0.5) * sim_map
+        sim_map = F.softmax(sim_map, dim=-1)
+        context = torch.matmul(sim_map, value).permute(0, 2, 1).contiguous()
+        context = context.reshape(batch_size, -1, *query_feats.shape[2:])
+        if self.out_project is not None:
+            context = self.out_project(context)
+        return context
+
+
+# ---- ISA -------------------------------------------------------------------------------------------
+class ISASelfAttentionBlock(SelfAttentionBlock):
+    """Follows SelfAttentionBlock in mmseg/models/decode_heads/isa_head.py: two BN+ReLU key/query convs,
+    one plain value conv to in_channels, matmul_norm, no out_project, then ``output_project``
+    (ConvModule 1x1)."""
+
+    def __init__(self, in_channels, channels):
+        super().__init__(key_in_channels=in_channels, query_in_channels=in_channels, channels=channels,
+                         out_channels=in_channels, share_key_query=False, query_downsample=None,
+                         key_downsample=None, key_query_num_convs=2, key_query_norm=True, value_out_num_convs=1,
+                         value_out_norm=False, matmul_norm=True, with_out=False)
+        self.output_project = ConvModule(in_channels, in_channels, 1)
+
+    def forward(self, x):
+        return self.output_project(super().forward(x, x))
+
+
+class ISAHead(BaseDecodeHead):
+    """Follows mmseg/models/decode_heads/isa_head.py: in_conv (3x3), pad to multiples of down_factor
+    (split pad // 2 before), global relation over the interlaced groups, local relation within the
+    blocks, un-permute, crop, out_conv (1x1) on cat([x, residual]), cls_seg."""
+
+    def __init__(self, isa_channels, down_factor=(8, 8), **kwargs):
+        super().__init__(**kwargs)
+        self.down_factor = down_factor
+        self.in_conv = ConvModule(self.in_channels, self.channels, 3, padding=1)
+        self.global_relation = ISASelfAttentionBlock(self.channels, isa_channels)
+        self.local_relation = ISASelfAttentionBlock(self.channels, isa_channels)
+        self.out_conv = ConvModule(self.channels * 2, self.channels, 1)
+
+    def forward(self, inputs):
+        x_ = self._transform_inputs(inputs)
+        x = self.in_conv(x_)
+        residual = x
+        n, c, h, w = x.size()
+        loc_h, loc_w = self.down_factor
+        glb_h, glb_w = math.ceil(h / loc_h), math.ceil(w / loc_w)
+        pad_h, pad_w = glb_h * loc_h - h, glb_w * loc_w - w
+        if pad_h > 0 or pad_w > 0:
+            padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+            x = F.pad(x, padding)
+        x = x.view(n, c, glb_h, loc_h, glb_w, loc_w)
+        x = x.permute(0, 3, 5, 1, 2, 4)
+        x = x.reshape(-1, c, glb_h, glb_w)
+        x = self.global_relation(x)
+        x = x.view(n, loc_h, loc_w, c, glb_h, glb_w)
+        x = x.permute(0, 4, 5, 3, 1, 2)
+        x = x.reshape(-1, c, loc_h, loc_w)
+        x = self.local_relation(x)
+        x = x.view(n, glb_h, glb_w, c, loc_h, loc_w)
+        x = x.permute(0, 3, 1, 4, 2, 5)
+        x = x.reshape(n, c, glb_h * loc_h, glb_w * loc_w)
+        if pad_h > 0 or pad_w > 0:
+            x = x[:, :, pad_h // 2:pad_h // 2 + h, pad_w // 2:pad_w // 2 + w]
+        x = self.out_conv(torch.cat([x, residual], dim=1))
+        return self.cls_seg(x)

@@ -16,9 +16,9 @@ import reference_mmseg_more as ref
 from segattn.models.attention import build_attention
 from segattn.models.attention.record import attention_maps, record_attention
 from segattn.models.heads import build_head
-from test_reference_mmseg_heads import TOL, _compose, base, check, feats, pair, rules_between_convs
+from test_reference_mmseg_heads import TOL, _compose, base, cbr, check, feats, pair, rules_between_convs
 
-MMSEG_COUNTS = {"dnl": 24_132_372}
+MMSEG_COUNTS = {"dnl": 24_132_372, "isa": 11_815_443}
 
 
 def _reference_recipe_head(name: str) -> torch.nn.Module:
@@ -26,6 +26,8 @@ def _reference_recipe_head(name: str) -> torch.nn.Module:
     full = dict(in_channels=2048, channels=512, num_classes=19, dropout_ratio=0.1)
     if name == "dnl":
         return ref.DNLHead(reduction=2, use_scale=True, mode="embedded_gaussian", **full)
+    if name == "isa":
+        return ref.ISAHead(isa_channels=256, down_factor=(8, 8), **full)
     raise KeyError(name)
 
 
@@ -98,3 +100,51 @@ def test_dnl_whitening_and_unary_term():
         build_attention("dnl", 16, temperature=0)
     with pytest.raises(ValueError, match="mode"):
         build_attention("dnl", 16, mode="gaussian")
+
+
+# --------------------------------------------------------------------------------------------------
+# ISA
+# --------------------------------------------------------------------------------------------------
+def isa_rules():
+    rules = [("cls.", "conv_seg.")] + cbr("reduce", "in_conv") + cbr("fuse", "out_conv")
+    for rel in ("global_relation", "local_relation"):
+        for proj in ("query_project", "key_project"):
+            for i in (0, 1):
+                rules += cbr(f"attention.{rel}.{proj}.{i}", f"{rel}.{proj}.{i}")
+        rules += [(f"attention.{rel}.value_project.", f"{rel}.value_project.")]
+        rules += cbr(f"attention.{rel}.output_project", f"{rel}.output_project")
+    return rules
+
+
+@pytest.mark.parametrize("size, down", [((12, 18), (8, 8)), ((11, 13), (3, 5)), ((8, 16), (4, 8))])
+def test_isa_matches_mmseg(size, down):
+    # (8, 8) on 12x18: padded to 16x24 (2 + 2 rows, 3 + 3 columns); 11x13 by (3, 5): odd pads
+    # (1 row before, 0 after ... as mmseg splits them); 8x16 by (4, 8): no padding.
+    theirs = ref.ISAHead(isa_channels=8, down_factor=down, **base())
+    ours, theirs = pair("isa", theirs, isa_rules(), channels=16, key_channels=8, down_factor=list(down))
+    check(ours, theirs, feats(*size))
+
+
+def test_isa_maps_are_the_two_sparse_rows():
+    torch.manual_seed(0)
+    m = build_attention("isa", 16, key_channels=8, down_factor=(4, 3)).double().eval()
+    x = torch.randn(1, 16, 8, 9, dtype=torch.float64)  # 2 x 3 blocks of 4 x 3, no padding
+    with torch.no_grad(), record_attention(m):
+        m(x)
+    maps = attention_maps(m, 5, 4)  # block (1, 1), offset (1, 1) in it
+    long, short = maps["long_range"], maps["short_range"]
+    assert list(maps) == ["long_range", "short_range"]
+    rows, cols = torch.nonzero(long, as_tuple=True)
+    assert set(rows.tolist()) == {1, 5} and set(cols.tolist()) == {1, 4, 7}  # same offset in every block
+    rows, cols = torch.nonzero(short, as_tuple=True)
+    assert set(rows.tolist()) == {4, 5, 6, 7} and set(cols.tolist()) == {3, 4, 5}  # its own block
+    torch.testing.assert_close(long.sum(), torch.tensor(1.0, dtype=long.dtype))
+    torch.testing.assert_close(short.sum(), torch.tensor(1.0, dtype=short.dtype))
+    # With padding (8x9 by 3x4 -> 9x12), what fell on the padding is cut off.
+    m = build_attention("isa", 16, key_channels=8, down_factor=(3, 4)).double().eval()
+    with torch.no_grad(), record_attention(m):
+        m(x)
+    maps = attention_maps(m, 0, 0)
+    assert maps["long_range"].shape == (8, 9) and 0 < maps["short_range"].sum() < 1
+    with pytest.raises(ValueError, match="down_factor"):
+        build_attention("isa", 16, down_factor=(0, 8))
