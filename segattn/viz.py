@@ -561,14 +561,21 @@ def attention_pictures(model: torch.nn.Module, image: torch.Tensor, points: Sequ
                     f"for each position; all on one scale, {_fmt(lo)}..{_fmt(hi)} (1st..99th percentile)",
                     value_labels(lo, hi))
             if hasattr(m, "channel_matrix"):
-                matrix = to_numpy(m.channel_matrix())
+                # A softmax over C channels: most weights are tiny and a few near 1, over many orders
+                # of magnitude (or 0, underflowed), so the colours follow log10 of the weights: the
+                # 1st..99th percentile of the positive ones, 8 decades at most; below it is black.
+                matrix = to_numpy(m.channel_matrix()).astype(np.float64)
                 side = max(1, 512 // len(matrix))
-                lo, hi = robust_range(matrix)
+                with np.errstate(divide="ignore"):
+                    logs = np.log10(matrix)
+                lo, hi = robust_range(logs[matrix > 0])
+                lo = max(lo, hi - 8.0)
                 pictures[f"{name}/channels"] = figure(
-                    gate_heatmap(matrix, cell=(side, side), vmin=lo, vmax=hi),
+                    gate_heatmap(logs, cell=(side, side), vmin=lo, vmax=hi),
                     f"{name}/channels: channel attention ({len(matrix)} x {len(matrix)}): row = output channel, "
-                    f"column = the channel it takes from (rows sum to 1); 1st..99th percentile",
-                    value_labels(lo, hi))
+                    f"column = the channel it takes from (rows sum to 1); log scale, 1st..99th percentile of the "
+                    f"weights > 0 (black: below it, or 0)",
+                    [(1.0, _fmt(10 ** hi)), (0.5, _fmt(10 ** ((lo + hi) / 2))), (0.0, _fmt(10 ** lo))])
             if has_gates(m):
                 g = to_numpy(gates(m)[:1])
                 lo, hi = robust_range(g, 0.0, 100.0)
