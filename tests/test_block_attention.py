@@ -164,10 +164,11 @@ def test_odd_sizes(name, size):
 
 
 def test_refused_names_explain_and_list_the_choices():
-    with pytest.raises(ValueError, match=r"'sk' is not supported.*3x3 conv.*head=sk.*cbam, eca, gc, se, sge"):
+    choices = ", ".join(BLOCK_ATTENTIONS)  # cbam, coordatt, eca, gc, se, sge
+    with pytest.raises(ValueError, match=rf"'sk' is not supported.*3x3 conv.*head=sk.*{choices}"):
         build_model(dict(TINY_BB, block_attention="sk"), dict(name="fcn"), 3)
     for name in ("nl", "da", "nonsense"):
-        with pytest.raises(ValueError, match=r"backbone\.block_attention.*choices: cbam, eca, gc, se, sge"):
+        with pytest.raises(ValueError, match=rf"backbone\.block_attention.*choices: {choices}"):
             build_model(dict(TINY_BB, block_attention=name), dict(name="fcn"), 3)
     with pytest.raises(ValueError, match=r"groups=64 does not divide.*block_attention_kwargs\.groups to a divisor of 8"):
         build_model(dict(TINY_BB, block_attention="sge"), dict(name="fcn"), 3)

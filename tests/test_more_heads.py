@@ -148,3 +148,42 @@ def test_isa_maps_are_the_two_sparse_rows():
     assert maps["long_range"].shape == (8, 9) and 0 < maps["short_range"].sum() < 1
     with pytest.raises(ValueError, match="down_factor"):
         build_attention("isa", 16, down_factor=(0, 8))
+
+
+# --------------------------------------------------------------------------------------------------
+# Coordinate attention (the authors' CoordAtt; mmseg has none)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels, train", [(32, False), (512, True)])
+def test_coordatt_matches_the_official_module(channels, train):
+    from test_reference_mmseg_heads import randomise
+
+    ours = build_attention("coordatt", channels).double()
+    theirs = ref.CoordAtt(channels, channels).double()
+    assert ours.mid_channels == max(8, channels // 32) == theirs.conv1.out_channels
+    randomise(ours)
+    theirs.load_state_dict(ours.state_dict(), strict=True)  # the official attribute names
+    ours.train(train), theirs.train(train)
+    x = torch.randn(2, channels, 7, 11, dtype=torch.float64) if channels < 100 else torch.randn(
+        2, channels, 3, 5, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), **TOL)
+    torch.testing.assert_close(ours.bn1.running_mean, theirs.bn1.running_mean, **TOL)
+
+
+def test_coordatt_gates_are_directional_and_recorded():
+    torch.manual_seed(0)
+    m = build_attention("coordatt", 16).eval()
+    x = torch.randn(1, 16, 6, 9)
+    with torch.no_grad(), record_attention(m):
+        y = m(x)
+        a_h, a_w = m.gates(x)
+    assert a_h.shape == (1, 16, 6, 1) and a_w.shape == (1, 16, 1, 9)
+    torch.testing.assert_close(y, x * a_h * a_w)
+    maps = attention_maps(m, 0, 0)
+    assert list(maps) == ["gate", "rows", "columns"] and all(v.shape == (6, 9) for v in maps.values())
+    torch.testing.assert_close(maps["gate"], (a_h * a_w)[0].mean(0))
+    # a feature moved along a row changes the width gate, not the height gate of the rows
+    with torch.no_grad():
+        b_h, b_w = m.gates(x.roll(3, dims=3))
+    torch.testing.assert_close(b_h, a_h)
+    torch.testing.assert_close(b_w, a_w.roll(3, dims=3))
