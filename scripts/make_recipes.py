@@ -31,6 +31,8 @@ PUBLISHED = {
     ("dnl", "r50_d8_cityscapes_80k"): 79.33, ("dnl", "r101_d8_cityscapes_80k"): 80.41,
     # configs/isanet/README.md: ISANet R-50-D8 / R-101-D8, 512x1024, 80000
     ("isa", "r50_d8_cityscapes_80k"): 78.68, ("isa", "r101_d8_cityscapes_80k"): 80.32,
+    # configs/apcnet/metafile.yaml: apcnet_r{50,101}-d8_4xb2-80k_cityscapes-512x1024
+    ("apc", "r50_d8_cityscapes_80k"): 78.96, ("apc", "r101_d8_cityscapes_80k"): 79.64,
 }
 # Head settings mmsegmentation changes per dataset: PSANet's over-complete mask is (97, 97) for the
 # Cityscapes recipes (the head's default) and (66, 66) for ADE20K. Where a mask does not reach (the

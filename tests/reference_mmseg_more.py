@@ -241,3 +241,58 @@ class CoordAtt(nn.Module):
         a_h = self.conv_h(x_h).sigmoid()
         a_w = self.conv_w(x_w).sigmoid()
         return identity * a_w * a_h
+
+
+# ---- APCNet -----------------------------------------------------------------------------------------
+class ACM(nn.Module):
+    """Follows ACM in mmseg/models/decode_heads/apc_head.py: pooled_redu_conv on adaptive_avg_pool2d(x, s),
+    input_redu_conv, affinity = sigmoid(gla(x + resize(global_info(pool(x, 1)), x's size))), z = affinity @
+    pooled, residual_conv, relu(z + x), fusion_conv."""
+
+    def __init__(self, pool_scale, fusion, in_channels, channels):
+        super().__init__()
+        self.pool_scale = pool_scale
+        self.fusion = fusion
+        self.channels = channels
+        self.pooled_redu_conv = ConvModule(in_channels, channels, 1)
+        self.input_redu_conv = ConvModule(in_channels, channels, 1)
+        self.global_info = ConvModule(channels, channels, 1)
+        self.gla = nn.Conv2d(channels, pool_scale ** 2, 1, 1, 0)
+        self.residual_conv = ConvModule(channels, channels, 1)
+        if fusion:
+            self.fusion_conv = ConvModule(channels, channels, 1)
+
+    def forward(self, x):
+        pooled_x = F.adaptive_avg_pool2d(x, self.pool_scale)
+        x = self.input_redu_conv(x)
+        pooled_x = self.pooled_redu_conv(pooled_x)
+        batch_size = x.size(0)
+        pooled_x = pooled_x.view(batch_size, self.channels, -1).permute(0, 2, 1).contiguous()
+        affinity_matrix = self.gla(x + resize(self.global_info(F.adaptive_avg_pool2d(x, 1)), size=x.shape[2:])
+                                   ).permute(0, 2, 3, 1).reshape(batch_size, -1, self.pool_scale ** 2)
+        affinity_matrix = torch.sigmoid(affinity_matrix)
+        z_out = torch.matmul(affinity_matrix, pooled_x)
+        z_out = z_out.permute(0, 2, 1).contiguous()
+        z_out = z_out.view(batch_size, self.channels, x.size(2), x.size(3))
+        z_out = self.residual_conv(z_out)
+        z_out = F.relu(z_out + x)
+        if self.fusion:
+            z_out = self.fusion_conv(z_out)
+        return z_out
+
+
+class APCHead(BaseDecodeHead):
+    """Follows APCHead in mmseg/models/decode_heads/apc_head.py: [x] + [ACM_s(x) for s], concatenated,
+    bottleneck (3x3 ConvModule), cls_seg."""
+
+    def __init__(self, pool_scales=(1, 2, 3, 6), fusion=True, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_scales = pool_scales
+        self.acm_modules = nn.ModuleList(ACM(s, fusion, self.in_channels, self.channels) for s in pool_scales)
+        self.bottleneck = ConvModule(self.in_channels + len(pool_scales) * self.channels, self.channels, 3, padding=1)
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        acm_outs = [x] + [acm_module(x) for acm_module in self.acm_modules]
+        output = self.bottleneck(torch.cat(acm_outs, dim=1))
+        return self.cls_seg(output)

@@ -18,7 +18,7 @@ from segattn.models.attention.record import attention_maps, record_attention
 from segattn.models.heads import build_head
 from test_reference_mmseg_heads import TOL, _compose, base, cbr, check, feats, pair, rules_between_convs
 
-MMSEG_COUNTS = {"dnl": 24_132_372, "isa": 11_815_443}
+MMSEG_COUNTS = {"dnl": 24_132_372, "isa": 11_815_443, "apc": 30_465_605}
 
 
 def _reference_recipe_head(name: str) -> torch.nn.Module:
@@ -28,6 +28,8 @@ def _reference_recipe_head(name: str) -> torch.nn.Module:
         return ref.DNLHead(reduction=2, use_scale=True, mode="embedded_gaussian", **full)
     if name == "isa":
         return ref.ISAHead(isa_channels=256, down_factor=(8, 8), **full)
+    if name == "apc":
+        return ref.APCHead(pool_scales=(1, 2, 3, 6), fusion=True, **full)
     raise KeyError(name)
 
 
@@ -187,3 +189,41 @@ def test_coordatt_gates_are_directional_and_recorded():
         b_h, b_w = m.gates(x.roll(3, dims=3))
     torch.testing.assert_close(b_h, a_h)
     torch.testing.assert_close(b_w, a_w.roll(3, dims=3))
+
+
+# --------------------------------------------------------------------------------------------------
+# APCNet
+# --------------------------------------------------------------------------------------------------
+def apc_rules(scales, fusion=True):
+    rules = [("cls.", "conv_seg.")] + cbr("bottleneck", "bottleneck")
+    for i in range(len(scales)):
+        ours, theirs = f"attention.acm_modules.{i}", f"acm_modules.{i}"
+        convs = ["pooled_redu_conv", "input_redu_conv", "global_info", "residual_conv"]
+        for conv in convs + (["fusion_conv"] if fusion else []):
+            rules += cbr(f"{ours}.{conv}", f"{theirs}.{conv}")
+        rules += [(f"{ours}.gla.", f"{theirs}.gla.")]
+    return rules
+
+
+@pytest.mark.parametrize("size, scales, fusion", [((12, 18), (1, 2, 3, 6), True), ((11, 13), (2, 4), False)])
+def test_apc_matches_mmseg(size, scales, fusion):
+    # 12x18 and 11x13 pooled to 3x3 / 6x6 / 4x4: uneven, overlapping adaptive-pooling bins
+    theirs = ref.APCHead(pool_scales=scales, fusion=fusion, **base())
+    ours, theirs = pair("apc", theirs, apc_rules(scales, fusion), channels=16, pool_scales=list(scales), fusion=fusion)
+    check(ours, theirs, feats(*size))
+
+
+def test_apc_records_the_region_affinities():
+    torch.manual_seed(0)
+    m = build_attention("apc", 16, pool_scales=[1, 3]).eval()
+    x = torch.randn(1, 16, 6, 9)
+    with torch.no_grad(), record_attention(m):
+        assert m(x).shape == x.shape
+    maps = attention_maps(m, 4, 2)
+    assert list(maps) == ["scale_1", "scale_3"] and all(v.shape == (6, 9) for v in maps.values())
+    assert maps["scale_1"].unique().numel() == 1  # one region: one weight everywhere
+    a = m.recorded["scale_3"][0, 4 * 9 + 2].view(3, 3)
+    assert maps["scale_3"][0, 0] == a[0, 0] and maps["scale_3"][5, 8] == a[2, 2] and maps["scale_3"][2, 3] == a[1, 1]
+    assert ((maps["scale_3"] > 0) & (maps["scale_3"] < 1)).all()  # sigmoids
+    with pytest.raises(ValueError, match="pool_scales"):
+        build_attention("apc", 16, pool_scales=[])
