@@ -151,6 +151,8 @@ def launch(out: str, heads: list[str], seeds: list[int], overrides: list[str]) -
         try:
             _train_main(argv)
         except (Exception, SystemExit) as e:  # noqa: BLE001  (report and go on: the others are collected)
+            if isinstance(e, SystemExit) and e.code in (130, 143):  # Ctrl-C / SIGTERM: stop the study too
+                raise
             errors.append(f"train.py --multirun head={','.join(todo_heads)}: {type(e).__name__}: {e}")
             print(f"study: {errors[-1]}", file=sys.stderr)
     return errors
