@@ -182,7 +182,7 @@ def test_dataset_check_passes_a_good_dataset(tiny_root):
     (["head=unknown"], ["Could not find 'head/unknown'", "Available options in 'head':", "\tcc\n", "\tfcn\n"]),
     (["backbone=resnet5"], ["Could not find 'backbone/resnet5'", "\tresnet50\n"]),
     (["dataset=kitti"], ["Could not find 'dataset/kitti'", "\tcityscapes\n", "\tade20k\n"]),
-    (["head.name=foo"], ["head.name='foo' is not a known head; choices: fcn, cbam, cc,"]),
+    (["head.name=foo"], ["head.name='foo' is not a known head; choices: fcn, ", "cbam, cc, "]),
     (["dataset.name=kitti"], ["dataset.name='kitti' is not a known dataset; choices: mini, cityscapes"]),
     (["dataset.crop_size=[0,64]"], ["dataset.crop_size=[0, 64]: expected [H, W] of positive integers"]),
     (["dataset.crop_size=[64,-1]"], ["dataset.crop_size=[64, -1]: expected [H, W] of positive integers"]),
