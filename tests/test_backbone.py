@@ -70,6 +70,26 @@ def test_loads_openmmlab_v1c_file(tmp_path):
         ResNet(18, deep_stem=False, pretrained=str(path))
 
 
+def test_weights_by_name_are_looked_up_locally_never_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGATTN_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(FileNotFoundError, match=r"backbone.pretrained=resnet18: no local file.*never downloaded\. "
+                                                r"Put resnet18-f37072fd.pth \(from https://download.pytorch.org/"):
+        ResNet(18, pretrained="resnet18")
+    # torchvision's cache from another machine (any hash after the name), or our own folder
+    tv = torchvision.models.resnet18()
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(tv.state_dict(), hub / "resnet18-0000aaaa.pth")
+    net = ResNet(18, pretrained="resnet18")
+    assert torch.equal(net.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+    with pytest.raises(FileNotFoundError, match=r"resnet50_v1c-2cccc1ad.pth \(from https://download.openmmlab.com/"):
+        ResNet(50, deep_stem=True, pretrained="resnet50_v1c")
+    with pytest.raises(FileNotFoundError, match=r"no such file .*a name looks in .*resnet18, resnet34"):
+        ResNet(18, pretrained="resnet1")
+
+
 def test_not_a_resnet_file(tmp_path):
     path = tmp_path / "x.pth"
     torch.save({"foo": torch.zeros(1)}, path)

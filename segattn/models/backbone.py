@@ -33,6 +33,46 @@ STRIDES = {
 }
 
 
+# ImageNet weights by name (backbone.pretrained=resnet50): the file names torchvision and open-mmlab
+# publish. Nothing is downloaded: the name is looked up in local folders, and when the file is not
+# there the error says which file to put where.
+WEIGHT_FILES = {
+    "resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth",
+    "resnet152": "resnet152-394f9c45.pth",
+    "resnet50_v1c": "resnet50_v1c-2cccc1ad.pth", "resnet101_v1c": "resnet101_v1c-e67eebb6.pth",
+}
+WEIGHT_URLS = {name: (f"https://download.openmmlab.com/pretrain/third_party/{f}" if "v1c" in name
+                      else f"https://download.pytorch.org/models/{f}") for name, f in WEIGHT_FILES.items()}
+
+
+def weight_dirs() -> list[str]:
+    """Where a named checkpoint is looked for: $SEGATTN_WEIGHTS, ~/.cache/segattn/weights, and
+    torch hub's cache (where torchvision keeps what it downloaded on another machine)."""
+    dirs = [os.environ.get("SEGATTN_WEIGHTS", ""), os.path.expanduser("~/.cache/segattn/weights")]
+    torch_home = os.environ.get("TORCH_HOME", os.path.expanduser("~/.cache/torch"))
+    return [d for d in dirs + [os.path.join(torch_home, "hub", "checkpoints")] if d]
+
+
+def find_weights(path: str) -> str:
+    """``backbone.pretrained``: a file path, or a name of ``WEIGHT_FILES`` found in ``weight_dirs()``."""
+    if os.path.isfile(path):
+        return path
+    if path in WEIGHT_FILES:
+        prefix = WEIGHT_FILES[path].split("-")[0] + "-"
+        for d in weight_dirs():
+            found = sorted(f for f in (os.listdir(d) if os.path.isdir(d) else []) if f.startswith(prefix)
+                           and f.endswith((".pth", ".pt")))
+            if found:
+                return os.path.join(d, found[0])
+        raise FileNotFoundError(
+            f"backbone.pretrained={path}: no local file for these weights, and weights are never downloaded. "
+            f"Put {WEIGHT_FILES[path]} (from {WEIGHT_URLS[path]}) in one of {', '.join(weight_dirs())}, or give "
+            f"its path: backbone.pretrained=/path/to/{WEIGHT_FILES[path]}")
+    raise FileNotFoundError(f"backbone.pretrained={path!r}: no such file (weights are never downloaded; "
+                            f"a name looks in {', '.join(weight_dirs())}: {', '.join(WEIGHT_FILES)})")
+
+
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics and affine parameters (as torchvision.ops.FrozenBatchNorm2d).
 
@@ -218,8 +258,7 @@ class ResNet(nn.Module):
         ``backbone.*``). The classifier ``fc.*`` is dropped; a stem that does not match the
         configured ``deep_stem`` is an error, since loading half a network silently is worse.
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"backbone.pretrained={path!r}: no such file (weights are never downloaded)")
+        path = find_weights(path)
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:  # weights_only refused a Python object: unpickling it could run code
