@@ -17,9 +17,9 @@ NAMES = sorted(ATTENTIONS)
 C = 64  # divisible by SGE's 64 groups, >= 16 for reductions
 
 
-def test_the_seed_mechanisms_are_registered():
-    seed = {"nl", "mhsa", "se", "cbam", "gc", "sk", "psa", "da", "oc", "cc", "ema", "sa", "eca", "sge"}
-    assert seed <= set(ATTENTIONS), seed - set(ATTENTIONS)
+def test_the_surveys_mechanisms_are_registered():
+    surveyed = {"nl", "mhsa", "se", "cbam", "gc", "sk", "psa", "da", "oc", "cc", "ema", "sa", "eca", "sge"}
+    assert surveyed <= set(ATTENTIONS), surveyed - set(ATTENTIONS)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -49,7 +49,7 @@ class ScaleAttention(nn.Module):
     i.e. each scale is trained as the plain model would be, plus the merged prediction.
     """
 
-    # The seed's taxonomy, as for the registered mechanisms: the weights come from convolutions, are
+    # The survey's taxonomy (Guo et al. 2022), as for the registered mechanisms: the weights come from convolutions, are
     # applied by element-wise product (one weight per pixel and scale, multiplying that scale's
     # score map) and live in the spatial domain (per pixel, over scales). Not registered in
     # ATTENTIONS: it wraps a whole segmentor, it is not an (N, C, H, W) -> (N, C, H, W) module.
