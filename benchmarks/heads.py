@@ -53,7 +53,8 @@ TIMM_PEERS = {
 MMSEG_PARAMS = {"fcn": 23_605_779, "nl": 24_131_859, "da": 23_954_619, "cc": 23_934_100, "gc": 23_738_260,
                 "ema": 16_458_003, "psa": 33_246_739, "dnl": 24_132_372, "isa": 11_815_443, "apc": 30_465_605}
 PEER_LIMIT = 1.2  # our forward within 1.2x of timm's
-TARGETS = {"flops": 0.17, "memory": 1 / 5, "time": 0.5}  # cc / nl at 1 x 512 x 97 x 97
+TARGETS = {"flops": 0.17, "memory": 1 / 5, "time": 0.5}  # cc / explicit nl at 1 x 512 x 97 x 97
+REFERENCES = ["nl", "cc"]  # also measured with impl=explicit when both are in the run
 
 
 def parse_args(argv=None):
@@ -95,18 +96,31 @@ def build_pair(name: str, device) -> tuple[torch.nn.Module, torch.nn.Module | No
     return head, mech, channels
 
 
-def static_costs(name: str, size: int, device) -> dict:
-    """Parameters, forward FLOPs and memory of the head and of its mechanism."""
+def build_reference(name: str, impl: str, device) -> tuple[torch.nn.Module, int]:
+    """The registered mechanism ``name`` as build_pair makes it, but with ``impl=<impl>``."""
+    torch.manual_seed(0)
+    cfg = common.head_config(name)
+    channels = int(cfg.get("attention_channels") or cfg.get("channels", 512))
+    return common.build_mechanism(name, channels, impl=impl).to(device), channels
+
+
+def static_costs(name: str, size: int, device, impl: str | None = None) -> dict:
+    """Parameters, forward FLOPs and memory of the head and of its mechanism. With ``impl`` only the
+    mechanism, built with that ``impl=`` instead of its config's (the explicit references)."""
     measure_dev = torch.device("meta") if torch.device(device).type == "cpu" else torch.device(device)
-    head, mech, channels = build_pair(name, measure_dev)
-    row = {"name": name, "channels": channels, "head_params": common.count_params(head)}
-    feats = stage_inputs(size, measure_dev)
-    head.eval()
-    with common.cpu_emulation(), torch.no_grad():
-        f = common.count_flops(lambda: head(feats))
-    row.update(head_flops=f.matmul, head_other=f.other)
-    mem = common.activation_memory(head, lambda: [stage_inputs(size, measure_dev)], measure_dev)
-    row.update({f"head_{k}": v for k, v in mem.items()})
+    if impl is None:
+        head, mech, channels = build_pair(name, measure_dev)
+        row = {"name": name, "channels": channels, "head_params": common.count_params(head)}
+        feats = stage_inputs(size, measure_dev)
+        head.eval()
+        with common.cpu_emulation(), torch.no_grad():
+            f = common.count_flops(lambda: head(feats))
+        row.update(head_flops=f.matmul, head_other=f.other)
+        mem = common.activation_memory(head, lambda: [stage_inputs(size, measure_dev)], measure_dev)
+        row.update({f"head_{k}": v for k, v in mem.items()})
+    else:
+        mech, channels = build_reference(name, impl, measure_dev)
+        row = {"name": name, "impl": impl, "channels": channels}
     if mech is not None:
         x_shape = (1, channels, size, size)
         make = (lambda: [torch.empty(x_shape, device=measure_dev)]) if measure_dev.type == "meta" else \
@@ -140,9 +154,10 @@ def timm_peer(name: str, channels: int):
 
 
 def latencies(names: list[str], size: int, device, rounds: int, warmup: int, peers: bool, heads: bool,
-              progress) -> dict[str, float]:
-    """Median forward seconds of every mechanism (``<name>``), timm peer (``timm:<name>``) and, with
-    ``heads``, decode head (``head:<name>``), all timed in the same interleaved rounds."""
+              progress, references: list[tuple[str, str]] = ()) -> dict[str, float]:
+    """Median forward seconds of every mechanism (``<name>``), timm peer (``timm:<name>``), reference
+    (``<impl>:<name>`` for each (name, impl) of ``references``) and, with ``heads``, decode head
+    (``head:<name>``), all timed in the same interleaved rounds."""
     device = torch.device(device)
     cases = {}
     x = {}
@@ -162,6 +177,12 @@ def latencies(names: list[str], size: int, device, rounds: int, warmup: int, pee
         if heads:
             head.eval()
             cases[f"head:{name}"] = (lambda m=head: _no_grad(m, feats))
+    for name, impl in references:
+        mech, channels = build_reference(name, impl, device)
+        if channels not in x:
+            x[channels] = torch.randn(1, channels, size, size, device=device)
+        mech.eval()
+        cases[f"{impl}:{name}"] = (lambda m=mech, i=x[channels]: _no_grad(m, i))
     if progress is not None:
         progress.total = (progress.total or 0) + (rounds + warmup) * len(cases)
         progress.refresh()
@@ -292,7 +313,8 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
         "compare), at the width it works at inside the head (`ema`: the EM unit at `attention_channels` 512; the "
         "head goes on at 256). `psa` alone is the registry's C -> C form (branches reduced to C/2, a 1x1 conv "
         "fusing input and context back to C); inside the head the same module runs on c5 itself (2048 channels, "
-        "branches 512, no fuse conv: PSANet's 4096 -> 512 3x3 conv follows). `fcn` has no mechanism.",
+        "branches 512, no fuse conv: PSANet's 4096 -> 512 3x3 conv follows). `fcn` has no mechanism. "
+        f"{impl_note(rows)}",
         "- **GFLOPs**: forward, 2 FLOPs per multiply-accumulate, convolutions and matrix products counted by "
         "`torch.utils.flop_counter.FlopCounterMode`; **of which other** is what it does not see, counted by "
         "`benchmarks/common.py` (softmax 5/element, BatchNorm/LayerNorm/GroupNorm, pooling, bilinear resizing "
@@ -314,7 +336,7 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
     if not have_peers:
         lines += ["timm peer columns are left out: " + ("`--quick` run." if args.quick else
                   "timm is not installed (`pip install timm`)."), ""]
-    lines += targets_section(rows, times, args, have_peers)
+    lines += targets_section(rows, times, args, have_peers, (extras or {}).get("explicit", {}))
     if extras:
         lines += paper_section(rows, times, extras, device)
     common.write_atomic(md_path, "\n".join(lines))
@@ -344,31 +366,58 @@ def mmseg_note(rows) -> str:
     return text + "."
 
 
+def impl_note(rows) -> str:
+    fused = [r["name"] for r in rows if common.head_config(r["name"]).get("impl") == "fused"]
+    if not fused:
+        return ""
+    return (f"{', '.join(fused)} are measured at their default `impl: fused` (`F.scaled_dot_product_attention`; "
+            "cc's passes as a custom autograd function that saves only its input and recomputes in backward): "
+            "no HW x HW map is stored. fused.md compares "
+            f"{', '.join(n for n in FUSED if n in fused)} with their explicit forms (`impl=explicit`, the maps as the "
+            "papers write them); nl's and cc's are also measured here, for CCNet's comparison below.")
+
+
 def _row(rows, name):
     return next((r for r in rows if r["name"] == name), None)
 
 
-def targets_section(rows, times, args, have_peers) -> list[str]:
+def targets_section(rows, times, args, have_peers, explicit=None) -> list[str]:
+    """cc (the default, fused) against the explicit non-local block, the block CCNet compares with;
+    the ratios to the default (fused) nl follow the table, without targets."""
     lines = ["## Targets", ""]
-    cc, nl = _row(rows, "cc"), _row(rows, "nl")
-    table = []
+    explicit = explicit or {}
+    cc, nl_fused = _row(rows, "cc"), _row(rows, "nl")
+    nl = explicit.get("nl") or nl_fused
+    nl_tag = "explicit nl" if "nl" in explicit else "nl"
+    nl_time = times.get("explicit:nl") if "nl" in explicit else times.get("nl")
+    table, after = [], []
     if cc and nl and "mech_flops" in cc:
         f = _ratio(cc["mech_flops"] + cc["mech_other"], nl["mech_flops"] + nl["mech_other"])
-        table.append(["cc / nl FLOPs", f"<= {TARGETS['flops']}", fmt(f, 3), "yes" if f <= TARGETS["flops"] else "no"])
+        table.append([f"cc / {nl_tag} FLOPs", f"<= {TARGETS['flops']}", fmt(f, 3), "yes" if f <= TARGETS["flops"] else "no"])
         for key, what in (("mech_train", "peak memory, training (fwd + bwd)"), ("mech_fwd", "peak memory, inference")):
             m = _ratio(cc[key], nl[key])
-            table.append([f"cc / nl {what}", "<= 0.20", f"{fmt(m, 3)} (1/{fmt(1 / m, 1)})",
+            table.append([f"cc / {nl_tag} {what}", "<= 0.20", f"{fmt(m, 3)} (1/{fmt(1 / m, 1)})",
                           "yes" if m <= TARGETS["memory"] else "no"])
-        if "cc" in times and "nl" in times:
-            t = _ratio(times["cc"], times["nl"])
-            table.append(["cc / nl forward time", f"<= {TARGETS['time']}", fmt(t, 3), "yes" if t <= TARGETS["time"] else "no"])
+        if "cc" in times and nl_time:
+            t = _ratio(times["cc"], nl_time)
+            table.append([f"cc / {nl_tag} forward time", f"<= {TARGETS['time']}", fmt(t, 3), "yes" if t <= TARGETS["time"] else "no"])
+        if nl is not nl_fused and nl_fused and "mech_flops" in nl_fused:
+            after = [
+                "cc and nl are both at their default `impl: fused`; the targets compare cc with the non-local block "
+                "as its paper builds it (`impl=explicit`: the HW x HW map), which is what CCNet's claims are about. "
+                "Against the default (fused) nl, cc needs "
+                f"{fmt(_ratio(cc['mech_flops'] + cc['mech_other'], nl_fused['mech_flops'] + nl_fused['mech_other']), 3)}x "
+                f"its FLOPs, {fmt(_ratio(cc['mech_train'], nl_fused['mech_train']), 2)}x its training peak, "
+                f"{fmt(_ratio(cc['mech_fwd'], nl_fused['mech_fwd']), 2)}x its inference peak"
+                + (f" and {fmt(_ratio(times['cc'], times['nl']), 2)}x its forward time" if "cc" in times and "nl" in times else "")
+                + " (no targets: the fused non-local block no longer stores the map CCNet's memory claim is about).", ""]
     if have_peers:
         for name in TIMM_PEERS:
             if name in times and f"timm:{name}" in times:
                 t = _ratio(times[name], times[f"timm:{name}"])
                 table.append([f"{name} / timm forward time", f"<= {PEER_LIMIT}", fmt(t), "yes" if t <= PEER_LIMIT else "no"])
     if table:
-        lines += [common.markdown_table(["target", "limit", "measured", "met"], table, align="llrl"), ""]
+        lines += [common.markdown_table(["target", "limit", "measured", "met"], table, align="llrl"), ""] + after
     if args.size != 97:
         lines += [f"(The targets are set at 97x97; this run is at {args.size}x{args.size}.)", ""]
     if torch.device(args.device).type == "cuda":
@@ -382,50 +431,95 @@ def targets_section(rows, times, args, have_peers) -> list[str]:
 
 def paper_section(rows, times, extras, device) -> list[str]:
     where = "GPU" if device.type == "cuda" else "CPU"
-    cc, nl = _row(rows, "cc"), _row(rows, "nl")
+    cc, nl_fused = _row(rows, "cc"), _row(rows, "nl")
+    ref = extras.get("explicit", {})
+    nl, cc_x = ref.get("nl"), ref.get("cc")
     lines = ["## Against the papers", ""]
-    if cc and nl and "mech_flops" in cc and extras["size"] == 97:
+    if cc and nl and nl_fused and "mech_flops" in cc and extras["size"] == 97:
         cc_g = cc["mech_flops"] / 1e9
         nl_g = nl["mech_flops"] / 1e9
         fwd_x = nl["mech_fwd"] / cc["mech_fwd"]
         train_x = nl["mech_train"] / cc["mech_train"]
         fmap = cc["channels"] * extras["size"] ** 2 * 4 / MiB
+        hw = extras["size"] ** 2
+
+        def vs(a, b):  # "0.72x" / "1.4x": a's share of b
+            return f"{fmt(a / b, 2)}x"
+
+        mem_rows = [["cc (default: fused)", fmt(cc_g + cc["mech_other"] / 1e9, 2), fmt(cc["mech_fwd"] / MiB, 1),
+                     fmt(cc["mech_saved"] / MiB, 1), fmt(cc["mech_train"] / MiB, 1),
+                     fmt(times["cc"] * 1e3, 0) if "cc" in times else "—"]]
+        if cc_x:
+            mem_rows.append(["cc, `impl=explicit`", fmt((cc_x["mech_flops"] + cc_x["mech_other"]) / 1e9, 2),
+                             fmt(cc_x["mech_fwd"] / MiB, 1), fmt(cc_x["mech_saved"] / MiB, 1),
+                             fmt(cc_x["mech_train"] / MiB, 1),
+                             fmt(times["explicit:cc"] * 1e3, 0) if "explicit:cc" in times else "—"])
+        mem_rows += [["nl (default: fused)", fmt((nl_fused["mech_flops"] + nl_fused["mech_other"]) / 1e9, 2),
+                      fmt(nl_fused["mech_fwd"] / MiB, 1), fmt(nl_fused["mech_saved"] / MiB, 1),
+                      fmt(nl_fused["mech_train"] / MiB, 1), fmt(times["nl"] * 1e3, 0) if "nl" in times else "—"],
+                     ["nl, `impl=explicit` (the paper's block)", fmt((nl["mech_flops"] + nl["mech_other"]) / 1e9, 2),
+                      fmt(nl["mech_fwd"] / MiB, 1), fmt(nl["mech_saved"] / MiB, 1), fmt(nl["mech_train"] / MiB, 1),
+                      fmt(times["explicit:nl"] * 1e3, 0) if "explicit:nl" in times else "—"]]
         lines += [
             "**CCNet vs non-local** (1 x 512 x 97 x 97, both as the official code builds them: RCCA with "
             "recurrence 2 and C/8 query/key; non-local embedded Gaussian with C/2). The CCNet paper counts about 8 "
             "GFLOPs per recurrence against 108 GFLOPs for the non-local block (85 % fewer) and reports 11x less "
-            f"GPU memory. We count {fmt(cc_g / 2, 2)} GFLOPs per recurrence ({fmt(cc_g, 2)} for two) against "
-            f"{fmt(nl_g, 1)} GFLOPs for the non-local block: {fmt(100 * (1 - cc_g / nl_g), 0)} % fewer "
-            "(convolutions and matrix products; the element-wise and softmax work adds under 1 % to either). "
-            "The per-recurrence count matches the paper; the non-local count is 7 % under its 108, which the "
-            "element-wise work does not explain and the paper does not say how it counted.",
+            "GPU memory. Both claims are about the non-local block as its paper writes it, with the HW x HW "
+            "attention map; our default nl (`impl: fused`) never stores that map, so the comparison is made with "
+            "`impl=explicit` nl, and the fused nl is listed next to it:",
             "",
-            f"Memory: the non-local block needs {fmt(fwd_x, 1)}x the criss-cross module's peak in inference and "
-            f"{fmt(train_x, 1)}x in training on the {where}, not 11x. Both sides explain it. The non-local block's "
-            f"cost is its 9409 x 9409 attention map ({fmt(97**4 * 4 / MiB, 0)} MiB in float32, held as scaled logits and "
-            "as softmax output at the inference peak, and saved once for backward). The criss-cross module's own floor is "
-            f"the full-width maps it creates per recurrence: each 512 x 97 x 97 map is {fmt(fmap, 1)} MiB, and its "
-            f"training peak of {fmt(cc['mech_train'] / MiB, 0)} MiB is {fmt(cc['mech_train'] / MiB / fmap, 1)} such "
-            "maps (value projection, row and column aggregations, their sum, the residual, for two recurrences, "
-            "plus the parameter gradients). The paper measured CCNet's CUDA extension, whose `ca_weight` op "
-            "writes only the (H+W-1) x HW affinities and whose `ca_map` op aggregates into the output in one "
-            "kernel, saving just its inputs; the pure-PyTorch einsum form materialises the row and column "
-            "aggregations separately and so has a higher floor. That floor is linear in HW, the non-local map "
-            "quadratic, so the ratio grows with the map (see `scaling.md`).",
+            common.markdown_table(["module", "GFLOPs", "fwd MiB", "saved MiB", "train MiB", f"fwd ms"], mem_rows,
+                                  align="lrrrrr"),
+            "",
+            f"We count {fmt(cc_g / 2, 2)} GFLOPs per recurrence ({fmt(cc_g, 2)} for two) against "
+            f"{fmt(nl_g, 1)} GFLOPs for the non-local block: {fmt(100 * (1 - cc_g / nl_g), 0)} % fewer "
+            "(convolutions and matrix products; the element-wise and softmax work adds under 1 % to either; the "
+            "fused forms do the same products). The per-recurrence count matches the paper; the non-local count is "
+            f"{fmt(100 * (1 - nl_g / 108), 0)} % under its 108, which the element-wise work does not explain and "
+            "the paper does not say how it counted.",
+            "",
+            f"Memory against the explicit non-local block: it needs {fmt(fwd_x, 1)}x the criss-cross module's peak in "
+            f"inference and {fmt(train_x, 1)}x in training on the {where} (the paper: 11x). Its cost is the "
+            f"{hw} x {hw} attention map ({fmt(hw ** 2 * 4 / MiB, 0)} MiB in float32, held as scaled logits and as "
+            "softmax output at the inference peak, and saved once for backward). The criss-cross module runs each "
+            "pass as a custom autograd function that, like the `ca_weight` / `ca_map` ops of CCNet's CUDA "
+            "extension the paper measured, saves only its input and recomputes the projections and the "
+            "(H+W-1) x HW affinities in backward, and it builds the value map and its aggregation 64 channels at a "
+            f"time; each full-width 512 x 97 x 97 map is {fmt(fmap, 1)} MiB, and its training peak of "
+            f"{fmt(cc['mech_train'] / MiB, 0)} MiB is {fmt(cc['mech_train'] / MiB / fmap, 1)} such maps (the "
+            "backward keeps at most one pass's intermediate maps at a time)."
+            + (f" With autograd through the einsum form (`impl=explicit`, CCNet's pure-PyTorch code) the value map and "
+               "the row and column aggregations of both recurrences are kept: "
+               f"{fmt(cc_x['mech_train'] / MiB, 0)} MiB in training, and the explicit non-local block needs "
+               f"{fmt(nl['mech_train'] / cc_x['mech_train'], 1)}x that." if cc_x else "")
+            + " The criss-cross floor is linear in HW, the non-local map quadratic, so the ratio grows with the map "
+            "(see `scaling.md`).",
+            "",
+            f"Against the fused non-local block (`F.scaled_dot_product_attention`, no stored map) the criss-cross "
+            f"module needs {vs(cc['mech_fwd'], nl_fused['mech_fwd'])} its inference peak and "
+            f"{vs(cc['mech_train'], nl_fused['mech_train'])} its training peak, for "
+            f"{vs(cc_g, nl_fused['mech_flops'] / 1e9)} its FLOPs: with both fused, the memory argument for "
+            "criss-cross attention is "
+            + ("reduced to a modest saving" if cc["mech_train"] < nl_fused["mech_train"] else "gone")
+            + "; what remains is the FLOP count.",
             "",
         ]
-        if "cc" in times and "nl" in times:
-            rate = {n: (r["mech_flops"] + r["mech_other"]) / times[n] / 1e9 for n, r in (("cc", cc), ("nl", nl))}
-            lines += [f"{where} forward time: cc {fmt(times['cc'] * 1e3, 0)} ms, nl {fmt(times['nl'] * 1e3, 0)} ms, a "
-                      f"ratio of {fmt(times['cc'] / times['nl'], 2)} against a FLOP ratio of {fmt(cc_g / nl_g, 2)}; "
-                      f"they run at {fmt(rate['cc'], 1)} and {fmt(rate['nl'], 1)} GFLOP/s. " + (
+        if "cc" in times and "explicit:nl" in times and "nl" in times:
+            rate = {"cc": (cc["mech_flops"] + cc["mech_other"]) / times["cc"] / 1e9,
+                    "nl": (nl["mech_flops"] + nl["mech_other"]) / times["explicit:nl"] / 1e9,
+                    "nl_fused": (nl_fused["mech_flops"] + nl_fused["mech_other"]) / times["nl"] / 1e9}
+            lines += [f"{where} forward time: cc {fmt(times['cc'] * 1e3, 0)} ms, explicit nl "
+                      f"{fmt(times['explicit:nl'] * 1e3, 0)} ms (a ratio of {fmt(times['cc'] / times['explicit:nl'], 2)}), "
+                      f"fused nl {fmt(times['nl'] * 1e3, 0)} ms (a ratio of {fmt(times['cc'] / times['nl'], 2)}), "
+                      f"against a FLOP ratio of {fmt(cc_g / nl_g, 2)}; they run at {fmt(rate['cc'], 1)}, "
+                      f"{fmt(rate['nl'], 1)} and {fmt(rate['nl_fused'], 1)} GFLOP/s. " + (
                           "The criss-cross products are small (per row and per column: 97 x 64 by 64 x 97 for the "
-                          "affinities, 97 x 97 by 97 x 512 for the aggregation) and einsum copies the 512-channel "
-                          "maps into the layout they need, so they run further from the machine's peak than the "
-                          "non-local block's two large products."
-                          if rate["cc"] < rate["nl"] else
-                          "The non-local block's 9409 x 9409 softmax and its 338 MiB maps are passes over memory "
-                          "that the FLOP count hardly sees (softmax: 5 FLOPs per element)."), ""]
+                          "affinities, 97 x 97 by 97 x 64 for the aggregation of a 64-channel slice) and einsum copies "
+                          "the maps into the layout they need, so they run further from the machine's peak than the "
+                          "non-local block's large products."
+                          if rate["cc"] < min(rate["nl"], rate["nl_fused"]) else
+                          "The explicit non-local block's 9409 x 9409 softmax and its 338 MiB maps are passes over "
+                          "memory that the FLOP count hardly sees (softmax: 5 FLOPs per element)."), ""]
     e = extras
     paper_ema, paper_psa = 43.1, 56.3
     ema_paper_way = e["ema_fc0"] + e["ema_emau"]
@@ -583,13 +677,21 @@ def run(args) -> dict:
         progress.set_postfix_str(name)
         rows.append(static_costs(name, args.size, device))
         progress.update(1)
+    # CCNet's claim is against the explicit non-local block (the HW x HW map); the defaults are fused,
+    # so nl (and cc, for the einsum form's own floor) are also measured with impl=explicit.
+    references = [(n, "explicit") for n in REFERENCES if "cc" in names and "nl" in names
+                  and common.head_config(n).get("impl", "explicit") != "explicit"]
+    explicit = {}
+    for name, impl in references:
+        progress.set_postfix_str(f"{name} {impl}")
+        explicit[name] = static_costs(name, args.size, device, impl=impl)
     peers = not args.quick
     head_lat = args.head_latency or device.type == "cuda"
     progress.set_postfix_str("latency")
-    times = latencies(names, args.size, device, args.rounds, args.warmup, peers, head_lat, progress)
+    times = latencies(names, args.size, device, args.rounds, args.warmup, peers, head_lat, progress, references)
     progress.close()
     # Meta-device counts only: cheap at any size, so also in --quick runs.
-    extras = dict(paper_setting_macs(65), size=args.size)
+    extras = dict(paper_setting_macs(65), size=args.size, explicit=explicit)
     paths = write_results(rows, times, args, extras)
     for p in paths:
         print(f"wrote {os.path.relpath(p)}")
