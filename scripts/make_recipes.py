@@ -33,6 +33,8 @@ PUBLISHED = {
     ("isa", "r50_d8_cityscapes_80k"): 78.68, ("isa", "r101_d8_cityscapes_80k"): 80.32,
     # configs/apcnet/metafile.yaml: apcnet_r{50,101}-d8_4xb2-80k_cityscapes-512x1024
     ("apc", "r50_d8_cityscapes_80k"): 78.96, ("apc", "r101_d8_cityscapes_80k"): 79.64,
+    # configs/ann/metafile.yaml: ann_r{50,101}-d8_4xb2-80k_cityscapes-512x1024
+    ("ann", "r50_d8_cityscapes_80k"): 77.34, ("ann", "r101_d8_cityscapes_80k"): 77.14,
 }
 # Head settings mmsegmentation changes per dataset: PSANet's over-complete mask is (97, 97) for the
 # Cityscapes recipes (the head's default) and (66, 66) for ADE20K. Where a mask does not reach (the

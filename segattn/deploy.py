@@ -42,12 +42,15 @@ _ISA = ("ISA pads the map to whole down_factor blocks (ceil(H / 8) * 8 - H rows)
         "cannot keep symbolic: it specialises the input to multiples of 64 px")
 _APC = ("ONNX has no adaptive average pooling: the exporter fixes APCNet's s x s pooling windows for the "
         "export size")
+_ANN = ("ONNX has no adaptive average pooling: the exporter fixes ANN's pyramid-pooling windows (1, 3, 6, 8) "
+        "for the export size")
 STATIC_ONLY = {
     ("psa", "torchscript"): _PSA, ("psa", "exported_program"): _PSA, ("psa", "onnx"): _PSA,
     ("oc_asp", "exported_program"): _OC_ASP, ("oc_asp", "onnx"): _OC_ASP,
     ("oc_pyramid", "exported_program"): _OC_PYRAMID, ("oc_pyramid", "onnx"): _OC_PYRAMID,
     ("isa", "exported_program"): _ISA, ("isa", "onnx"): _ISA,
     ("apc", "onnx"): _APC,
+    ("ann", "onnx"): _ANN,
 }
 # (head, format) pairs that do not export at all.
 UNSUPPORTED = {

@@ -357,3 +357,156 @@ class AxialAttention(nn.Module):
         else:
             output = output.permute(0, 2, 3, 1)
         return output
+
+
+# ---- ANN --------------------------------------------------------------------------------------------
+class PPMConcat(nn.ModuleList):
+    """Follows PPMConcat in mmseg/models/decode_heads/ann_head.py."""
+
+    def __init__(self, pool_scales=(1, 3, 6, 8)):
+        super().__init__([nn.AdaptiveAvgPool2d(pool_scale) for pool_scale in pool_scales])
+
+    def forward(self, feats):
+        ppm_outs = []
+        for ppm in self:
+            ppm_out = ppm(feats)
+            ppm_outs.append(ppm_out.view(*feats.shape[:2], -1))
+        return torch.cat(ppm_outs, dim=2)
+
+
+class FullSelfAttentionBlock(nn.Module):
+    """Follows mmseg/models/utils/self_attention_block.py with every argument (ConvModule = conv-BN-ReLU
+    when ``*_norm``, else a plain nn.Conv2d with bias; out_project zero-initialised when plain)."""
+
+    def __init__(self, key_in_channels, query_in_channels, channels, out_channels, share_key_query,
+                 query_downsample, key_downsample, key_query_num_convs, value_out_num_convs, key_query_norm,
+                 value_out_norm, matmul_norm, with_out):
+        super().__init__()
+        if share_key_query:
+            assert key_in_channels == query_in_channels
+        self.channels = channels
+        self.key_project = self.build_project(key_in_channels, channels, key_query_num_convs, key_query_norm)
+        if share_key_query:
+            self.query_project = self.key_project
+        else:
+            self.query_project = self.build_project(query_in_channels, channels, key_query_num_convs, key_query_norm)
+        self.value_project = self.build_project(key_in_channels, channels if with_out else out_channels,
+                                                value_out_num_convs, value_out_norm)
+        if with_out:
+            self.out_project = self.build_project(channels, out_channels, value_out_num_convs, value_out_norm)
+        else:
+            self.out_project = None
+        self.query_downsample = query_downsample
+        self.key_downsample = key_downsample
+        self.matmul_norm = matmul_norm
+        if self.out_project is not None and not isinstance(self.out_project, ConvModule):
+            nn.init.constant_(self.out_project.weight, 0)
+            nn.init.constant_(self.out_project.bias, 0)
+
+    def build_project(self, in_channels, channels, num_convs, use_conv_module):
+        if use_conv_module:
+            convs = [ConvModule(in_channels, channels, 1)]
+            convs += [ConvModule(channels, channels, 1) for _ in range(num_convs - 1)]
+        else:
+            convs = [nn.Conv2d(in_channels, channels, 1)]
+            convs += [nn.Conv2d(channels, channels, 1) for _ in range(num_convs - 1)]
+        return nn.Sequential(*convs) if len(convs) > 1 else convs[0]
+
+    def forward(self, query_feats, key_feats):
+        batch_size = query_feats.size(0)
+        query = self.query_project(query_feats)
+        if self.query_downsample is not None:
+            query = self.query_downsample(query)
+        query = query.reshape(*query.shape[:2], -1)
+        query = query.permute(0, 2, 1).contiguous()
+        key = self.key_project(key_feats)
+        value = self.value_project(key_feats)
+        if self.key_downsample is not None:
+            key = self.key_downsample(key)
+            value = self.key_downsample(value)
+        key = key.reshape(*key.shape[:2], -1)
+        value = value.reshape(*value.shape[:2], -1)
+        value = value.permute(0, 2, 1).contiguous()
+        sim_map = torch.matmul(query, key)
+        if self.matmul_norm:
+            sim_map = (self.channels ** -.5) * sim_map
+        sim_map = F.softmax(sim_map, dim=-1)
+        context = torch.matmul(sim_map, value)
+        context = context.permute(0, 2, 1).contiguous()
+        context = context.reshape(batch_size, -1, *query_feats.shape[2:])
+        if self.out_project is not None:
+            context = self.out_project(context)
+        return context
+
+
+class ANNSelfAttentionBlock(FullSelfAttentionBlock):
+    """Follows SelfAttentionBlock in mmseg/models/decode_heads/ann_head.py."""
+
+    def __init__(self, low_in_channels, high_in_channels, channels, out_channels, share_key_query, query_scale,
+                 key_pool_scales):
+        key_psp = PPMConcat(key_pool_scales)
+        query_downsample = nn.MaxPool2d(kernel_size=query_scale) if query_scale > 1 else None
+        super().__init__(key_in_channels=low_in_channels, query_in_channels=high_in_channels, channels=channels,
+                         out_channels=out_channels, share_key_query=share_key_query,
+                         query_downsample=query_downsample, key_downsample=key_psp, key_query_num_convs=1,
+                         key_query_norm=True, value_out_num_convs=1, value_out_norm=False, matmul_norm=True,
+                         with_out=True)
+
+
+class AFNB(nn.Module):
+    """Follows AFNB in mmseg/models/decode_heads/ann_head.py (bottleneck: ConvModule, act_cfg=None)."""
+
+    def __init__(self, low_in_channels, high_in_channels, channels, out_channels, query_scales, key_pool_scales):
+        super().__init__()
+        self.stages = nn.ModuleList([
+            ANNSelfAttentionBlock(low_in_channels, high_in_channels, channels, out_channels, False, query_scale,
+                                  key_pool_scales) for query_scale in query_scales])
+        self.bottleneck = ConvModule(out_channels + high_in_channels, out_channels, 1, act=False)
+
+    def forward(self, low_feats, high_feats):
+        priors = [stage(high_feats, low_feats) for stage in self.stages]
+        context = torch.stack(priors, dim=0).sum(dim=0)
+        return self.bottleneck(torch.cat([context, high_feats], 1))
+
+
+class APNB(nn.Module):
+    """Follows APNB in mmseg/models/decode_heads/ann_head.py."""
+
+    def __init__(self, in_channels, channels, out_channels, query_scales, key_pool_scales):
+        super().__init__()
+        self.stages = nn.ModuleList([
+            ANNSelfAttentionBlock(in_channels, in_channels, channels, out_channels, True, query_scale,
+                                  key_pool_scales) for query_scale in query_scales])
+        self.bottleneck = ConvModule(2 * in_channels, out_channels, 1)
+
+    def forward(self, feats):
+        priors = [stage(feats, feats) for stage in self.stages]
+        context = torch.stack(priors, dim=0).sum(dim=0)
+        return self.bottleneck(torch.cat([context, feats], 1))
+
+
+class ANNHead(BaseDecodeHead):
+    """Follows ANNHead in mmseg/models/decode_heads/ann_head.py: input_transform='multiple_select'
+    (in_index [2, 3]: c4 low, c5 high), fusion -> dropout -> bottleneck (3x3) -> context -> cls_seg."""
+
+    def __init__(self, project_channels, query_scales=(1,), key_pool_scales=(1, 3, 6, 8), in_index=(2, 3),
+                 **kwargs):
+        super().__init__(in_index=list(in_index), **kwargs)
+        assert len(self.in_channels) == 2
+        low_in_channels, high_in_channels = self.in_channels
+        self.project_channels = project_channels
+        self.fusion = AFNB(low_in_channels, high_in_channels, project_channels, high_in_channels, query_scales,
+                           key_pool_scales)
+        self.bottleneck = ConvModule(high_in_channels, self.channels, 3, padding=1)
+        self.context = APNB(self.channels, project_channels, self.channels, query_scales, key_pool_scales)
+
+    def _transform_inputs(self, inputs):
+        return [inputs[i] for i in self.in_index]
+
+    def forward(self, inputs):
+        low_feats, high_feats = self._transform_inputs(inputs)
+        output = self.fusion(low_feats, high_feats)
+        output = self.dropout(output)
+        output = self.bottleneck(output)
+        output = self.context(output)
+        return self.cls_seg(output)

@@ -18,7 +18,7 @@ from segattn.models.attention.record import attention_maps, record_attention
 from segattn.models.heads import build_head
 from test_reference_mmseg_heads import TOL, _compose, base, cbr, check, feats, pair, rules_between_convs
 
-MMSEG_COUNTS = {"dnl": 24_132_372, "isa": 11_815_443, "apc": 30_465_605}
+MMSEG_COUNTS = {"dnl": 24_132_372, "isa": 11_815_443, "apc": 30_465_605, "ann": 20_336_659}
 
 
 def _reference_recipe_head(name: str) -> torch.nn.Module:
@@ -30,6 +30,9 @@ def _reference_recipe_head(name: str) -> torch.nn.Module:
         return ref.ISAHead(isa_channels=256, down_factor=(8, 8), **full)
     if name == "apc":
         return ref.APCHead(pool_scales=(1, 2, 3, 6), fusion=True, **full)
+    if name == "ann":  # configs/_base_/models/ann_r50-d8.py: in_index [2, 3], c4 and c5
+        full["in_channels"] = [1024, 2048]
+        return ref.ANNHead(project_channels=256, query_scales=(1,), key_pool_scales=(1, 3, 6, 8), **full)
     raise KeyError(name)
 
 
@@ -301,3 +304,45 @@ def test_axial_maps_compose_the_column_and_row_steps():
         torch.testing.assert_close(part.sum(), torch.tensor(1.0))
     assert (maps["height"][:, [0, 1, 2, 3, 5, 6, 7, 8]] == 0).all() and (maps["width"][[0, 1, 2, 4, 5, 6]] == 0).all()
     torch.testing.assert_close(maps["composed"].sum(0), maps["width"][3])
+
+
+# --------------------------------------------------------------------------------------------------
+# ANN
+# --------------------------------------------------------------------------------------------------
+def ann_rules():
+    rules = [("cls.", "conv_seg.")] + cbr("bottleneck", "bottleneck")
+    for block in ("fusion", "context"):
+        stage = f"{block}.stages.0"
+        rules += cbr(f"{stage}.key_project", f"{stage}.key_project")
+        rules += cbr(f"{stage}.query_project", f"{stage}.query_project")  # APNB: the same module, both names
+        rules += [(f"{stage}.value_project.", f"{stage}.value_project."),
+                  (f"{stage}.out_project.", f"{stage}.out_project.")]
+        rules += cbr(f"{block}.bottleneck", f"{block}.bottleneck")
+    return rules
+
+
+@pytest.mark.parametrize("hw", [(7, 10), (12, 5)])
+def test_ann_matches_mmseg(hw):
+    theirs = ref.ANNHead(project_channels=8, in_channels=[32, 64], channels=16, num_classes=5, dropout_ratio=0.1)
+    ours, theirs = pair("ann", theirs, ann_rules(), channels=16, project_channels=8)
+    # APNB shares its key and query projection, as mmseg's share_key_query
+    assert ours.context.stages[0].query_project is ours.context.stages[0].key_project
+    check(ours, theirs, feats(*hw))  # uneven adaptive-pooling bins for 3, 6, 8 on both axes
+
+
+def test_ann_block_maps_are_a_distribution_over_the_pooled_regions():
+    torch.manual_seed(0)
+    m = build_attention("ann", 16).eval()
+    assert m.project_channels == 8
+    x = torch.randn(2, 16, 7, 9)
+    with torch.no_grad(), record_attention(m):
+        m(x)
+    assert m.recorded["attention"].shape == (2, 63, 1 + 9 + 36 + 64)
+    maps = attention_maps(m, 3, 4, 1)
+    assert list(maps) == ["scale_1", "scale_3", "scale_6", "scale_8"] and all(v.shape == (7, 9) for v in maps.values())
+    torch.testing.assert_close(m.recorded["attention"][1, 3 * 9 + 4].sum(), torch.tensor(1.0))
+    # the output projection starts at zero (mmseg's init_weights): the block is then its bottleneck on cat(0, x)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.bottleneck(torch.cat([torch.zeros_like(x), x], 1)))
+    with pytest.raises(ValueError, match="key_pool_scales"):
+        build_attention("ann", 16, key_pool_scales=[])

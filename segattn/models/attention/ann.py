@@ -1,0 +1,154 @@
+"""Asymmetric non-local blocks (Zhu et al., "Asymmetric Non-local Neural Networks for Semantic
+Segmentation", ICCV 2019)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..layers import classifier, conv_bn_relu
+from .record import Recorder
+from .registry import register
+
+
+def pyramid_pool(x: torch.Tensor, scales: Sequence[int]) -> torch.Tensor:
+    """mmseg ``PPMConcat``: adaptive average pooling to each s x s, flattened and concatenated: (N, C, sum s^2)."""
+    return torch.cat([F.adaptive_avg_pool2d(x, s).flatten(2) for s in scales], dim=2)
+
+
+class AsymmetricAttention(nn.Module):
+    """mmseg's ``SelfAttentionBlock`` as ANN builds it (ann_head.py): queries from ``query_feats``, keys and
+    values from ``key_feats`` pyramid-pooled to sum s^2 positions (110 for (1, 3, 6, 8)) after their
+    projections. Key / query projections are 1x1 conv-BN-ReLU (shared when ``share_key_query``, APNB),
+    the value and the output projections plain 1x1 convs with bias, the output one zero-initialised
+    (mmseg's ``init_weights``). Logits scaled by channels^-0.5, softmax over the pooled positions."""
+
+    def __init__(self, key_in: int, query_in: int, channels: int, out_channels: int, share_key_query: bool,
+                 key_pool_scales: Sequence[int]):
+        super().__init__()
+        self.channels = channels
+        self.key_pool_scales = tuple(key_pool_scales)
+        self.key_project = conv_bn_relu(key_in, channels, 1)
+        self.query_project = self.key_project if share_key_query else conv_bn_relu(query_in, channels, 1)
+        self.value_project = nn.Conv2d(key_in, channels, 1)
+        self.out_project = nn.Conv2d(channels, out_channels, 1)
+        nn.init.zeros_(self.out_project.weight)
+        nn.init.zeros_(self.out_project.bias)
+
+    def forward(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (context (N, out, H, W) on the query grid, attention (N, HW, sum s^2))."""
+        n, _, h, w = query_feats.shape
+        query = self.query_project(query_feats).flatten(2).transpose(1, 2)  # (N, HW, C')
+        key = pyramid_pool(self.key_project(key_feats), self.key_pool_scales)  # (N, C', S)
+        value = pyramid_pool(self.value_project(key_feats), self.key_pool_scales).transpose(1, 2)  # (N, S, C')
+        attn = F.softmax(torch.matmul(query, key) * self.channels ** -0.5, dim=-1)
+        context = torch.matmul(attn, value).transpose(1, 2).reshape(n, -1, h, w)
+        return self.out_project(context), attn
+
+
+def _check_scales(key_pool_scales) -> tuple[int, ...]:
+    if isinstance(key_pool_scales, int):
+        key_pool_scales = (key_pool_scales,)
+    if (not isinstance(key_pool_scales, Sequence) or not key_pool_scales
+            or any(isinstance(s, bool) or int(s) != s or s < 1 for s in key_pool_scales)):
+        raise ValueError(f"ann: key_pool_scales must be a non-empty list of positive integers, got {key_pool_scales!r}")
+    return tuple(int(s) for s in key_pool_scales)
+
+
+class AFNB(nn.Module):
+    """Asymmetric fusion non-local block (mmseg ``AFNB``, query_scales (1,)): c5 (``high``) queries
+    the pyramid-pooled c4 (``low``); the context, concatenated with c5, through a 1x1 conv-BN (no ReLU)."""
+
+    def __init__(self, low_in: int, high_in: int, channels: int, out_channels: int, key_pool_scales):
+        super().__init__()
+        self.stages = nn.ModuleList([AsymmetricAttention(low_in, high_in, channels, out_channels, False,
+                                                         key_pool_scales)])
+        self.bottleneck = conv_bn_relu(out_channels + high_in, out_channels, 1, act=None)
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        context = torch.stack([stage(high, low)[0] for stage in self.stages]).sum(dim=0)
+        return self.bottleneck(torch.cat([context, high], dim=1))
+
+
+class ANNHead(nn.Module):
+    """ANNNet's head, as mmseg's ``ANNHead`` (in_index [2, 3]): AFNB fuses c4 (keys / values) into c5
+    (queries) at c5's width, dropout, 3x3 conv-BN-ReLU to ``channels`` (``bottleneck``), APNB on that
+    (``context``), dropout, classifier. With the recipe (512 channels, project 256, scales (1, 3, 6, 8),
+    19 classes) this is mmseg's parameter count."""
+
+    loss_weights = {"out": 1.0}
+
+    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
+                 concat_input: bool = True, project_channels: int = 256,
+                 key_pool_scales: Sequence[int] = (1, 3, 6, 8)):
+        super().__init__()
+        if not concat_input:
+            raise ValueError("ann head: concat_input must be true (AFNB and APNB concatenate their input)")
+        if len(in_channels) < 2:
+            raise ValueError("ann head: needs the last two stages (c4 keys, c5 queries)")
+        low, high = int(in_channels[-2]), int(in_channels[-1])
+        key_pool_scales = _check_scales(key_pool_scales)
+        self.fusion = AFNB(low, high, int(project_channels), high, key_pool_scales)
+        self.dropout = nn.Dropout2d(dropout)
+        self.bottleneck = conv_bn_relu(high, channels, 3)
+        self.context = AsymmetricPyramidNonLocal(channels, project_channels=project_channels,
+                                                 key_pool_scales=key_pool_scales)
+        self.cls = classifier(channels, num_classes)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = self.fusion(feats[-2], feats[-1])
+        x = self.context(self.bottleneck(self.dropout(x)))
+        return self.cls(self.dropout(x))
+
+
+@register("ann", head=ANNHead)
+class AsymmetricPyramidNonLocal(Recorder, nn.Module):
+    """Asymmetric pyramid non-local block (ANN's APNB, mmseg ``APNB`` with query_scales (1,)): non-local
+    attention whose keys and values are the projected map pooled to s x s for s in ``key_pool_scales``
+    (1 + 9 + 36 + 64 = 110 positions instead of HW), key and query sharing one 1x1 conv-BN-ReLU; the
+    context (zero at initialisation) concatenated with the input, 1x1 conv-BN-ReLU back to C.
+    ``project_channels``: the key / query / value width (C // 2 by default; the recipe's 512 -> 256).
+    """
+
+    # Survey (Guo et al. 2022): non-local attention (matrix product of queries and keys, applied by a matrix
+    # product) over the spatial positions, the keys pooled to a pyramid of regions.
+    taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    paper = "Asymmetric Non-local Neural Networks for Semantic Segmentation (2019)"
+    reference = "mmseg `ANNHead` (`AFNB`, `APNB`, `PPMConcat`)"
+    deviations = "query_scales fixed at (1,) (mmseg's recipe; larger ones do not reshape back to a map in mmseg)"
+
+    def __init__(self, channels: int, project_channels: int | None = None,
+                 key_pool_scales: Sequence[int] = (1, 3, 6, 8)):
+        super().__init__()
+        project_channels = max(1, channels // 2) if project_channels is None else project_channels
+        if isinstance(project_channels, bool) or int(project_channels) != project_channels or project_channels < 1:
+            raise ValueError(f"ann: project_channels must be a positive integer, got {project_channels!r}")
+        self.channels, self.project_channels = channels, int(project_channels)
+        self.key_pool_scales = _check_scales(key_pool_scales)
+        self.stages = nn.ModuleList([AsymmetricAttention(channels, channels, self.project_channels, channels, True,
+                                                         self.key_pool_scales)])
+        self.bottleneck = conv_bn_relu(2 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [stage(x, x) for stage in self.stages]
+        if self.recording:
+            self.record(attention=outs[0][1], size=tuple(x.shape[-2:]))
+        context = torch.stack([o[0] for o in outs]).sum(dim=0)
+        return self.bottleneck(torch.cat([context, x], dim=1))
+
+    def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
+        """Per pooling scale s, the softmax weights of position (y, x) on the s x s regions, drawn on the
+        input grid (each pixel shows the region floor(i * s / H), floor(j * s / W) it lies in). The weights
+        of all scales' regions together sum to one."""
+        h, w = self.recorded["size"]
+        row = self.recorded["attention"][index, y * w + x]
+        maps, start = {}, 0
+        for s in self.key_pool_scales:
+            part = row[start:start + s * s].view(s, s)
+            start += s * s
+            rows, cols = torch.arange(h) * s // h, torch.arange(w) * s // w
+            maps[f"scale_{s}"] = part[rows.to(part.device)][:, cols.to(part.device)]
+        return maps
