@@ -35,6 +35,8 @@ PUBLISHED = {
     ("apc", "r50_d8_cityscapes_80k"): 78.96, ("apc", "r101_d8_cityscapes_80k"): 79.64,
     # configs/ann/metafile.yaml: ann_r{50,101}-d8_4xb2-80k_cityscapes-512x1024
     ("ann", "r50_d8_cityscapes_80k"): 77.34, ("ann", "r101_d8_cityscapes_80k"): 77.14,
+    # OCRNet: mmsegmentation publishes HRNet (and ResNet-101 with a different schedule) recipes only, no R50-D8 /
+    # R101-D8 80k Cityscapes number
 }
 # Head settings mmsegmentation changes per dataset: PSANet's over-complete mask is (97, 97) for the
 # Cityscapes recipes (the head's default) and (66, 66) for ADE20K. Where a mask does not reach (the
@@ -43,6 +45,10 @@ PUBLISHED = {
 EXTRA = {
     ("psa", "r50_d8_ade20k_160k"): {"head": {"mask_size": "[66, 66]"}},
 }
+# OCRNet's recipe has two decode heads (CascadeEncoderDecoder): the region FCN on c4 (loss weight 0.4) is the
+# c4 FCN, so segattn's separate auxiliary head is off.
+for _suffix in ("r50_d8_cityscapes_80k", "r101_d8_cityscapes_80k", "r50_d8_ade20k_160k"):
+    EXTRA[("ocr", _suffix)] = {"model": {"aux_head": {"weight": 0}}}
 
 
 def yaml_lines(node: dict, indent: int = 0) -> list[str]:

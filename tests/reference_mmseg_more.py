@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_mmseg import BaseDecodeHead, ConvModule, NonLocal2d, _BlockBetweenConvsHead, resize  # noqa: F401
+from reference_mmseg import BaseDecodeHead, ConvModule, FCNHead, NonLocal2d, _BlockBetweenConvsHead, resize  # noqa: F401
 
 
 # ---- Disentangled non-local ---------------------------------------------------------------------
@@ -510,3 +510,77 @@ class ANNHead(BaseDecodeHead):
         output = self.bottleneck(output)
         output = self.context(output)
         return self.cls_seg(output)
+
+
+# ---- OCR -------------------------------------------------------------------------------------------
+class SpatialGatherModule(nn.Module):
+    """Follows SpatialGatherModule in mmseg/models/decode_heads/ocr_head.py."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, feats, probs):
+        batch_size, num_classes, height, width = probs.size()
+        channels = feats.size(1)
+        probs = probs.view(batch_size, num_classes, -1)
+        feats = feats.view(batch_size, channels, -1).permute(0, 2, 1)
+        probs = F.softmax(self.scale * probs, dim=2)
+        ocr_context = torch.matmul(probs, feats)
+        return ocr_context.permute(0, 2, 1).contiguous().unsqueeze(3)
+
+
+class ObjectAttentionBlock(SelfAttentionBlock):
+    """Follows ObjectAttentionBlock in mmseg/models/decode_heads/ocr_head.py (the scale 1 path: no query
+    down-sampling): SelfAttentionBlock with two 1x1 ConvModules for key and query, one for value and out,
+    matmul_norm, then a 1x1 ConvModule bottleneck on cat([context, query_feats])."""
+
+    def __init__(self, in_channels, channels, scale):
+        assert scale == 1
+        super().__init__(key_in_channels=in_channels, query_in_channels=in_channels, channels=channels,
+                         out_channels=in_channels, share_key_query=False, query_downsample=None,
+                         key_downsample=None, key_query_num_convs=2, value_out_num_convs=1, key_query_norm=True,
+                         value_out_norm=True, matmul_norm=True, with_out=True)
+        self.bottleneck = ConvModule(in_channels * 2, in_channels, 1)
+
+    def forward(self, query_feats, key_feats):
+        context = super().forward(query_feats, key_feats)
+        return self.bottleneck(torch.cat([context, query_feats], dim=1))
+
+
+class OCRHead(BaseDecodeHead):
+    """Follows OCRHead in mmseg/models/decode_heads/ocr_head.py (a BaseCascadeDecodeHead: forward(inputs,
+    prev_output)): bottleneck (3x3) on c5, spatial gather with the previous head's logits, object
+    attention block, cls_seg."""
+
+    def __init__(self, ocr_channels, scale=1, **kwargs):
+        super().__init__(**kwargs)
+        self.ocr_channels = ocr_channels
+        self.scale = scale
+        self.object_context_block = ObjectAttentionBlock(self.channels, self.ocr_channels, self.scale)
+        self.spatial_gather_module = SpatialGatherModule(self.scale)
+        self.bottleneck = ConvModule(self.in_channels, self.channels, 3, padding=1)
+
+    def forward(self, inputs, prev_output):
+        x = self._transform_inputs(inputs)
+        feats = self.bottleneck(x)
+        context = self.spatial_gather_module(feats, prev_output)
+        object_context = self.object_context_block(feats, context)
+        return self.cls_seg(object_context)
+
+
+class OCRNetCascade(nn.Module):
+    """mmseg's CascadeEncoderDecoder decode path for configs/_base_/models/ocrnet_r50-d8.py (num_stages 2):
+    FCNHead(in_index=2, num_convs=1, concat_input=False) gives the region logits, OCRHead(in_index=3) reads
+    them. Returns (ocr logits, region logits), the two outputs trained 1.0 / 0.4."""
+
+    def __init__(self, in_channels, channels, ocr_channels, region_channels, num_classes, dropout_ratio=0.1):
+        super().__init__()
+        self.fcn = FCNHead(num_convs=1, concat_input=False, in_channels=in_channels[2], channels=region_channels,
+                           num_classes=num_classes, dropout_ratio=dropout_ratio, in_index=2)
+        self.ocr = OCRHead(ocr_channels=ocr_channels, in_channels=in_channels[3], channels=channels,
+                           num_classes=num_classes, dropout_ratio=dropout_ratio, in_index=3)
+
+    def forward(self, inputs):
+        regions = self.fcn(inputs)
+        return self.ocr(inputs, regions), regions

@@ -346,3 +346,64 @@ def test_ann_block_maps_are_a_distribution_over_the_pooled_regions():
         torch.testing.assert_close(m(x), m.bottleneck(torch.cat([torch.zeros_like(x), x], 1)))
     with pytest.raises(ValueError, match="key_pool_scales"):
         build_attention("ann", 16, key_pool_scales=[])
+
+
+# --------------------------------------------------------------------------------------------------
+# OCR
+# --------------------------------------------------------------------------------------------------
+def ocr_rules():
+    block = "object_context"
+    rules = [("cls.", "ocr.conv_seg."), ("regions.cls.", "fcn.conv_seg.")] + cbr("regions.convs.0", "fcn.convs.0")
+    rules += cbr("bottleneck", "ocr.bottleneck") + cbr(f"{block}.bottleneck", "ocr.object_context_block.bottleneck")
+    for proj in ("query_project", "key_project"):
+        for i in (0, 1):
+            rules += cbr(f"{block}.{proj}.{i}", f"ocr.object_context_block.{proj}.{i}")
+    for proj in ("value_project", "out_project"):
+        rules += cbr(f"{block}.{proj}", f"ocr.object_context_block.{proj}")
+    return rules
+
+
+@pytest.mark.parametrize("hw", [(7, 10), (12, 5)])
+def test_ocr_matches_mmseg(hw):
+    theirs = ref.OCRNetCascade([8, 16, 32, 64], channels=16, ocr_channels=8, region_channels=12, num_classes=5)
+    ours, theirs = pair("ocr", theirs, ocr_rules(), channels=16, ocr_channels=8, region_channels=12)
+    x = feats(*hw)
+    with torch.no_grad():
+        a, (b, regions) = ours(x), theirs(x)
+    assert set(a) == {"out", "regions"} and ours.loss_weights == {"out": 1.0, "regions": 0.4}
+    torch.testing.assert_close(a["regions"], regions, **TOL)
+    torch.testing.assert_close(a["out"], b, **TOL)
+
+
+def test_ocr_recipe_head_has_mmsegs_parameter_count():
+    """configs/_base_/models/ocrnet_r50-d8.py: FCNHead(1024 -> 256, 1 conv) then OCRHead(2048 -> 512, ocr 256);
+    the OCR head alone has 10,632,211 parameters (19 classes); the region FCN is mmseg's FCNHead."""
+    cfg = _compose(["+experiment=ocr_r50_d8_cityscapes_80k"])
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    assert head["name"] == "ocr" and cfg.model.aux_head.weight == 0  # the region FCN is the c4 FCN
+    with torch.device("meta"):
+        ours = build_head(head, [256, 512, 1024, 2048], 19)
+        theirs = ref.OCRNetCascade([256, 512, 1024, 2048], channels=512, ocr_channels=256, region_channels=256,
+                                   num_classes=19)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) - count(ours.regions) == count(theirs.ocr) == 10_632_211
+    assert count(ours.regions) == count(theirs.fcn) == 2_364_691
+
+
+def test_ocr_block_maps_are_the_pixel_region_relation():
+    torch.manual_seed(0)
+    m = build_attention("ocr", 16, num_regions=4).eval()
+    assert m.ocr_channels == 8
+    x = torch.randn(2, 16, 7, 9)
+    with torch.no_grad(), record_attention(m):
+        m(x)
+    assert m.recorded["attention"].shape == (2, 63, 4) and m.recorded["regions"].shape == (2, 4, 63)
+    torch.testing.assert_close(m.recorded["attention"].sum(-1), torch.ones(2, 63))
+    torch.testing.assert_close(m.recorded["regions"].sum(-1), torch.ones(2, 4))
+    maps = attention_maps(m, 3, 4, 1)
+    assert list(maps)[0] == "gathered" and len(maps) == 5 and all(v.shape == (7, 9) for v in maps.values())
+    torch.testing.assert_close(maps["gathered"].sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="ocr_channels"):
+        build_attention("ocr", 16, ocr_channels=0)
+    with pytest.raises(ValueError, match="region logits"):
+        build_attention("ocr", 16, num_regions=None)(x)
