@@ -374,69 +374,15 @@ class PPMConcat(nn.ModuleList):
         return torch.cat(ppm_outs, dim=2)
 
 
-class FullSelfAttentionBlock(nn.Module):
-    """Follows mmseg/models/utils/self_attention_block.py with every argument (ConvModule = conv-BN-ReLU
-    when ``*_norm``, else a plain nn.Conv2d with bias; out_project zero-initialised when plain)."""
+class FullSelfAttentionBlock(SelfAttentionBlock):
+    """``SelfAttentionBlock`` with mmseg's ``init_weights``: a plain (not ConvModule) ``out_project``
+    starts at zero."""
 
-    def __init__(self, key_in_channels, query_in_channels, channels, out_channels, share_key_query,
-                 query_downsample, key_downsample, key_query_num_convs, value_out_num_convs, key_query_norm,
-                 value_out_norm, matmul_norm, with_out):
-        super().__init__()
-        if share_key_query:
-            assert key_in_channels == query_in_channels
-        self.channels = channels
-        self.key_project = self.build_project(key_in_channels, channels, key_query_num_convs, key_query_norm)
-        if share_key_query:
-            self.query_project = self.key_project
-        else:
-            self.query_project = self.build_project(query_in_channels, channels, key_query_num_convs, key_query_norm)
-        self.value_project = self.build_project(key_in_channels, channels if with_out else out_channels,
-                                                value_out_num_convs, value_out_norm)
-        if with_out:
-            self.out_project = self.build_project(channels, out_channels, value_out_num_convs, value_out_norm)
-        else:
-            self.out_project = None
-        self.query_downsample = query_downsample
-        self.key_downsample = key_downsample
-        self.matmul_norm = matmul_norm
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if self.out_project is not None and not isinstance(self.out_project, ConvModule):
             nn.init.constant_(self.out_project.weight, 0)
             nn.init.constant_(self.out_project.bias, 0)
-
-    def build_project(self, in_channels, channels, num_convs, use_conv_module):
-        if use_conv_module:
-            convs = [ConvModule(in_channels, channels, 1)]
-            convs += [ConvModule(channels, channels, 1) for _ in range(num_convs - 1)]
-        else:
-            convs = [nn.Conv2d(in_channels, channels, 1)]
-            convs += [nn.Conv2d(channels, channels, 1) for _ in range(num_convs - 1)]
-        return nn.Sequential(*convs) if len(convs) > 1 else convs[0]
-
-    def forward(self, query_feats, key_feats):
-        batch_size = query_feats.size(0)
-        query = self.query_project(query_feats)
-        if self.query_downsample is not None:
-            query = self.query_downsample(query)
-        query = query.reshape(*query.shape[:2], -1)
-        query = query.permute(0, 2, 1).contiguous()
-        key = self.key_project(key_feats)
-        value = self.value_project(key_feats)
-        if self.key_downsample is not None:
-            key = self.key_downsample(key)
-            value = self.key_downsample(value)
-        key = key.reshape(*key.shape[:2], -1)
-        value = value.reshape(*value.shape[:2], -1)
-        value = value.permute(0, 2, 1).contiguous()
-        sim_map = torch.matmul(query, key)
-        if self.matmul_norm:
-            sim_map = (self.channels ** -.5) * sim_map
-        sim_map = F.softmax(sim_map, dim=-1)
-        context = torch.matmul(sim_map, value)
-        context = context.permute(0, 2, 1).contiguous()
-        context = context.reshape(batch_size, -1, *query_feats.shape[2:])
-        if self.out_project is not None:
-            context = self.out_project(context)
-        return context
 
 
 class ANNSelfAttentionBlock(FullSelfAttentionBlock):
