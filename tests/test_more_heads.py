@@ -16,7 +16,7 @@ import reference_mmseg_more as ref
 from segattn.models.attention import build_attention
 from segattn.models.attention.record import attention_maps, record_attention
 from segattn.models.heads import build_head
-from test_reference_mmseg_heads import TOL, _compose, base, cbr, check, feats, pair, rules_between_convs
+from test_reference_mmseg_heads import TOL, _compose, base, recipe_head_counts, cbr, check, feats, pair, rules_between_convs
 
 MMSEG_COUNTS = {"dnl": 24_132_372, "isa": 11_815_443, "apc": 30_465_605, "ann": 20_336_659}
 
@@ -38,14 +38,7 @@ def _reference_recipe_head(name: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("name", sorted(MMSEG_COUNTS))
 def test_recipe_head_has_mmsegs_parameter_count(name):
-    cfg = _compose([f"+experiment={name}_r50_d8_cityscapes_80k"])
-    head = OmegaConf.to_container(cfg.head, resolve=True)
-    assert head["name"] == name
-    with torch.device("meta"):
-        ours = build_head(head, [256, 512, 1024, 2048], 19)
-        theirs = _reference_recipe_head(name)
-    n_ours = sum(p.numel() for p in ours.parameters())
-    n_theirs = sum(p.numel() for p in theirs.parameters())
+    n_ours, n_theirs = recipe_head_counts(name, _reference_recipe_head)
     assert (n_ours, n_theirs) == (MMSEG_COUNTS[name], MMSEG_COUNTS[name])
 
 

@@ -353,14 +353,19 @@ def _reference_recipe_head(name: str) -> nn.Module:
     raise KeyError(name)
 
 
+def recipe_head_counts(name: str, reference_head) -> tuple[int, int]:
+    """Parameters of the head ``+experiment=<name>_r50_d8_cityscapes_80k`` builds and of
+    ``reference_head(name)``, both at the recipe's widths for 19 classes (on the meta device)."""
+    cfg = _compose([f"+experiment={name}_r50_d8_cityscapes_80k"])
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    assert head["name"] == name
+    with torch.device("meta"):
+        ours = build_head(head, [256, 512, 1024, 2048], 19)
+        theirs = reference_head(name)
+    return sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters())
+
+
 def test_recipe_heads_have_mmsegs_parameter_counts():
     for name, expected in MMSEG_COUNTS.items():
-        cfg = _compose([f"+experiment={name}_r50_d8_cityscapes_80k"])
-        head = OmegaConf.to_container(cfg.head, resolve=True)
-        assert head["name"] == name
-        with torch.device("meta"):
-            ours = build_head(head, [256, 512, 1024, 2048], 19)
-            theirs = _reference_recipe_head(name)
-        n_ours = sum(p.numel() for p in ours.parameters())
-        n_theirs = sum(p.numel() for p in theirs.parameters())
+        n_ours, n_theirs = recipe_head_counts(name, _reference_recipe_head)
         assert (n_ours, n_theirs) == (expected, expected), (name, n_ours, n_theirs, expected)
