@@ -53,6 +53,13 @@ def log_train(writer, loss: float, lr: float, parts: dict, data_time_share: floa
     writer.add_scalar("train/data_time_share", data_time_share, step)
 
 
+def log_residual_scales(writer, scales: dict[str, float], step: int) -> None:
+    """``train/gamma/<parameter>``: the head's zero-initialised residual scales
+    (``segattn.models.residual_scales``), so a branch that stays switched off can be seen."""
+    for name, value in scales.items():
+        writer.add_scalar(f"train/gamma/{name}", value, step)
+
+
 def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
     writer.add_scalar("val/mIoU", metrics["mIoU"], step)
     writer.add_scalar("val/mAcc", metrics["mAcc"], step)
