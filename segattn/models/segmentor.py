@@ -87,6 +87,8 @@ def zero_initialised(module: nn.Module) -> tuple[str, ...]:
     CAM gamma, CCNet's gamma, Non-local's zero-initialised output BN, GCNet's last transform conv, ANN's
     output projection, ...). Each decides how much an attention branch adds to the identity, and the
     branch learns nothing while it stays near zero, so the trainer logs them (``train/gamma/<name>``)."""
+    if any(p.is_meta for p in module.parameters()):  # built on the meta device to be measured: no values
+        return ()
     return tuple(n for n, p in module.named_parameters()
                  if not n.endswith("bias") and p.numel() and not bool(p.detach().any()))
 
