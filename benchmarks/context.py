@@ -6,9 +6,11 @@
 
 The tasks (``benchmarks/context_tasks.py``) put the objects' class in a cue beyond the FCN's receptive
 field: a far marker, a global statistic of many dots, and a marker per lane. Each (task, head, seed)
-cell trains through the real trainer on the task's data, written in the Cityscapes layout, and is
-cached (``benchmarks/.cache/context/``), so a second run trains only what is missing; ``--force``
-retrains the chosen cells. Cells run in ``--jobs`` processes of one thread each, which makes every
+cell trains through the real trainer on the task's data, written in the Cityscapes layout, and its
+record is kept (``benchmarks/results/context_cells/<settings>/<task>/<head>_seed<N>.json``, committed
+with the report: the raw numbers behind it; ``--quick`` and other settings keep theirs in the ignored
+``benchmarks/.cache/context/``), so a second run trains only what is missing, also in a fresh clone;
+``--force`` retrains the chosen cells. Cells run in ``--jobs`` processes of one thread each, which makes every
 cell's numbers a function of its task, head and seed alone (one thread: the same reduction order every
 time), so a rerun of a cell on this machine type reproduces it exactly.
 
@@ -45,7 +47,8 @@ from benchmarks import common  # noqa: E402
 from benchmarks import context_tasks as tasks  # noqa: E402
 
 CITY = {"train": "contextville", "val": "contexttown"}
-CACHE = os.path.join(common.REPO, "benchmarks", ".cache", "context")
+CACHE = os.path.join(common.REPO, "benchmarks", ".cache", "context")  # task data, and cells of other settings
+CELLS = os.path.join(common.RESULTS, "context_cells")  # the full settings' cells, committed
 FULL = dict(iters=160, batch=8, size="48x344", train_images=96, val_images=24, width=8, channels=32, lr=2e-3,
             seeds="0,1,2", init="pytorch")
 QUICK = dict(FULL, iters=6, batch=2, train_images=8, val_images=4, seeds="0,1")
@@ -68,7 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--init", default=None, choices=["pytorch", "mmseg"], help="model.init (default pytorch)")
     p.add_argument("--jobs", type=int, default=2, help="cells trained at once, one thread each")
     p.add_argument("--force", action="store_true", help="retrain the chosen cells even when cached")
-    p.add_argument("--cache", default=CACHE, help="where cells and task data are kept")
+    p.add_argument("--cache", default=CACHE, help="where task data (and the cells of non-default settings) are kept")
+    p.add_argument("--cells", default=None, help="where the cells' records are kept (default: results/context_cells "
+                                                 "for the full settings, <cache>/cells otherwise)")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny budget, two seeds")
     p.add_argument("--out", default=None, help="folder for the report (default: results/ for the full grid, "
                                                "results/partial/ or results/quick/ otherwise)")
@@ -234,7 +239,13 @@ def train_cell(task: str, head: str, seed: int, s: dict, root: str, work: str) -
 
 
 def _cell_path(args, s: dict, task: str, head: str, seed: int) -> str:
-    return os.path.join(args.cache, settings_key(s), task, f"{head}_seed{seed}.json")
+    if args.cells:
+        root = args.cells
+    elif s == settings(argparse.Namespace(**FULL)):
+        root = CELLS
+    else:
+        root = os.path.join(args.cache, "cells")
+    return os.path.join(root, settings_key(s), task, f"{head}_seed{seed}.json")
 
 
 def _run_one(job) -> dict:

@@ -138,3 +138,10 @@ def test_quick_suite_runs_end_to_end_and_caches(tmp_path, monkeypatch):
     assert again["info"]["trained"] == 0 and again["cells"] == first["cells"]
     with pytest.raises(SystemExit, match="no room"):
         context.main(argv + ["--size", "48x300"])
+    # The full settings' cells are the committed raw results; other settings' stay in the ignored cache.
+    full = context.parse_args([])
+    assert context._cell_path(full, context.settings(full), "far_marker", "nl", 0) == os.path.join(
+        context.CELLS, context.settings_key(context.settings(full)), "far_marker", "nl_seed0.json")
+    assert first["cells"][0]["seed"] == 0 and os.path.isfile(os.path.join(
+        str(tmp_path / "cache"), "cells", context.settings_key(context.settings(context.parse_args(argv))),
+        "which_marker", "fcn_seed0.json"))
