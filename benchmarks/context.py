@@ -255,6 +255,17 @@ def _run_one(job) -> dict:
     return rec
 
 
+def _worker_init() -> None:
+    """A worker dies with the suite: the trainer turns SIGTERM into "finish this iteration and stop", and a
+    worker whose parent was killed would otherwise go on taking cells from the queue's buffer."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_cells(args, jobs: list[tuple]) -> None:
     """Train ``jobs`` in ``args.jobs`` one-thread processes (in this process when 1), with a progress bar."""
     from tqdm import tqdm
@@ -268,13 +279,20 @@ def run_cells(args, jobs: list[tuple]) -> None:
     else:
         import multiprocessing
 
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+        try:
             futures = {pool.submit(_run_one, job): job for job in jobs}
             for fut in as_completed(futures):
                 task, head, seed = futures[fut][:3]
                 fut.result()
                 bar.set_postfix_str(f"done {task} {head} seed {seed}")
                 bar.update(1)
+        except BaseException:  # Ctrl-C or a failed cell: no worker goes on training in the background
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()
+            raise
+        pool.shutdown()
     bar.close()
 
 
