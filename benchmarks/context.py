@@ -188,11 +188,21 @@ def task_data(args, task: str, size, x0: int) -> str:
 # ----------------------------------------------------------------------------- one cell
 
 
+def width_overrides(head: str, channels: int) -> list[str]:
+    """Groups that cannot split the suite's narrow head are scaled with its width: SGE's 64 groups of a
+    512-wide head hold 8 channels each, so 4 groups at width 32. Groups that divide it stay as configured."""
+    cfg = common.head_config(head)
+    groups = cfg.get("groups")
+    if groups and cfg.get("channels") and channels % int(groups):
+        return [f"head.groups={max(1, int(groups) * channels // int(cfg['channels']))}"]
+    return []
+
+
 def overrides(head: str, seed: int, s: dict, root: str) -> list[str]:
     h, w = parse_size(s["size"])
     it = s["iters"]
     return [
-        f"head={head}", f"head.channels={s['channels']}", f"backbone.width={s['width']}", f"model.init={s['init']}",
+        f"head={head}", f"head.channels={s['channels']}", *width_overrides(head, s["channels"]), f"backbone.width={s['width']}", f"model.init={s['init']}",
         "model.aux_head.channels=32", "dataset=cityscapes", f"dataset.root={root}", f"dataset.crop_size=[{h},{w}]",
         # The whole image, unaugmented: a crop could cut the cue off, a flip would move it.
         "dataset.scale_range=[1.0,1.0]", "dataset.cat_max_ratio=1.0", "dataset.flip=false",

@@ -145,3 +145,23 @@ def test_quick_suite_runs_end_to_end_and_caches(tmp_path, monkeypatch):
     assert first["cells"][0]["seed"] == 0 and os.path.isfile(os.path.join(
         str(tmp_path / "cache"), "cells", context.settings_key(context.settings(context.parse_args(argv))),
         "which_marker", "fcn_seed0.json"))
+
+
+@pytest.mark.parametrize("head", common.head_names())
+def test_every_head_trains_at_the_suite_width(head):
+    """Every registered head builds and takes a training step at the suite's narrow width, with the
+    overrides the suite gives it (groups that cannot split 32 channels are scaled: SGE's 64 -> 4)."""
+    from segattn.models import build_model
+
+    s = context.settings(context.parse_args([]))
+    cfg = dict(common.head_config(head), channels=s["channels"])
+    for o in context.width_overrides(head, s["channels"]):
+        key, value = o.split("=")
+        cfg[key.split(".")[1]] = int(value)
+    torch.manual_seed(0)
+    model = build_model({"depth": 18, "width": s["width"]}, cfg, 19, {"channels": 32}, init=s["init"]).train()
+    out = model(torch.randn(2, 3, H, W))
+    loss, _ = model.loss(out, torch.randint(0, 19, (2, H, W)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert context.width_overrides("sge", 32) == ["head.groups=4"] and context.width_overrides("axial", 32) == []
