@@ -10,9 +10,10 @@ cell trains through the real trainer on the task's data, written in the Cityscap
 record is kept (``benchmarks/results/context_cells/<settings>/<task>/<head>_seed<N>.json``, committed
 with the report: the raw numbers behind it; ``--quick`` and other settings keep theirs in the ignored
 ``benchmarks/.cache/context/``), so a second run trains only what is missing, also in a fresh clone;
-``--force`` retrains the chosen cells. Cells run in ``--jobs`` processes of one thread each, which makes every
-cell's numbers a function of its task, head and seed alone (one thread: the same reduction order every
-time), so a rerun of a cell on this machine type reproduces it exactly.
+``--force`` retrains the chosen cells. Every cell trains in a fresh process of one thread (``--jobs`` at a time),
+which makes its numbers a function of its task, head and seed alone, so a rerun of a cell on this
+machine type reproduces it exactly. (A process that trains several cells in turn does not: a cell's
+numbers then depend on the cells trained before it in that process.)
 
 Only a run of the full grid with the default settings writes ``benchmarks/results/context.*``; any
 other run writes its report under ``results/partial/`` or ``results/quick/`` (or ``--out``), so a quick
@@ -277,19 +278,16 @@ def _worker_init() -> None:
 
 
 def run_cells(args, jobs: list[tuple]) -> None:
-    """Train ``jobs`` in ``args.jobs`` one-thread processes (in this process when 1), with a progress bar."""
+    """Train ``jobs``, each in a fresh one-thread process, ``args.jobs`` at a time, with a progress bar."""
+    import multiprocessing
+
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="context cells", dynamic_ncols=True)
-    if args.jobs <= 1:
-        for job in jobs:
-            bar.set_postfix_str(f"{job[0]} {job[1]} seed {job[2]}")
-            _run_one(job)
-            bar.update(1)
-    else:
-        import multiprocessing
-
-        pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    if jobs:
+        # One fresh process per cell (max_tasks_per_child=1): reproducible whatever ran before it.
+        pool = ProcessPoolExecutor(max(1, args.jobs), mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, max_tasks_per_child=1)
         try:
             futures = {pool.submit(_run_one, job): job for job in jobs}
             for fut in as_completed(futures):
@@ -351,7 +349,7 @@ def main(argv=None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     cells = [json.load(open(_cell_path(args, s, t, h, k))) for t in task_list for h in heads for k in seeds]
     info = {"size": size, "radius": radius, "x0": x0, "wall_s": wall, "trained": len(jobs), "seeds": seeds,
-            "quick": args.quick, "jobs": args.jobs}
+            "quick": args.quick, "jobs": args.jobs, "full": full_grid}
     from benchmarks import context_report
 
     paths = context_report.write(cells, args, info, out)

@@ -12,6 +12,13 @@ from benchmarks import context_tasks as tasks
 from segattn.stats import mean_ci, p_text, welch_p
 
 ALPHA = 0.05
+# The committed cells of 2026-12-03 were trained several per worker process, before each cell got a fresh
+# one; a cell's numbers then depended on the cells trained before it in its process. Empty once a full
+# run has retrained them.
+REPRO_NOTE = ("The committed cells were trained before that, several in turn per worker process, and a cell's "
+              "numbers then depended on the cells trained before it in its process: a fresh rerun differs from "
+              "them (FCN, which_marker, seed 1: object mIoU 27.1 committed, 28.6 rerun), a draw from the same "
+              "seed spread; a full rerun (`--force`) replaces them with exactly reproducible ones.")
 
 
 def t_quantile(n: int) -> float:
@@ -177,9 +184,10 @@ def write(cells: list[dict], args, info: dict, out: str) -> list[str]:
         "# What attention buys: the context suite",
         "",
         f"Produced by `{cmd}` on: {common.machine_line('cpu')}. {len(cells)} cells ({len(task_list)} tasks x "
-        f"{len(heads)} heads x seeds {', '.join(map(str, info['seeds']))}); training took {cpu_s / 60:.0f} "
-        f"CPU-minutes, {info['jobs']} cells at a time, one thread each (this run trained {info['trained']} cells "
-        f"in {info['wall_s'] / 60:.1f} min; the others came from the cache).",
+        f"{len(heads)} heads x seeds {', '.join(map(str, info['seeds']))}); the cells' training times add up to "
+        f"{cpu_s / 60:.0f} minutes, measured while they ran {info['jobs']} at a time, one thread each, on cores "
+        f"shared with other work (this run trained {info['trained']} cells in {info['wall_s'] / 60:.1f} min; the "
+        "others came from `results/context_cells/`).",
         "",
         f"**Tasks** (`benchmarks/context_tasks.py`): images of {h}x{w} in the Cityscapes layout, "
         f"{args.train_images} for training and {args.val_images} for validation per task; the cue lies in the "
@@ -209,8 +217,9 @@ def write(cells: list[dict], args, info: dict, out: str) -> list[str]:
         f"(t = {t_quantile(len(info['seeds'])):.2f}): "
         "'indistinguishable' means these runs cannot tell, not that the heads are equal.",
         "",
-        "**Reproducibility**: each cell runs in its own process with one thread, so on this machine type a rerun "
-        "of a cell (`--tasks T --heads H --seeds S --force`) gives the same numbers to the last digit.",
+        "**Reproducibility**: each cell trains in a fresh process with one thread, so on this machine type a rerun "
+        "of a cell (`--tasks T --heads H --seeds S --force`) gives the same numbers to the last digit (two fresh "
+        "runs of a cell agree exactly). " + (REPRO_NOTE if info.get("full") else ""),
         "",
         "![heads x tasks](context.png)",
         "",

@@ -117,7 +117,7 @@ def test_statistics():
 
 def test_quick_suite_runs_end_to_end_and_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "RESULTS", str(tmp_path / "results"))
-    argv = ["--quick", "--heads", "nl", "--tasks", "which_marker", "--jobs", "1", "--cache", str(tmp_path / "cache")]
+    argv = ["--quick", "--heads", "nl", "--tasks", "which_marker", "--jobs", "2", "--cache", str(tmp_path / "cache")]
     first = context.main(argv)
     # A quick run never writes the committed results' place.
     assert first["out"] == os.path.join(str(tmp_path / "results"), "quick")
