@@ -91,6 +91,7 @@ class TrainerConfig(ConfigNode):
     compile: Any = False  # false | true (inductor) | a torch.compile backend name
     sync_bn: Optional[bool] = None
     dist_timeout_s: float = 1800
+    check_memory: bool = True  # estimate a training step's memory before the first one; refuse what cannot fit
 
 
 @dataclass
