@@ -130,7 +130,7 @@ class ScaleAttentionConfig(ConfigNode):
 
 @dataclass
 class ModelConfig(ConfigNode):
-    init: str = "mmseg"  # mmseg | pytorch: the heads' start (segattn/models/layers.py apply_init)
+    init: str = "pytorch"  # pytorch | mmseg (the recipes'): the heads' start (segattn/models/layers.py apply_init)
     init_from: Optional[str] = None
     aux_head: AuxHeadConfig = field(default_factory=AuxHeadConfig)
     scale_attention: ScaleAttentionConfig = field(default_factory=ScaleAttentionConfig)
