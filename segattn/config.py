@@ -218,3 +218,4 @@ class ExportConfig(ConfigNode):
     dynamic: bool = False
     output: Optional[str] = None
     device: str = "cpu"
+    verbose: bool = False
