@@ -18,9 +18,9 @@ only what is missing: finished runs are collected as they are, unfinished ones c
 ``last.pt`` (``resume=auto``). Then ``<out>/report/`` gets:
 
 - ``README.md``: mmsegmentation's results layout (head | backbone | crop | iters | params | GFLOPs |
-  train memory | images/s | mIoU mean ± std (n) | vs baseline), a note on which differences are
-  within the seed noise, the per-class IoU deltas, the runs that did not count;
-- ``summary.csv`` (the same numbers), ``miou.png`` (bars with ± std error bars and each seed's dot),
+  train memory | images/s | mIoU mean ± 95 % confidence interval (n) | vs baseline with Welch's p),
+  the per-class IoU deltas, the runs that did not count;
+- ``summary.csv`` (the same numbers), ``miou.png`` (bars with 95 % CI error bars and each seed's dot),
   ``class_iou_delta.png`` (per-class IoU of each head minus the baseline's, a heat map);
 - ``attention/``: every head's attention pictures at the same pixels of the first validation image
   (seed 0's model).
@@ -50,6 +50,8 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 import summarize_sweep  # noqa: E402
+
+from segattn.stats import mean_ci, p_text, welch_p  # noqa: E402
 
 STUDY_KEYS = ("heads", "seeds", "baseline", "out", "speed_steps", "points")
 
@@ -231,18 +233,22 @@ def head_stats(rows: list[dict], heads: list[str]) -> tuple[dict, list[str]]:
     return stats, classes
 
 
-def compare(stat: dict | None, base: dict | None) -> str:
-    """'vs baseline' cell: the difference of the means, and whether mean ± std intervals overlap."""
+def compare(stat: dict | None, base: dict | None) -> tuple[str, float]:
+    """'vs baseline' cell and Welch's p: the difference of the means, and the two-sided p-value of Welch's
+    t-test over the seeds (segattn.stats), with the verdict at p < 0.05."""
     if not stat or not base or stat["mIoU"][0] is None or base["mIoU"][0] is None:
-        return "—"
+        return "—", math.nan
     delta = 100 * (stat["mIoU"][0] - base["mIoU"][0])
-    s, b = stat["mIoU"][1], base["mIoU"][1]
-    if s is None or b is None:
-        return f"{delta:+.2f} (n=1: no spread)"
-    lo1, hi1 = stat["mIoU"][0] - s, stat["mIoU"][0] + s
-    lo2, hi2 = base["mIoU"][0] - b, base["mIoU"][0] + b
-    overlap = lo1 <= hi2 and lo2 <= hi1
-    return f"{delta:+.2f}" + (" (within noise: ± std intervals overlap)" if overlap else "")
+    p = welch_p(stat["values"], base["values"])
+    if math.isnan(p):
+        return f"{delta:+.2f} (Welch p needs 2 seeds a side)", p
+    verdict = "a real difference" if p < 0.05 else "not told apart from the seed noise"
+    return f"{delta:+.2f} (Welch p {p_text(p)}: {verdict})", p
+
+
+def ci_text(stat: dict | None) -> str:
+    """``mean ± 95 % CI half width (n)`` of a head's mIoU, in percent."""
+    return mean_ci(stat["values"]).text(digits=2) if stat else "— (0)"
 
 
 def _fmt(v, digits=2, scale=1.0) -> str:
@@ -259,28 +265,30 @@ def report(out: str, heads: list[str], seeds: list[int], baseline: str, override
     rows = summarize_sweep.collect(os.path.join(out, "runs"))
     stats, classes = head_stats(rows, heads)
     base = stats.get(baseline)
-    pm = summarize_sweep.pm
 
-    table = ["| head | backbone | crop | iters | params (M) | GFLOPs | train MiB | images/s | mIoU % mean ± std (n) "
+    table = ["| head | backbone | crop | iters | params (M) | GFLOPs | train MiB | images/s | mIoU % (95 % CI, n) "
              f"| vs {baseline} |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     csv_rows = []
     for h in heads:
         c, st = cost.get(h, {}), stats.get(h)
         crop = "x".join(str(v) for v in c.get("crop", [])) or "—"
-        miou = f"{pm(st['mIoU'])} ({st['n']})" if st else "— (0)"
-        vs = "baseline" if h == baseline else compare(st, base)
+        ci = mean_ci(st["values"]) if st else None
+        vs, p = ("baseline", math.nan) if h == baseline else compare(st, base)
         table.append(f"| {h} | {c.get('backbone', '—')} | {crop} | {c.get('max_iters', '—')} | "
                      f"{_fmt(c.get('params'), 3, 1e-6)} | {_fmt(c.get('gflops'))} | {_fmt(c.get('train_mib'), 1)} | "
-                     f"{_fmt(c.get('images_per_s'), 1)} | {miou} | {vs} |")
+                     f"{_fmt(c.get('images_per_s'), 1)} | {ci_text(st)} | {vs} |")
         csv_rows.append([h, c.get("backbone", ""), crop, c.get("max_iters", ""), c.get("params", ""),
                          _fmt(c.get("gflops")), _fmt(c.get("train_mib"), 1), _fmt(c.get("images_per_s"), 1),
                          st["n"] if st else 0, summarize_sweep.pct(st["mIoU"][0]) if st else "",
                          summarize_sweep.pct(st["mIoU"][1]) if st else "",
-                         "" if h == baseline or not st or not base else f"{100 * (st['mIoU'][0] - base['mIoU'][0]):.2f}"]
+                         "" if not ci or math.isnan(ci.half_width) else summarize_sweep.pct(ci.half_width),
+                         "" if h == baseline or not st or not base else f"{100 * (st['mIoU'][0] - base['mIoU'][0]):.2f}",
+                         "" if math.isnan(p) else f"{p:.4g}"]
                         + [summarize_sweep.pct(st["IoU"][k][0]) if st else "" for k in classes])
     write_csv(os.path.join(rdir, "summary.csv"),
               ["head", "backbone", "crop", "iters", "params", "GFLOPs", "train MiB", "images/s", "n", "mIoU mean %",
-               "mIoU std %", f"mIoU - {baseline} %"] + [f"IoU {k} mean %" for k in classes], csv_rows)
+               "mIoU std %", "mIoU 95% CI half width %", f"mIoU - {baseline} %", f"Welch p vs {baseline}"]
+              + [f"IoU {k} mean %" for k in classes], csv_rows)
 
     charts = []
     try:
@@ -305,12 +313,14 @@ def report(out: str, heads: list[str], seeds: list[int], baseline: str, override
              f"`python scripts/study.py heads=[{','.join(heads)}] seeds=[{','.join(map(str, seeds))}] "
              f"{' '.join(overrides)}`".replace(" `", "`"), "",
              f"Runs: `{os.path.join(out, 'runs')}`; written {time.strftime('%Y-%m-%d %H:%M')}. mIoU is the final "
-             f"validation mIoU (metrics.json) as mean ± sample std over seeds, n = finished runs. Costs at the "
+             f"validation mIoU (metrics.json) as the mean over seeds ± the half width of its 95 % confidence "
+             f"interval (Student t, n - 1 degrees of freedom), n = finished runs. Costs at the "
              f"study's crop: parameters of the whole model, forward GFLOPs of one crop, activation memory of a "
              f"training step of one batch (meta device, benchmarks/common.py), images/s of the trainer's step on "
              f"this machine's CPU (benchmarks/train_speed.py).", "", *table, "",
-             "A difference is within the seed noise when the mean ± std intervals of the two heads overlap; "
-             "with n = 1 there is no spread to compare against.", ""]
+             f"vs {baseline}: the difference of the means and the two-sided p-value of Welch's t-test (unequal "
+             "variances) over the seeds; p < 0.05 is called a real difference. With few seeds the test has little "
+             "power: 'not told apart' means these runs cannot tell, not that the heads are equal.", ""]
     if charts:
         lines += [f"![{os.path.splitext(c)[0]}]({c})" for c in charts] + [""]
     if delta_rows:
@@ -339,15 +349,16 @@ def draw_charts(rdir: str, heads: list[str], baseline: str, stats: dict, classes
     shown = [h for h in heads if h in stats]
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(shown), 3.2))
     means = [100 * stats[h]["mIoU"][0] for h in shown]
-    stds = [100 * (stats[h]["mIoU"][1] or 0.0) for h in shown]
-    ax.bar(range(len(shown)), means, yerr=stds, capsize=6, color=["#999999" if h == baseline else "#4477aa" for h in shown])
+    cis = [mean_ci(stats[h]["values"]).half_width for h in shown]
+    errs = [0.0 if math.isnan(v) else 100 * v for v in cis]
+    ax.bar(range(len(shown)), means, yerr=errs, capsize=6, color=["#999999" if h == baseline else "#4477aa" for h in shown])
     for i, h in enumerate(shown):
         vals = [100 * v for v in stats[h]["values"] if v is not None]
         ax.plot([i] * len(vals), vals, "k.", ms=5)
         ax.annotate(f"n={stats[h]['n']}", (i, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8,
                     color="white")
     ax.set_xticks(range(len(shown)), shown)
-    ax.set_ylabel("val mIoU % (mean ± std, dots: seeds)")
+    ax.set_ylabel("val mIoU % (mean, 95 % CI, dots: seeds)")
     ax.set_title("mIoU per head")
     files = [os.path.basename(save_figure(fig, os.path.join(rdir, "miou.png")))]
     plt.close(fig)

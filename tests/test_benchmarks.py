@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import common, context, heads, scaling, train_speed
+from benchmarks import common, heads, scaling, train_speed
 from segattn.models.attention import build_attention
 
 
@@ -69,15 +69,3 @@ def test_train_speed_benchmark_tiny(tmp_path, tiny_root):
     assert r["batch"] == 2 and r["step_flops"] > 0 and 0 <= r["data_share"] <= 1 and r["images_per_s"] > 0
     assert "| default | resnet18 + fcn | 32x32 |" in open(tmp_path / "train_speed.md").read()
 
-
-def test_context_benchmark_tiny(tmp_path):
-    out = context.main(["--quick", "--heads", "fcn,gc", "--iters", "1", "--batch", "2", "--train-images", "2",
-                        "--val-images", "2", "--size", "16x320", "--width", "8", "--channels", "16",
-                        "--out", str(tmp_path)])
-    # The FCN provably cannot see the marker from the objects; the task puts them beyond its reach.
-    assert out["info"]["fcn_marker_grad"] == 0.0
-    assert out["info"]["x0"] > out["info"]["radius"] + context.MARKER_W
-    md = open(tmp_path / "context.md").read()
-    assert "\n| fcn | " in md and "\n| gc | " in md
-    with pytest.raises(SystemExit, match="no room"):
-        context.main(["--heads", "fcn", "--size", "16x200", "--out", str(tmp_path)])

@@ -4,6 +4,7 @@ report (table, bar chart, per-class heat map, attention pictures), and a re-run 
 import csv
 import importlib.util
 import os
+import re
 import shutil
 
 import pytest
@@ -28,11 +29,14 @@ def test_study_of_three_heads_and_two_seeds(tiny_root, tmp_path, monkeypatch):
     assert sorted(os.listdir(os.path.join(out, "runs"))) == [
         "cc_seed0", "cc_seed1", "da_seed0", "da_seed1", "fcn_seed0", "fcn_seed1", "multirun.yaml"]
     text = open(readme).read()
-    assert "| head | backbone | crop | iters | params (M) | GFLOPs | train MiB | images/s | mIoU % mean ± std (n) " \
+    assert "| head | backbone | crop | iters | params (M) | GFLOPs | train MiB | images/s | mIoU % (95 % CI, n) " \
            "| vs fcn |" in text
     for head in ("fcn", "cc", "da"):
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {head} | resnet18 | 64x64 | 2 |"))
         assert " ± " in line and line.split("|")[9].strip().endswith("(2)"), line
+        # Two seeds a side: the difference comes with Welch's p and its verdict.
+        assert head == "fcn" or re.search(r"\| [+-]\d+\.\d\d \(Welch p [<\d.]+: (a real difference|not told apart "
+                                          r"from the seed noise)\) \|$", line), line
     assert "| fcn |" in text and "baseline |" in text
     report = os.path.join(out, "report")
     for name in ("miou.png", "class_iou_delta.png", "summary.csv"):
@@ -43,6 +47,8 @@ def test_study_of_three_heads_and_two_seeds(tiny_root, tmp_path, monkeypatch):
     assert any(p.startswith("attention_cc_") for p in pictures) and any(p.startswith("attention_da_") for p in pictures)
     rows = list(csv.DictReader(open(os.path.join(report, "summary.csv"))))
     assert [r["head"] for r in rows] == ["fcn", "cc", "da"] and all(r["n"] == "2" for r in rows)
+    assert rows[0]["Welch p vs fcn"] == "" and all(0 <= float(r["Welch p vs fcn"]) <= 1 for r in rows[1:])
+    assert all(float(r["mIoU 95% CI half width %"]) >= 0 for r in rows)
     assert float(rows[1]["params"]) > float(rows[0]["params"]) and float(rows[0]["images/s"]) > 0
 
     # Again: everything is finished, nothing is trained; a run that failed early is relaunched alone.

@@ -135,6 +135,11 @@ def console_log(path: str | None):
             yield log
         finally:
             sys.stdout, sys.stderr = saved
+def log_residual_scales(writer, scales: dict[str, float], step: int) -> None:
+    """``train/gamma/<parameter>``: the head's zero-initialised residual scales
+    (``segattn.models.residual_scales``), so a branch that stays switched off can be seen."""
+    for name, value in scales.items():
+        writer.add_scalar(f"train/gamma/{name}", value, step)
 
 
 def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:

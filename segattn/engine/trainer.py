@@ -29,13 +29,14 @@ from ..config import TrainConfig
 from ..data import build_dataset, build_train_transform, seed_worker
 from ..data.check import DatasetError
 from ..data.sampler import TrainSampler
-from ..models import build_model_from_config
+from ..models import build_model_from_config, residual_scales
 from . import distributed
 from .checkpoint import (clean_stale_tmp, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
                          set_rng_state)
 from .distributed import resolve_device  # noqa: F401  (its home before; scripts import it from here)
 from .evaluate import evaluate
-from .logging import LogWindow, iou_table, log_hparams, log_train, log_validation, metrics_json, write_json
+from .logging import (LogWindow, iou_table, log_hparams, log_residual_scales, log_train, log_validation,
+                      metrics_json, write_json)
 from .optim import build_optimizer, build_scheduler
 from .preflight import check_numbers, preflight_checks
 from .stopping import GracefulStop, Interrupted
@@ -474,6 +475,7 @@ def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | No
             print(f"iteration {step}: non-finite loss {float(out.loss)}, step skipped", file=sys.stderr)
         if run.main_process and (step % t.log_interval == 0 or step == t.max_iters):
             log_train(run.writer, out.loss.item(), out.lr, out.parts, t_data / max(t_step, 1e-9), step)
+            log_residual_scales(run.writer, residual_scales(run.model), step)
             bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{out.lr:.2e}")
             tqdm.write(window.line(step, t.max_iters, stop_at, out.loss.item(), out.lr, run.device))
         signum = stop.requested(run.device) if step < stop_at else 0

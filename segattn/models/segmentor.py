@@ -82,6 +82,29 @@ class Segmentor(nn.Module):
         return infer(self, images, mode, crop_size, stride, scales, flip, base_scale)
 
 
+def zero_initialised(module: nn.Module) -> tuple[str, ...]:
+    """The weights of ``module`` that start at exactly zero: its learnable residual scales (DANet's PAM and
+    CAM gamma, CCNet's gamma, Non-local's zero-initialised output BN, GCNet's last transform conv, ANN's
+    output projection, ...). Each decides how much an attention branch adds to the identity, and the
+    branch learns nothing while it stays near zero, so the trainer logs them (``train/gamma/<name>``)."""
+    if any(p.is_meta for p in module.parameters()):  # built on the meta device to be measured: no values
+        return ()
+    return tuple(n for n, p in module.named_parameters()
+                 if not n.endswith("bias") and p.numel() and not bool(p.detach().any()))
+
+
+def residual_scales(model: nn.Module) -> dict[str, float]:
+    """``head.<name>`` -> value for each residual scale of the model's head (see :func:`zero_initialised`,
+    recorded when the head was built): a scalar's value, a tensor's root mean square (``<name>_rms``)."""
+    head = model.head
+    params = dict(head.named_parameters())
+    out = {}
+    for name in getattr(head, "residual_scale_names", ()):
+        p = params[name].detach().float()
+        out[f"head.{name}" if p.numel() == 1 else f"head.{name}_rms"] = float(p if p.numel() == 1 else p.pow(2).mean().sqrt())
+    return out
+
+
 def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | None = None,
                 scale_attention: dict | None = None, loss: dict | None = None, init: str = "mmseg") -> nn.Module:
     """Build a Segmentor from plain dicts (the ``backbone``, ``head``, ``model.aux_head``,
@@ -103,6 +126,7 @@ def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | N
         raise ValueError(f"backbone.block_attention_kwargs={attention_kwargs} is set but backbone.block_attention is null")
     bb = ResNet(**bb_cfg)
     head_module = apply_init(build_head(head, bb.channels, num_classes), init)
+    head_module.residual_scale_names = zero_initialised(head_module)
     aux = dict(aux_head or {})
     aux_weight = float(aux.pop("weight", 0.4))
     aux_module = None

@@ -1,0 +1,233 @@
+"""The context suite's report: per task and head, the mean over seeds with a 95 % confidence interval,
+Welch's p against the FCN, a heat map heads x tasks and a chart of the intervals (``context.py``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from benchmarks import common
+from benchmarks import context_tasks as tasks
+from segattn.stats import mean_ci, p_text, welch_p
+
+ALPHA = 0.05
+
+
+def t_quantile(n: int) -> float:
+    """Student's t at 97.5 % with n - 1 degrees of freedom: the 95 % interval's half width in standard errors."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, max(n - 1, 1)))
+
+
+def family(head: str) -> str:
+    """The survey's taxonomy of a head's mechanism: weights / applied / domain."""
+    from segattn.models.attention import ATTENTIONS
+
+    if head not in ATTENTIONS:
+        return "— (convolutions only)"
+    t = ATTENTIONS[head].taxonomy
+    return f"{t['weights']} / {t['applied']} / {t['domain']}"
+
+
+def summarize(cells: list[dict]) -> dict[tuple[str, str], dict]:
+    """(task, head) -> intervals of object mIoU / recall / mIoU, Welch p of object mIoU against the FCN,
+    the verdict, mean seconds and the head's parameters."""
+    by = {}
+    for c in cells:
+        by.setdefault((c["task"], c["head"]), []).append(c)
+    out = {}
+    for (task, head), group in by.items():
+        base = by.get((task, "fcn"), [])
+        obj = [c["object_mIoU"] for c in group]
+        p = math.nan if head == "fcn" else welch_p(obj, [c["object_mIoU"] for c in base])
+        ci = mean_ci(obj)
+        base_ci = mean_ci([c["object_mIoU"] for c in base])
+        if head == "fcn" or math.isnan(p):
+            verdict = "baseline" if head == "fcn" else "—"
+        elif p < ALPHA:
+            verdict = "reads the cue" if ci.mean > base_ci.mean else "below the FCN"
+        else:
+            verdict = "indistinguishable from the FCN"
+        out[(task, head)] = {
+            "object_mIoU": ci, "object_recall": mean_ci([c["object_recall"] for c in group]),
+            "mIoU": mean_ci([c["mIoU"] for c in group]), "p": p, "verdict": verdict,
+            "delta": ci.mean - base_ci.mean if base else math.nan,
+            "seconds": sum(c["seconds"] for c in group) / len(group), "head_params": group[0]["head_params"],
+        }
+    return out
+
+
+def task_table(task: str, heads: list[str], summary: dict) -> str:
+    rows = []
+    for head in heads:
+        r = summary[(task, head)]
+        delta = "" if head == "fcn" else f"{100 * r['delta']:+.1f}"
+        rows.append([f"`{head}`", family(head), common.fmt(r["head_params"] / 1e3, 1), r["object_mIoU"].text(),
+                     r["object_recall"].text(), delta, p_text(r["p"]), r["verdict"], r["mIoU"].text(),
+                     common.fmt(r["seconds"], 0)])
+    return common.markdown_table(
+        ["head", "weights / applied / domain", "head params (k)", "object mIoU % (95 % CI, n)", "object recall %",
+         "vs fcn", "Welch p", "verdict (p < 0.05)", "mIoU %", "train s"], rows)
+
+
+def residual_scale_table(cells: list[dict], heads: list[str], task_list: list[str]) -> str:
+    """Final value of each zero-initialised residual scale, mean over seeds, per task."""
+    rows = []
+    for head in heads:
+        names = sorted({n for c in cells if c["head"] == head for n in c["residual_scales"]})
+        for name in names:
+            vals = []
+            for task in task_list:
+                xs = [c["residual_scales"][name] for c in cells if c["head"] == head and c["task"] == task]
+                ci = mean_ci(xs)
+                vals.append("—" if not xs else f"{ci.mean:.3g}" + ("" if math.isnan(ci.half_width)
+                                                                   else f" ± {ci.half_width:.2g}"))
+            rows.append([f"`{head}`", f"`{name}`", *vals])
+    return common.markdown_table(["head", "residual scale (start 0)", *task_list], rows) if rows else ""
+
+
+def write_csv(path: str, cells: list[dict], summary: dict) -> str:
+    keys = ["task", "head", "seed", "mIoU", "object_mIoU", "object_recall", "IoU_car", "IoU_truck", "IoU_road",
+            "IoU_traffic light", "IoU_traffic sign", "head_params", "seconds"]
+    extra = ["object_mIoU_mean", "object_mIoU_ci95", "object_recall_mean", "object_recall_ci95", "n",
+             "welch_p_vs_fcn", "verdict", "residual_scales"]
+    rows = []
+    for c in cells:
+        r = summary[(c["task"], c["head"])]
+        rows.append([c[k] for k in keys] + [r["object_mIoU"].mean, r["object_mIoU"].half_width,
+                                            r["object_recall"].mean, r["object_recall"].half_width,
+                                            r["object_mIoU"].n, r["p"], r["verdict"],
+                                            json.dumps(c["residual_scales"], sort_keys=True)])
+    return common.write_csv(path, keys + extra, rows)
+
+
+def heatmap(path: str, heads: list[str], task_list: list[str], summary: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.array([[100 * summary[(t, h)]["object_mIoU"].mean for t in task_list] for h in heads])
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(task_list), 0.9 + 0.3 * len(heads)))
+    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(task_list)), task_list)
+    ax.set_yticks(range(len(heads)), heads)
+    for i, h in enumerate(heads):
+        for j, t in enumerate(task_list):
+            r = summary[(t, h)]
+            star = "*" if r["verdict"] == "reads the cue" else ""
+            ax.text(j, i, f"{values[i, j]:.0f}{star}", ha="center", va="center", fontsize=8,
+                    color="black" if values[i, j] > 60 else "white")
+    ax.set_title("object mIoU %, mean over seeds (* above the FCN, Welch p < 0.05)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    fig.tight_layout()
+    try:
+        return common.save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def interval_chart(path: str, heads: list[str], task_list: list[str], summary: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(task_list), figsize=(3.6 * len(task_list), 0.9 + 0.28 * len(heads)),
+                             sharey=True, squeeze=False)
+    ys = list(range(len(heads)))[::-1]
+    for ax, task in zip(axes[0], task_list):
+        base = summary[(task, "fcn")]["object_mIoU"]
+        if base.n > 1 and not math.isnan(base.half_width):
+            ax.axvspan(100 * (base.mean - base.half_width), 100 * (base.mean + base.half_width), color="0.85",
+                       label="FCN's 95 % CI")
+        for y, head in zip(ys, heads):
+            r = summary[(task, head)]
+            ci = r["object_mIoU"]
+            err = 0 if math.isnan(ci.half_width) else 100 * ci.half_width
+            colour = {"reads the cue": "tab:green", "below the FCN": "tab:red"}.get(r["verdict"], "tab:gray")
+            ax.errorbar(100 * ci.mean, y, xerr=err, fmt="o", color=colour, capsize=3, markersize=4)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("object mIoU % (95 % CI)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(ys, heads)
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.suptitle("green: above the FCN (Welch p < 0.05), red: below, grey: indistinguishable", fontsize=9)
+    fig.tight_layout()
+    try:
+        return common.save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write(cells: list[dict], args, info: dict, out: str) -> list[str]:
+    os.makedirs(out, exist_ok=True)
+    task_list = list(dict.fromkeys(c["task"] for c in cells))
+    heads = list(dict.fromkeys(c["head"] for c in cells))
+    summary = summarize(cells)
+    h, w = info["size"]
+    probes = {t: tasks.global_probe_accuracy(t, h, w, info["x0"], n=100 if info["quick"] else 400) for t in task_list}
+    cmd = "python benchmarks/context.py" + (" --quick" if info["quick"] else "")
+    cpu_s = sum(c["seconds"] for c in cells)
+    lines = [
+        "# What attention buys: the context suite",
+        "",
+        f"Produced by `{cmd}` on: {common.machine_line('cpu')}. {len(cells)} cells ({len(task_list)} tasks x "
+        f"{len(heads)} heads x seeds {', '.join(map(str, info['seeds']))}); training took {cpu_s / 60:.0f} "
+        f"CPU-minutes, {info['jobs']} cells at a time, one thread each (this run trained {info['trained']} cells "
+        f"in {info['wall_s'] / 60:.1f} min; the others came from the cache).",
+        "",
+        f"**Tasks** (`benchmarks/context_tasks.py`): images of {h}x{w} in the Cityscapes layout, "
+        f"{args.train_images} for training and {args.val_images} for validation per task; the cue lies in the "
+        f"far zone (columns 0-{tasks.FAR - 1}), the objects from column {info['x0']} on. The receptive field of "
+        f"ResNet-18-D8 + FCN reaches {info['radius']} columns, so the gradient of every object pixel's FCN logits "
+        "with respect to every cue pixel is exactly zero (tests/test_context_suite.py checks it on each task). "
+        "All objects look alike; guessing gives them about 50 % recall.",
+        "",
+    ]
+    for t in task_list:
+        lines.append(f"- `{t}`: {tasks.DESCRIPTIONS[t]}. A linear probe on globally pooled pixels "
+                     f"(each channel's mean and std) predicts the objects' class with {100 * probes[t]:.0f} % "
+                     "accuracy on held-out images.")
+    lines += [
+        "",
+        f"**Training**, the same for every cell: the trainer of train.py, ResNet-18-D8 of width {args.width} from "
+        f"scratch, head width {args.channels} with each head's conf/head hyper-parameters, auxiliary FCN head, "
+        f"`model.init={args.init}` (PyTorch's default start for the heads' convolutions: from mmseg's start, "
+        "N(0, 0.01) classifiers, no head learns to read a far cue in a few hundred iterations from scratch, which "
+        f"would measure the start instead of the heads), AdamW lr {args.lr}, {args.iters} iterations of batch "
+        f"{args.batch}, whole images without augmentation. Validation: whole images.",
+        "",
+        "**Statistics**: object mIoU is the mean IoU of car and truck; each cell of the tables is the mean over "
+        "seeds with the half width of its 95 % confidence interval (Student t, n - 1 degrees of freedom) and n. "
+        "Welch p: two-sided Welch's t-test of the head's object mIoU against the FCN's on the same task; "
+        f"'reads the cue' means above the FCN with p < {ALPHA}. With {len(info['seeds'])} seeds an interval is wide "
+        f"(t = {t_quantile(len(info['seeds'])):.2f}): "
+        "'indistinguishable' means these runs cannot tell, not that the heads are equal.",
+        "",
+        "**Reproducibility**: each cell runs in its own process with one thread, so on this machine type a rerun "
+        "of a cell (`--tasks T --heads H --seeds S --force`) gives the same numbers to the last digit.",
+        "",
+        "![heads x tasks](context.png)",
+        "",
+        "![intervals](context_ci.png)",
+        "",
+    ]
+    for t in task_list:
+        lines += [f"## {t}", "", tasks.DESCRIPTIONS[t][0].upper() + tasks.DESCRIPTIONS[t][1:] + ".", "",
+                  task_table(t, heads, summary), ""]
+    scales = residual_scale_table(cells, heads, task_list)
+    if scales:
+        lines += ["## Residual scales at the end of training", "",
+                  "The zero-initialised scales that decide how much each attention branch adds to its input "
+                  "(scalars: their value; tensors: their root mean square), mean ± 95 % CI over seeds. Training "
+                  "logs them as `train/gamma/<parameter>` in TensorBoard.", "", scales, ""]
+    paths = [common.write_atomic(os.path.join(out, "context.md"), "\n".join(lines))]
+    paths.append(write_csv(os.path.join(out, "context.csv"), cells, summary))
+    paths.append(heatmap(os.path.join(out, "context.png"), heads, task_list, summary))
+    paths.append(interval_chart(os.path.join(out, "context_ci.png"), heads, task_list, summary))
+    return paths

@@ -1,0 +1,147 @@
+"""The context suite (benchmarks/context.py): each task has the property it claims, the statistics are
+right, and ``--quick`` runs end to end with its cache."""
+
+import csv
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import common, context
+from benchmarks import context_tasks as tasks
+from segattn.stats import mean_ci, p_text, welch_p
+
+H, W = (int(v) for v in context.FULL["size"].split("x"))
+
+
+@pytest.fixture(scope="module")
+def geometry():
+    """The suite's FCN (fresh), its measured receptive radius and the first object column."""
+    torch.manual_seed(0)
+    fcn = context.fcn_model(context.FULL["width"], context.FULL["channels"])
+    radius = context.receptive_radius(fcn, (H, W))
+    return fcn, radius, context.objects_from(radius)
+
+
+@pytest.fixture(scope="module")
+def nonlocal_model():
+    """A non-local head whose zero-initialised residual is opened, so its attention path carries a gradient."""
+    from segattn.models import build_model
+
+    torch.manual_seed(0)
+    nl = build_model({"depth": 18, "width": 8}, {"name": "nl", "channels": 32}, 19, {"weight": 0.0}, init="pytorch")
+    with torch.no_grad():
+        nl.head.attention.conv_out[1].weight.fill_(1.0)
+    return nl
+
+
+def _images(task: str, x0: int, n: int = 2, seed: int = 0) -> tuple[torch.Tensor, list, list]:
+    rng = np.random.default_rng(seed)
+    imgs, labs, facts = zip(*(tasks.scene(task, rng, H, W, x0) for _ in range(n)))
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
+    return x, list(labs), list(facts)
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_the_fcn_cannot_see_the_cue(task, geometry, nonlocal_model):
+    """The gradient of every object-zone logit of the FCN with respect to every cue pixel is exactly zero,
+    while pixels within its reach do move those logits, and a non-local head does reach the cue."""
+    fcn, radius, x0 = geometry
+    assert x0 + 48 <= W and radius > 100  # the objects' zone fits, and the receptive field is real
+    images, labs, _ = _images(task, x0)
+    assert all(((lab == tasks.CAR) | (lab == tasks.TRUCK))[:, :x0].sum() == 0 for lab in labs)
+    assert context.cue_influence(fcn, images, x0) == 0.0
+    x = images.clone().requires_grad_(True)
+    out = torch.nn.functional.interpolate(fcn(x)["out"], size=(H, W), mode="bilinear", align_corners=False)
+    (g,) = torch.autograd.grad(out[..., x0:].sum(), x)
+    assert g[..., x0 - radius + 8:x0].abs().max() > 0  # within reach: a nonzero gradient
+    assert context.cue_influence(nonlocal_model, images, x0) > 0  # attention reaches the cue
+
+
+def test_global_statistics_carry_the_cue_except_in_which_marker(geometry):
+    """A linear probe on globally pooled pixels reads far_marker and global_cue, and is at chance on
+    which_marker, where one red and one blue marker appear in every image."""
+    _, _, x0 = geometry
+    acc = {t: tasks.global_probe_accuracy(t, H, W, x0, n=240 if t == "which_marker" else 100) for t in tasks.TASKS}
+    assert acc["far_marker"] > 0.95 and acc["global_cue"] > 0.95, acc
+    assert abs(acc["which_marker"] - 0.5) < 0.12, acc
+
+
+def test_each_task_draws_what_it_claims(geometry):
+    _, _, x0 = geometry
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        img, lab, facts = tasks.scene("which_marker", rng, H, W, x0)
+        top, bottom = lab[: H // 2], lab[H // 2:]
+        assert sorted(facts["classes"]) == [tasks.CAR, tasks.TRUCK]
+        for half, cls in zip((top, bottom), facts["classes"]):
+            assert (half[:, : tasks.MARKER_W] == tasks.MARKER[cls]).all()  # its own marker
+            present = set(np.unique(half[:, x0:])) - {tasks.ROAD}
+            assert present == {cls}  # its objects follow its own marker
+        img, lab, facts = tasks.scene("global_cue", rng, H, W, x0)
+        cls = facts["classes"][0]
+        other = tasks.TRUCK if cls == tasks.CAR else tasks.CAR
+        dot = tasks.DOT ** 2  # the dots are labelled by colour, 9 of the class's and 3 of the other's
+        assert (lab == tasks.MARKER[cls]).sum() == tasks.DOTS_MAJORITY * dot
+        assert (lab == tasks.MARKER[other]).sum() == (tasks.DOTS - tasks.DOTS_MAJORITY) * dot
+        zone = img[:, : tasks.FAR].astype(int)
+        red = ((zone[..., 0] > 180) & (zone[..., 2] < 90)).sum()
+        blue = ((zone[..., 2] > 180) & (zone[..., 0] < 90)).sum()
+        major, minor = (red, blue) if cls == tasks.CAR else (blue, red)
+        assert major > minor > 0 and abs(major / dot - tasks.DOTS_MAJORITY) <= 1.5, (red, blue)
+
+
+def test_statistics():
+    ci = mean_ci([0.1, 0.2, 0.3])
+    # t(0.975, 2) = 4.302653 (tables); sd = 0.1.
+    assert ci.n == 3 and ci.mean == pytest.approx(0.2) and ci.half_width == pytest.approx(4.302653 * 0.1 / 3 ** 0.5)
+    assert ci.text() == "20.0 ± 24.8 (3)"
+    assert mean_ci([0.5, None, float("nan")]).n == 1 and math.isnan(mean_ci([0.5]).half_width)
+    assert mean_ci([]).text() == "—"
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0, 10.0]
+    # Welch: t from the unequal variances, Welch-Satterthwaite degrees of freedom (not the pooled test's 7).
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    from scipy import stats
+
+    assert welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df))
+    assert welch_p(a, b) != pytest.approx(stats.ttest_ind(a, b).pvalue)  # not the pooled-variance test
+    assert welch_p([0.5, 0.5], [0.5, 0.5]) == 1.0 and welch_p([0.5, 0.5], [0.7, 0.7]) == 0.0
+    assert math.isnan(welch_p([0.5], [0.1, 0.2]))
+    assert welch_p([0.80, 0.82, 0.81], [0.50, 0.52, 0.49]) < 0.001
+    assert p_text(0.0004) == "<0.001" and p_text(0.004) == "0.004" and p_text(0.3) == "0.30" and p_text(math.nan) == "—"
+
+
+def test_quick_suite_runs_end_to_end_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path / "results"))
+    argv = ["--quick", "--heads", "nl", "--tasks", "which_marker", "--jobs", "1", "--cache", str(tmp_path / "cache")]
+    first = context.main(argv)
+    # A quick run never writes the committed results' place.
+    assert first["out"] == os.path.join(str(tmp_path / "results"), "quick")
+    assert not os.path.exists(tmp_path / "results" / "context.md")
+    assert first["info"]["trained"] == 4  # fcn and nl, seeds 0 and 1
+    rows = list(csv.DictReader(open(os.path.join(first["out"], "context.csv"))))
+    assert [(r["head"], r["seed"]) for r in rows] == [("fcn", "0"), ("fcn", "1"), ("nl", "0"), ("nl", "1")]
+    assert all(r["n"] == "2" for r in rows) and rows[0]["verdict"] == "baseline"
+    assert 0 <= float(rows[2]["welch_p_vs_fcn"]) <= 1
+    assert "conv_out.1.weight_rms" in rows[2]["residual_scales"]
+    text = open(os.path.join(first["out"], "context.md")).read()
+    assert "| `nl` | matmul / matmul / spatial |" in text and "(2) |" in text
+    assert "model.init=pytorch" in text and "![heads x tasks](context.png)" in text
+    for name in ("context.png", "context_ci.png"):
+        assert os.path.getsize(os.path.join(first["out"], name)) > 1000
+    # Again: every cell comes from the cache, with the same numbers.
+    again = context.main(argv)
+    assert again["info"]["trained"] == 0 and again["cells"] == first["cells"]
+    with pytest.raises(SystemExit, match="no room"):
+        context.main(argv + ["--size", "48x300"])
+    # The full settings' cells are the committed raw results; other settings' stay in the ignored cache.
+    full = context.parse_args([])
+    assert context._cell_path(full, context.settings(full), "far_marker", "nl", 0) == os.path.join(
+        context.CELLS, context.settings_key(context.settings(full)), "far_marker", "nl_seed0.json")
+    assert first["cells"][0]["seed"] == 0 and os.path.isfile(os.path.join(
+        str(tmp_path / "cache"), "cells", context.settings_key(context.settings(context.parse_args(argv))),
+        "which_marker", "fcn_seed0.json"))
