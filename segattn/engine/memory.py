@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -146,16 +147,16 @@ class StepMemory:
 
 def _build_on_meta(cfg: dict, num_classes: int) -> torch.nn.Module:
     from ..models import build_model_from_config
+    from .trainer import revert_sync_batchnorm
 
     try:
         with torch.device("meta"):
             model = build_model_from_config(cfg, num_classes, pretrained=False)
     except Exception:  # a module whose constructor computes with tensor values: build it, then move it
         model = build_model_from_config(cfg, num_classes, pretrained=False).to("meta")
-    # PyTorch has no SyncBatchNorm on one process; the trainer trains with plain BN there too.
-    from .trainer import revert_sync_batchnorm
-
-    return revert_sync_batchnorm(model)
+    # One process trains with plain BN (PyTorch has no SyncBN on the CPU): the same here, on meta too.
+    with torch.device("meta"):
+        return revert_sync_batchnorm(model)
 
 
 def _activation_bytes(model: torch.nn.Module, batch_size: int, crop: tuple[int, int], num_classes: int) -> int:
@@ -307,8 +308,14 @@ def check_training_memory(cfg: dict, num_classes: int, device: torch.device, pro
                       num_classes], sort_keys=True, default=str)
     model = None
     if key not in _ESTIMATES:  # counting takes about a second; the tests train the same tiny model often
-        model = _build_on_meta(cfg, num_classes)
-        _ESTIMATES[key] = estimate_training_step(cfg, num_classes, model=model)
+        try:
+            model = _build_on_meta(cfg, num_classes)
+            _ESTIMATES[key] = estimate_training_step(cfg, num_classes, model=model)
+        except Exception as e:  # a module that cannot run on meta: say so, and let the run start
+            warnings.warn(f"trainer.check_memory: could not estimate the memory of a training step "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); starting without the check",
+                          stacklevel=2)
+            return None
     est = _ESTIMATES[key]
     need = est.peak * processes
     if need <= avail:
