@@ -106,7 +106,7 @@ def remove_if_refused(run_dir: str):
 def _holds_results(run_dir: str) -> bool:
     """Whether a run wrote something worth keeping: a checkpoint, TensorBoard events, metrics."""
     for _, _, files in os.walk(run_dir):
-        if any(f.endswith(".pt") or f.startswith("events.out.tfevents") or f in ("metrics.json", "eval.json", "dataset_check.txt")
-               for f in files):
+        if any(f.endswith(".pt") or f.startswith("events.out.tfevents")
+               or f in ("metrics.json", "eval.json", "dataset_check.txt") for f in files):
             return True
     return False

@@ -150,9 +150,10 @@ class Predictor(nn.Module):
     def predict(self, image_or_list, inference=None, output: str = "mask"):
         """Class ids ``(H, W)`` int64 at the image's size (``output="mask"``), or class probabilities
         ``(K, H, W)`` float32 (``output="probs"``), for one image (a numpy array: H x W x 3 RGB, H x W gray
-        or H x W x 4 RGBA, uint8 or float in [0, 1]; a PIL image; a path); a list of images gives a list. ``inference`` overrides the checkpoint's settings: a mode
-        (``"whole"``, ``"slide"``) or a dict (``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``,
-        ``base_scale``), as eval.py's ``inference.*``."""
+        or H x W x 4 RGBA, uint8 or float in [0, 1]; a PIL image; a path); a list of images gives a list.
+        ``inference`` overrides the checkpoint's settings: a mode (``"whole"``, ``"slide"``) or a dict
+        (``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``base_scale``), as eval.py's
+        ``inference.*``."""
         if output not in ("mask", "probs"):
             raise ValueError(f"output={output!r}; expected 'mask' or 'probs'")
         kwargs = self.settings(inference)

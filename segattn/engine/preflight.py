@@ -71,21 +71,25 @@ def _number_rules(cfg: TrainConfig) -> list[tuple[str, object, str, bool]]:
     rules = [
         ("trainer.max_iters", t.max_iters, "a whole number >= 1 (iterations to train; eval.py evaluates a "
                                            "checkpoint without training)", whole(t.max_iters, 1)),
-        ("trainer.batch_size", t.batch_size, "a whole number >= 1 (images per process and step)", whole(t.batch_size, 1)),
+        ("trainer.batch_size", t.batch_size, "a whole number >= 1 (images per process and step)",
+         whole(t.batch_size, 1)),
         ("trainer.grad_accum", t.grad_accum, "a whole number >= 1", whole(t.grad_accum, 1)),
         ("trainer.num_workers", t.num_workers, "a whole number >= 0", whole(t.num_workers, 0)),
         ("trainer.val_interval", t.val_interval, "a whole number >= 1 (the run also validates at its end)",
          whole(t.val_interval, 1)),
         ("trainer.log_interval", t.log_interval, "a whole number >= 1", whole(t.log_interval, 1)),
-        ("trainer.ckpt_interval", t.ckpt_interval, "a whole number >= 0 (0: no iter_<N>.pt)", whole(t.ckpt_interval, 0)),
+        ("trainer.ckpt_interval", t.ckpt_interval, "a whole number >= 0 (0: no iter_<N>.pt)",
+         whole(t.ckpt_interval, 0)),
         ("trainer.keep_ckpts", t.keep_ckpts, "a whole number >= 0 (0: keep all)", whole(t.keep_ckpts, 0)),
-        ("trainer.dist_timeout_s", t.dist_timeout_s, "a number of seconds > 0", real(t.dist_timeout_s, 0, open_low=True)),
+        ("trainer.dist_timeout_s", t.dist_timeout_s, "a number of seconds > 0",
+         real(t.dist_timeout_s, 0, open_low=True)),
         ("optimizer.lr", o.lr, "a learning rate >= 0 (the recipes use 0.01)", real(o.lr, 0)),
         ("optimizer.weight_decay", o.weight_decay, "a number >= 0", real(o.weight_decay, 0)),
         ("scheduler.min_lr", s.min_lr, "a number >= 0", real(s.min_lr, 0)),
         ("scheduler.warmup_iters", s.warmup_iters, "a whole number >= 0", whole(s.warmup_iters, 0)),
         ("scheduler.warmup_ratio", s.warmup_ratio, "a number in [0, 1]", real(s.warmup_ratio, 0, 1)),
-        ("model.aux_head.weight", m.aux_head.weight, "a number >= 0 (0: no auxiliary head)", real(m.aux_head.weight, 0)),
+        ("model.aux_head.weight", m.aux_head.weight, "a number >= 0 (0: no auxiliary head)",
+         real(m.aux_head.weight, 0)),
         ("loss.ohem_thresh", loss.ohem_thresh, "a probability in (0, 1]", real(loss.ohem_thresh, 0, 1, open_low=True)),
         ("loss.ohem_min_kept", loss.ohem_min_kept, "a whole number >= 0", whole(loss.ohem_min_kept, 0)),
     ]
@@ -97,7 +101,8 @@ def _number_rules(cfg: TrainConfig) -> list[tuple[str, object, str, bool]]:
     if s.name == "poly":
         rules.append(("scheduler.power", s.power, "a number > 0", real(s.power, 0, open_low=True)))
     if t.grad_clip is not None:
-        rules.append(("trainer.grad_clip", t.grad_clip, "a gradient norm > 0, or null", real(t.grad_clip, 0, open_low=True)))
+        rules.append(("trainer.grad_clip", t.grad_clip, "a gradient norm > 0, or null",
+                      real(t.grad_clip, 0, open_low=True)))
     if t.stop_at is not None:
         rules.append(("trainer.stop_at", t.stop_at, "a whole number >= 1, or null", whole(t.stop_at, 1)))
     return rules

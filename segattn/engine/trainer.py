@@ -232,7 +232,8 @@ def restore(ckpt: dict, path: str, model, optimizer, scheduler, rank: int, world
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:  # another head, backbone or optimizer
-        raise ValueError(f"resume={path!r} does not fit this run: {_model_differences(ckpt['config'], cfg) if cfg else 'other shapes'} "
+        differs = _model_differences(ckpt["config"], cfg) if cfg else "its weights have other shapes"
+        raise ValueError(f"resume={path!r} does not fit this run: {differs} "
                          f"({str(e).splitlines()[0][:160]}). resume continues a run with its own settings; to start "
                          f"a new run from these weights use model.init_from={path} (the backbone alone: "
                          f"backbone.pretrained={path})") from None
