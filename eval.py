@@ -13,9 +13,10 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from segattn.cli import check_run_dir, user_errors
+from segattn.cli import check_run_dir, remove_if_refused, user_errors
 from segattn.config import EvalConfig
 from segattn.engine import evaluate_checkpoint
+from segattn.engine.logging import console_log
 from train import check_overrides
 
 # An absolute config path, so that tests can import this module and call main() in-process.
@@ -26,12 +27,14 @@ ConfigStore.instance().store(group="schema", name="eval", node=EvalConfig)  # co
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="eval")
 def _main(cfg: DictConfig):
-    with user_errors("eval.py"):
+    run_dir = HydraConfig.get().runtime.output_dir
+    # The console is kept in <run>/eval.log; a refusal leaves no run directory behind.
+    with remove_if_refused(run_dir), console_log(os.path.join(run_dir, "eval.log")), user_errors("eval.py"):
         if OmegaConf.is_missing(cfg, "checkpoint"):
             raise ValueError("checkpoint=PATH is required: the segattn checkpoint to evaluate, e.g. "
                              "python eval.py checkpoint=outputs/<date>/<run>/checkpoints/best.pt")
         cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        result = evaluate_checkpoint(cfg, HydraConfig.get().runtime.output_dir)
+        result = evaluate_checkpoint(cfg, run_dir)
     return result.get("mIoU")  # None when the images have no masks (prediction only)
 
 

@@ -31,7 +31,8 @@ def _main(cfg: DictConfig):
             raise ValueError(f"{' and '.join(k + '=...' for k in missing)} required: python export.py "
                              f"checkpoint=PATH format=onnx|torchscript|exported_program")
         cfg = ExportConfig.from_dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-        info = export_checkpoint(cfg.checkpoint, cfg.format, cfg.output, cfg.input_size, cfg.dynamic, cfg.device)
+        info = export_checkpoint(cfg.checkpoint, cfg.format, cfg.output, cfg.input_size, cfg.dynamic, cfg.device,
+                                 verbose=cfg.verbose)
     print(f"wrote {info['path']} ({cfg.format}, {'dynamic sizes' if cfg.dynamic else 'input %dx%d' % tuple(info['input_size'])})"
           f" and {info['json']}")
     return info

@@ -5,6 +5,7 @@ segattn.engine.train does the rest. Under ``torchrun --nproc_per_node=N train.py
 runs this file; only rank 0 gets a run directory (see ``_quiet_nonzero_rank``).
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -14,10 +15,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from segattn.cli import check_run_dir, user_errors
+from segattn.cli import check_run_dir, remove_if_refused, user_errors
 from segattn.config import ConfigNode, TrainConfig
 from segattn.engine import train
 from segattn.engine.distributed import env_rank
+from segattn.engine.logging import console_log
 
 # An absolute config path, so that tests can import this module and call main() in-process.
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
@@ -73,8 +75,13 @@ def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def _main(cfg: DictConfig) -> float:
-    with user_errors("train.py"):  # a mistake: one paragraph, exit 1; SIGINT/SIGTERM: saved, 130/143
-        metrics = train(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
+    run_dir = HydraConfig.get().runtime.output_dir
+    main_process = env_rank() == 0  # ranks > 0 have no run directory of their own
+    # The console is kept in <run>/train.log. A mistake: one paragraph, exit 1, no run directory left
+    # behind; SIGINT/SIGTERM: saved, 130/143.
+    with remove_if_refused(run_dir) if main_process else contextlib.nullcontext(), \
+            console_log(os.path.join(run_dir, "train.log") if main_process else None), user_errors("train.py"):
+        metrics = train(OmegaConf.to_container(cfg, resolve=True), run_dir)
     return metrics["mIoU"]  # the value a sweeper would optimise
 
 

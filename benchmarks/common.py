@@ -7,12 +7,13 @@
   0 FLOPs and is reported separately as elements moved. CPU flash attention (what
   ``F.scaled_dot_product_attention`` runs on the CPU) is also absent from FlopCounterMode's
   table and is added with its own formula.
-- Activation memory: ``LiveBytes`` is a dispatch mode that adds up the storages created while it
-  is active and follows when they are freed, so its peak is the activation memory of a forward
-  (or of a forward + backward). It runs on the ``meta`` device: the shapes, and therefore the
-  bytes, are exactly those of a CPU run, at no compute cost. ``cpu_emulation`` makes the
-  meta run pick the CPU's attention kernel, the one place where the kernel (and its memory)
-  depends on the device. On CUDA, ``torch.cuda.max_memory_allocated`` is used instead.
+- Activation memory: ``LiveBytes`` (segattn/engine/memory.py, which the trainer's memory check
+  uses too) is a dispatch mode that adds up the storages created while it is active and follows
+  when they are freed, so its peak is the activation memory of a forward (or of a forward +
+  backward). It runs on the ``meta`` device: the shapes, and therefore the bytes, are exactly
+  those of a CPU run, at no compute cost. ``cpu_emulation`` makes the meta run pick the CPU's
+  attention kernel, the one place where the kernel (and its memory) depends on the device. On
+  CUDA, ``torch.cuda.max_memory_allocated`` is used instead.
 - Latency: ``time_interleaved`` runs every case once per round and rotates the order between
   rounds, so that a slow spell of a shared machine hits all cases alike; the median over rounds
   is reported.
@@ -27,7 +28,6 @@ import os
 import platform
 import statistics
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable
 
@@ -37,6 +37,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from torch.utils.weak import WeakIdKeyDictionary
 
+from segattn.engine.memory import LiveBytes, cpu_emulation  # noqa: F401  (the library's meta-device counter)
 from segattn.io import atomic_write
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,80 +231,6 @@ def count_flops(fn: Callable[[], object]) -> Flops:
 
 
 # ----------------------------------------------------------------------------- memory
-
-
-class LiveBytes(TorchDispatchMode):
-    """Bytes of the storages created while active and still alive; ``peak`` is their maximum.
-
-    Storages that existed before (parameters, inputs) are not counted: what is measured is the
-    activation memory of the call (plus the gradients a backward creates).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.seen = WeakIdKeyDictionary()
-        self.current = 0
-        self.peak = 0
-
-    def _free(self, nbytes: int) -> None:
-        self.current -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in _tensors(out):
-            st = t.untyped_storage()
-            if st not in self.seen:
-                n = st.nbytes()
-                self.seen[st] = n
-                self.current += n
-                weakref.finalize(st, self._free, n)
-        self.peak = max(self.peak, self.current)
-        return out
-
-
-class _MetaAsCpuAutocast(torch.autocast):
-    """``torch.autocast`` that accepts ``device_type="meta"`` (as the CPU's): autocast has no meta
-    backend, and a module that disables autocast around a block (DANet's CAM) must still run."""
-
-    def __init__(self, device_type, *args, **kwargs):
-        super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
-
-
-def _sdpa_as_on_cpu(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
-    """``F.scaled_dot_product_attention`` that, on meta tensors, runs the kernel the CPU picks."""
-    if query.device.type == "meta" and not kwargs:
-        like_cpu = [torch.empty(t.shape, dtype=t.dtype) for t in (query, key, value)]
-        mask = None if attn_mask is None else torch.empty(attn_mask.shape, dtype=attn_mask.dtype)
-        choice = torch.ops.aten._fused_sdp_choice(*like_cpu, mask, dropout_p, is_causal, scale=scale)
-        if choice == torch.nn.attention.SDPBackend.FLASH_ATTENTION.value:
-            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
-    return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                 **kwargs)
-
-
-_SDPA = torch.nn.functional.scaled_dot_product_attention
-
-
-class cpu_emulation:
-    """Run modules on ``meta`` tensors as the CPU would.
-
-    - Attention: on meta, ``F.scaled_dot_product_attention`` takes the math path, which stores the
-      L x L matrix; the CPU takes flash attention, which does not. Inside this context the meta
-      run calls the kernel the CPU would choose.
-    - ``torch.autocast(device_type="meta")`` is accepted (there is no meta autocast backend; DANet's
-      CAM disables autocast around its energies).
-    """
-
-    def __enter__(self):
-        self._saved = (torch.autocast, torch.nn.functional.scaled_dot_product_attention)
-        torch.autocast = _MetaAsCpuAutocast
-        torch.nn.functional.scaled_dot_product_attention = _sdpa_as_on_cpu
-        return self
-
-    def __exit__(self, *exc):
-        torch.autocast, torch.nn.functional.scaled_dot_product_attention = self._saved
-        return False
 
 
 def peak_bytes(fn: Callable[[], object], device: torch.device | str) -> int:

@@ -35,11 +35,13 @@ on this machine's CPU (benchmarks/train_speed.py). matplotlib draws the charts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -99,7 +101,9 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
     settings = {"heads": heads, "seeds": seeds, "baseline": baseline, "out": study.get("out"),
                 "speed_steps": int(study.get("speed_steps", 5)), "points": int(study.get("points", 3))}
     if not settings["out"]:
-        slug = re.sub(r"[^A-Za-z0-9._=+-]+", "-", "_".join(overrides))[:60]
+        # The folder becomes part of the hydra.sweep.dir override, where '=' (and brackets, quotes, commas)
+        # would have to be quoted: "trainer.max_iters=8" is named "trainer.max_iters-8".
+        slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(o.replace("=", "-") for o in overrides))[:60]
         digest = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:6] if overrides else ""
         settings["out"] = os.path.join("studies", "-".join(heads) + (f"_{slug}_{digest}" if slug else ""))
     return settings, overrides
@@ -409,12 +413,18 @@ def main(argv=None) -> str:
         return ""
     settings, overrides = parse(argv)
     out, heads, seeds = settings["out"], settings["heads"], settings["seeds"]
+    created = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
     check_same_study(out, heads, seeds, overrides)
     errors = launch(out, heads, seeds, overrides)
     rows = summarize_sweep.collect(os.path.join(out, "runs")) if os.path.isdir(os.path.join(out, "runs")) else []
     done = [r for r in rows if r["status"] == "done"]
     if not done:
+        if created:  # nothing to collect or continue: leave no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+            if os.path.dirname(out) == "studies":  # the default folder's parent, only when empty
+                with contextlib.suppress(OSError):
+                    os.rmdir("studies")
         raise SystemExit(f"study.py: no run of {out} finished; see the errors above")
     num_classes = len(done[0]["IoU"])
     cost = costs(heads, overrides, num_classes, settings["speed_steps"])

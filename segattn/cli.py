@@ -80,3 +80,33 @@ def _read_only_mount(path: str) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def remove_if_refused(run_dir: str):
+    """``with remove_if_refused(run_dir):`` around an entry point's work: when it refuses (exit status 1,
+    a mistake of the command line or the data) before writing any result, the run directory Hydra
+    made for it (``.hydra/``, an empty ``checkpoints/``) is removed again, and its date folder when that
+    is left empty. A directory that held anything else before (a resumed run, a folder of the user's)
+    is left as it is, as is one where training wrote a checkpoint or TensorBoard events."""
+    run_dir = os.path.abspath(run_dir)
+    fresh = os.path.isdir(run_dir) and set(os.listdir(run_dir)) <= {".hydra"} and run_dir != os.getcwd()
+    try:
+        yield
+    except SystemExit as e:
+        if e.code == 1 and fresh and not _holds_results(run_dir):
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(run_dir))  # outputs/<date>/, only when empty
+        raise
+
+
+def _holds_results(run_dir: str) -> bool:
+    """Whether a run wrote something worth keeping: a checkpoint, TensorBoard events, metrics."""
+    for _, _, files in os.walk(run_dir):
+        if any(f.endswith(".pt") or f.startswith("events.out.tfevents")
+               or f in ("metrics.json", "eval.json", "dataset_check.txt") for f in files):
+            return True
+    return False

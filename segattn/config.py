@@ -91,6 +91,7 @@ class TrainerConfig(ConfigNode):
     compile: Any = False  # false | true (inductor) | a torch.compile backend name
     sync_bn: Optional[bool] = None
     dist_timeout_s: float = 1800
+    check_memory: bool = True  # estimate a training step's memory before the first one; refuse what cannot fit
 
 
 @dataclass
@@ -129,7 +130,7 @@ class ScaleAttentionConfig(ConfigNode):
 
 @dataclass
 class ModelConfig(ConfigNode):
-    init: str = "mmseg"  # mmseg | pytorch: the heads' start (segattn/models/layers.py apply_init)
+    init: str = "pytorch"  # pytorch | mmseg (the recipes'): the heads' start (segattn/models/layers.py apply_init)
     init_from: Optional[str] = None
     aux_head: AuxHeadConfig = field(default_factory=AuxHeadConfig)
     scale_attention: ScaleAttentionConfig = field(default_factory=ScaleAttentionConfig)
@@ -217,3 +218,4 @@ class ExportConfig(ConfigNode):
     dynamic: bool = False
     output: Optional[str] = None
     device: str = "cpu"
+    verbose: bool = False

@@ -13,8 +13,13 @@ The exported graph takes **normalised** float32 images ``(N, 3, H, W)`` (RGB in 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import sys
+import warnings
 
 import numpy as np
 import torch
@@ -26,7 +31,7 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_val_transform
 from .engine.checkpoint import load_checkpoint
 from .io import atomic_write
 from .models import build_model_from_config
-from .models.inference import inference_kwargs, one_pass
+from .models.inference import default_window, inference_kwargs, one_pass
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}
 
@@ -63,6 +68,27 @@ MIN_SIDE, MAX_SIDE = 64, 4096
 
 def _default_names(n: int) -> list[str]:
     return [f"class_{i}" for i in range(n)]
+
+
+def array_to_rgb(image: np.ndarray, where: str = "image") -> np.ndarray:
+    """A picture as an array -> H x W x 3 uint8 RGB, the way a file or PIL image of it is read: gray
+    (H x W or H x W x 1) is repeated over the three channels and RGBA drops its alpha (PIL's
+    ``convert("RGB")``); float arrays are taken as [0, 1] (matplotlib's and skimage's convention)."""
+    a = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or min(a.shape[:2]) == 0:
+        raise ValueError(f"{where}: expected an H x W x 3 RGB, H x W gray or H x W x 4 RGBA array, got shape "
+                         f"{image.shape}")
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise ValueError(f"{where}: a float array must hold values in [0, 1], got {float(np.nanmin(a)):g} to "
+                             f"{float(np.nanmax(a)):g}; for 0-255 values pass them as uint8 "
+                             f"(image.astype(np.uint8))")
+        a = np.round(a * 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"{where}: expected a uint8 array (0-255) or a float array in [0, 1], got dtype {a.dtype}")
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return np.ascontiguousarray(a[..., :3])
 
 
 class Predictor(nn.Module):
@@ -108,11 +134,7 @@ class Predictor(nn.Module):
                             f"inference keys (mode, crop_size, stride, scales, flip, base_scale)")
         kwargs = dict(self.inference)
         kwargs.update({k: v for k, v in (inference or {}).items() if v is not None})
-        if kwargs.get("mode") == "slide" and kwargs.get("crop_size") is None and self.crop_size:
-            kwargs["crop_size"] = list(self.crop_size)
-        if kwargs.get("mode") == "slide" and kwargs.get("stride") is None and kwargs.get("crop_size"):
-            kwargs["stride"] = [max(1, (2 * int(c) + 2) // 3) for c in kwargs["crop_size"]]
-        return inference_kwargs(kwargs)
+        return inference_kwargs(default_window(kwargs, self.crop_size))
 
     def _rgb(self, image, where: str) -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
@@ -120,20 +142,18 @@ class Predictor(nn.Module):
         if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, in any mode
             return np.asarray(image.convert("RGB"))
         if isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"{where}: expected an H x W x 3 uint8 RGB array, got shape {image.shape} "
-                                 f"dtype {image.dtype}")
-            return image
-        raise TypeError(f"{where}: expected a numpy H x W x 3 uint8 array, a PIL image or a path, "
-                        f"got {type(image).__name__}")
+            return array_to_rgb(image, where)
+        raise TypeError(f"{where}: expected a numpy array (H x W x 3 RGB, H x W gray or H x W x 4 RGBA; uint8, or "
+                        f"float in [0, 1]), a PIL image or a path, got {type(image).__name__}")
 
     @torch.no_grad()
     def predict(self, image_or_list, inference=None, output: str = "mask"):
         """Class ids ``(H, W)`` int64 at the image's size (``output="mask"``), or class probabilities
-        ``(K, H, W)`` float32 (``output="probs"``), for one image (numpy H x W x 3 uint8 RGB, PIL, or a
-        path); a list of images gives a list. ``inference`` overrides the checkpoint's settings: a mode
-        (``"whole"``, ``"slide"``) or a dict (``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``,
-        ``base_scale``), as eval.py's ``inference.*``."""
+        ``(K, H, W)`` float32 (``output="probs"``), for one image (a numpy array: H x W x 3 RGB, H x W gray
+        or H x W x 4 RGBA, uint8 or float in [0, 1]; a PIL image; a path); a list of images gives a list.
+        ``inference`` overrides the checkpoint's settings: a mode (``"whole"``, ``"slide"``) or a dict
+        (``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``base_scale``), as eval.py's
+        ``inference.*``."""
         if output not in ("mask", "probs"):
             raise ValueError(f"output={output!r}; expected 'mask' or 'probs'")
         kwargs = self.settings(inference)
@@ -217,14 +237,41 @@ def _exported_program(graph: nn.Module, example: torch.Tensor, dynamic: bool):
                   prefer_deferred_runtime_asserts_over_guards=True)
 
 
-def json_path(path: str, fmt: str) -> str:
-    """The JSON beside an exported file: ``model.onnx`` -> ``model.json``."""
-    stem = path[:-len(FORMATS[fmt])] if path.endswith(FORMATS[fmt]) else os.path.splitext(path)[0]
-    return stem + ".json"
+def json_path(path: str, fmt: str | None = None) -> str:
+    """The JSON beside an exported file, one per file: ``model.onnx`` -> ``model.onnx.json``, so exporting
+    another format of the same checkpoint (``model.pt2`` -> ``model.pt2.json``) keeps the first one's."""
+    return path + ".json"
+
+
+@contextlib.contextmanager
+def quiet_exporters(verbose: bool = False):
+    """Without ``verbose``: the exporters' progress prints, INFO logs (torch.onnx, onnxscript's
+    optimiser: hundreds of lines for an attention head) and deprecation warnings are held back; when
+    the export fails, what they printed is shown after all, since it may say why."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export", "torch._export",
+                                                "torch._dynamo", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    held = io.StringIO()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(held):
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def export_model(model: nn.Module, path: str, fmt: str, input_size=(512, 1024), dynamic: bool = False,
-                 head: str | None = None, meta: dict | None = None) -> dict:
+                 head: str | None = None, meta: dict | None = None, verbose: bool = False) -> dict:
     """Write ``model`` (a Segmentor, or a :class:`Predictor`) to ``path`` as ``fmt`` (onnx |
     torchscript | exported_program), and ``json_path(path, fmt)`` beside it; returns the JSON.
 
@@ -253,7 +300,7 @@ def export_model(model: nn.Module, path: str, fmt: str, input_size=(512, 1024), 
     graph = ExportGraph(model).eval()
     # A batch of 2 at export: torch.export specialises a dimension of size 1.
     example = torch.randn(2 if dynamic else 1, 3, h, w, device=param.device, dtype=param.dtype)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_exporters(verbose):
         if fmt == "exported_program":
             program = _exported_program(graph, example, dynamic)
             with atomic_write(path) as f:
@@ -299,7 +346,7 @@ def load_exported(path: str, fmt: str | None = None):
 
 
 def export_checkpoint(checkpoint: str, fmt: str, output: str | None = None, input_size=None,
-                      dynamic: bool = False, device="cpu") -> dict:
+                      dynamic: bool = False, device="cpu", verbose: bool = False) -> dict:
     """What ``export.py`` does: ``load`` the checkpoint and ``export_model`` it to ``output`` (default:
     beside the checkpoint, ``best.pt`` -> ``best.onnx``) at ``input_size`` (default: the training
     crop). Returns the JSON written, with ``path`` and ``json`` added."""
@@ -318,7 +365,8 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None = None, inpu
             raise ValueError("format=onnx needs the export extra: pip install -e '.[export]' "
                              "(onnx, onnxscript, onnxruntime)") from None
     info = export_model(predictor, path, fmt, size, dynamic,
-                        meta={"checkpoint": os.path.abspath(checkpoint), "inference": predictor.inference})
+                        meta={"checkpoint": os.path.abspath(checkpoint), "inference": predictor.inference},
+                        verbose=verbose)
     return {**info, "path": path, "json": json_path(path, fmt)}
 
 

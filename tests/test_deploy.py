@@ -92,8 +92,8 @@ def test_colorize_with_the_palette(predictor):
 
 
 def test_predict_and_load_refuse_bad_input(predictor, tmp_path):
-    with pytest.raises(ValueError, match="H x W x 3 uint8"):
-        predictor.predict(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="H x W x 3 RGB, H x W gray or H x W x 4 RGBA"):  # gray is taken
+        predictor.predict(np.zeros((8, 8, 2), np.uint8))
     with pytest.raises(ValueError, match="output='logits'"):
         predictor.predict(_picture(), output="logits")
     with pytest.raises(ValueError, match="inference.mode='tiles'"):
@@ -177,7 +177,7 @@ def test_export_entry_point(checkpoint, tmp_path, capsys):
     out = str(tmp_path / "model.pt2")
     _run_hydra_main("export", [f"checkpoint={checkpoint}", "format=exported_program", f"output={out}",
                                "input_size=[64,96]", f"hydra.run.dir={tmp_path / 'run'}"])
-    meta = json.load(open(tmp_path / "model.json"))
+    meta = json.load(open(tmp_path / "model.pt2.json"))
     predictor = segattn.load(checkpoint)
     assert meta["classes"] == predictor.classes and meta["palette"] == predictor.palette.tolist()
     assert meta["mean"] == list(predictor.mean) and meta["input_size"] == [64, 96]
@@ -189,7 +189,7 @@ def test_export_entry_point(checkpoint, tmp_path, capsys):
     copy = shutil.copy(checkpoint, tmp_path / "best.pt")  # not beside the shared run's checkpoints
     _run_hydra_main("export", [f"checkpoint={copy}", "format=torchscript", f"hydra.run.dir={tmp_path / 'run'}"])
     stem = str(tmp_path / "best")
-    assert os.path.isfile(stem + ".torchscript.pt") and json.load(open(stem + ".json"))["input_size"] == [64, 64]
+    assert os.path.isfile(stem + ".torchscript.pt") and json.load(open(stem + ".torchscript.pt.json"))["input_size"] == [64, 64]
     with pytest.raises(ValueError, match="format='tflite'; expected one of onnx, torchscript, exported_program"):
         export_checkpoint(checkpoint, "tflite")
     with pytest.raises(ValueError, match=r"input_size=\[0, 4\]: expected \[H, W\] of positive integers"):

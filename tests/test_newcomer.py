@@ -5,6 +5,7 @@ The entry points run in-process (tests/conftest.py); the SIGTERM test starts a p
 signal from outside is the point.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import segattn
 import segattn.engine.trainer as trainer_mod
 from segattn.engine.checkpoint import load_checkpoint
 
@@ -129,16 +131,14 @@ def test_eval_without_checkpoint(tmp_path, capsys):
     _fails_cleanly(run_eval, [f"hydra.run.dir={tmp_path}"], capsys, "checkpoint=PATH is required")
 
 
-def test_eval_slide_without_windows_is_refused_before_the_model_is_built(trained_run, tmp_path, capsys, monkeypatch):
-    import segattn.engine.evaluator as evaluator
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("the model was built before the inference settings were checked")
-
-    monkeypatch.setattr(evaluator, "build_model_from_config", no_model)
+def test_eval_slide_without_windows_uses_the_training_crop_as_predict_does(trained_run, tmp_path):
+    # eval.py and segattn.load(...).predict agree: a slide without a window takes the training crop,
+    # windows 2/3 of it apart (refused only where the checkpoint records no crop: inference_kwargs).
     ckpt = os.path.join(trained_run, "checkpoints", "last.pt")
-    _fails_cleanly(run_eval, [f"checkpoint={ckpt}", "inference.mode=slide", f"hydra.run.dir={tmp_path}"], capsys,
-                   "inference.mode=slide needs inference.crop_size and inference.stride")
+    run_eval([f"checkpoint={ckpt}", "inference.mode=slide", f"hydra.run.dir={tmp_path}", "progress=false"])
+    used = json.load(open(tmp_path / "eval.json"))["inference"]
+    assert used["crop_size"] == [64, 64] and used["stride"] == [43, 43]
+    assert segattn.load(ckpt).settings("slide")["stride"] == used["stride"]
 
 
 def test_eval_one_image_file(trained_run, tiny_root, tmp_path, capsys):

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..config import EvalConfig
 from ..data import FolderDataset, build_dataset
-from ..models.inference import inference_kwargs
+from ..models.inference import default_window, inference_kwargs
 from ..models import build_model_from_config
 from .checkpoint import load_checkpoint
 from .distributed import resolve_device
@@ -44,6 +44,8 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     d.update(overrides)
     inference = dict(d.get("inference") or {"mode": "whole"})
     inference.update(_set(cfg.inference.to_dict()))
+    # A slide without a window: the training crop, windows 2/3 of it apart (as segattn.load's predict).
+    inference = default_window(inference, train_cfg["dataset"].get("crop_size"))
     inference_kwargs(inference)  # a bad inference node fails now, not after the model has loaded
     export_dir, fmt = cfg.export_dir, cfg.export_format or "labelids"
     if export_dir:

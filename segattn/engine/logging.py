@@ -3,8 +3,12 @@ TensorBoard. The pictures are drawn by ``segattn.viz``, where every renderer liv
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import math
+import os
+import sys
 
 from ..config import TrainConfig
 from ..io import atomic_write
@@ -53,6 +57,84 @@ def log_train(writer, loss: float, lr: float, parts: dict, data_time_share: floa
     writer.add_scalar("train/data_time_share", data_time_share, step)
 
 
+def peak_memory_mib(device) -> float | None:
+    """The process's peak memory so far: the CUDA allocator's on a GPU, the resident set (ru_maxrss) on
+    the CPU; None where neither can be read."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+class LogWindow:
+    """Iteration and data-loading times since the last log line, for mmsegmentation's log-line facts:
+    time per iteration, data time, ETA (from the current pace; validation not counted), peak memory."""
+
+    def __init__(self):
+        self.iters, self.time, self.data = 0, 0.0, 0.0
+
+    def add(self, iter_s: float, data_s: float) -> None:
+        self.iters += 1
+        self.time += iter_s
+        self.data += data_s
+
+    def line(self, step: int, max_iters: int, stop_at: int, loss: float, lr: float, device) -> str:
+        """``iter 10/80  loss 2.345  lr 9.0e-03  time 1.52 s/it  data 0.05 s/it  eta 0:01:46  memory 812 MiB``;
+        the window starts again."""
+        per_iter, data = self.time / max(self.iters, 1), self.data / max(self.iters, 1)
+        eta = datetime.timedelta(seconds=round(per_iter * max(stop_at - step, 0)))
+        mem = peak_memory_mib(device)
+        self.__init__()
+        return (f"iter {step}/{max_iters}  loss {loss:.4f}  lr {lr:.3e}  time {per_iter:.3f} s/it  "
+                f"data {data:.3f} s/it  eta {eta}" + (f"  memory {mem:.0f} MiB" if mem is not None else ""))
+
+
+class _Tee:
+    """A console stream that also appends what it prints to a log file; progress-bar redraws (``\r``)
+    stay on the console only."""
+
+    def __init__(self, stream, log):
+        self._stream, self._log, self._skip_newline = stream, log, False
+
+    def write(self, text: str) -> int:
+        n = self._stream.write(text)
+        if "\r" in text or "\x1b[" in text:  # a progress bar redrawing itself
+            self._skip_newline = True
+        elif not (self._skip_newline and text == "\n"):
+            self._log.write(text)
+            self._log.flush()
+            self._skip_newline = False
+        return n
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding ...: the console's
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def console_log(path: str | None):
+    """``with console_log(<run>/train.log):`` what is printed on stdout and stderr is also appended to
+    ``path`` (progress bars excepted); None: nothing is kept."""
+    if path is None:
+        yield None
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        try:
+            yield log
+        finally:
+            sys.stdout, sys.stderr = saved
 def log_residual_scales(writer, scales: dict[str, float], step: int) -> None:
     """``train/gamma/<parameter>``: the head's zero-initialised residual scales
     (``segattn.models.residual_scales``), so a branch that stays switched off can be seen."""

@@ -2,6 +2,8 @@
 
 - ``dataset.check=true``: every sample of the train and val splits is loaded once and every bad
   file is listed in one error (without it, each sample is still checked when it is loaded);
+- memory: one training step, counted on the ``meta`` device, against what the device has
+  (``trainer.check_memory``; segattn/engine/memory.py);
 - free disk space for the checkpoints the run will keep (writability: ``trainer.check_writable``);
 - ``run_info.json``: the seed, the package versions and the git commit the run was started with.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime
 import glob
 import json
+import math
 import os
 import platform
 import shutil
@@ -26,16 +29,19 @@ from ..config import TrainConfig, TrainerConfig
 from ..data.check import check_dataset
 from ..models import build_model_from_config
 from .logging import write_json
+from .memory import check_training_memory
 
 # Room for what a run writes besides checkpoints (TensorBoard events, metrics, predictions shown).
 MARGIN_BYTES = 64 * 2**20
 
 
-def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set) -> dict:
+def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set, device=None,
+                     processes: int = 1) -> dict:
     """The start-up checks of ``train``, then ``run_info.json``; returns what was recorded.
 
-    Called by the main process only: the scan reads the whole dataset once, and the other two
-    concern the directory only it writes to.
+    Called by the main process only: the scan reads the whole dataset once, the disk checks
+    concern the directory only it writes to, and the memory check (on ``device``, shared by
+    ``processes`` processes) stands for every rank's device.
     """
     cfg = TrainConfig.from_dict(cfg)
     t = cfg.trainer
@@ -43,8 +49,73 @@ def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set) 
         n = check_dataset({"train": train_set, "val": val_set}, workers=t.num_workers,
                           progress=t.progress, report=os.path.join(run_dir, "dataset_check.txt"))
         print(f"dataset.check: all {n} samples of the train and val splits can be used", file=sys.stderr)
+    if device is not None and t.check_memory and cfg.dataset.get("crop_size"):
+        check_training_memory(cfg.to_dict(), len(train_set.classes), device, processes)
     check_free_space(run_dir, checkpoint_bytes(cfg, len(train_set.classes)), checkpoint_copies(t))
     return write_run_info(run_dir, cfg)
+
+
+# --- the numbers of the config ----------------------------------------------------------------------
+
+def _number_rules(cfg: TrainConfig) -> list[tuple[str, object, str, bool]]:
+    """``(key, value, what it must be, whether it is)`` for every numeric key of the training config."""
+    t, o, s, m, loss = cfg.trainer, cfg.optimizer, cfg.scheduler, cfg.model, cfg.loss
+
+    def whole(v, low):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def real(v, low, high=math.inf, open_low=False):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) and \
+            (v > low if open_low else v >= low) and v <= high
+
+    rules = [
+        ("trainer.max_iters", t.max_iters, "a whole number >= 1 (iterations to train; eval.py evaluates a "
+                                           "checkpoint without training)", whole(t.max_iters, 1)),
+        ("trainer.batch_size", t.batch_size, "a whole number >= 1 (images per process and step)",
+         whole(t.batch_size, 1)),
+        ("trainer.grad_accum", t.grad_accum, "a whole number >= 1", whole(t.grad_accum, 1)),
+        ("trainer.num_workers", t.num_workers, "a whole number >= 0", whole(t.num_workers, 0)),
+        ("trainer.val_interval", t.val_interval, "a whole number >= 1 (the run also validates at its end)",
+         whole(t.val_interval, 1)),
+        ("trainer.log_interval", t.log_interval, "a whole number >= 1", whole(t.log_interval, 1)),
+        ("trainer.ckpt_interval", t.ckpt_interval, "a whole number >= 0 (0: no iter_<N>.pt)",
+         whole(t.ckpt_interval, 0)),
+        ("trainer.keep_ckpts", t.keep_ckpts, "a whole number >= 0 (0: keep all)", whole(t.keep_ckpts, 0)),
+        ("trainer.dist_timeout_s", t.dist_timeout_s, "a number of seconds > 0",
+         real(t.dist_timeout_s, 0, open_low=True)),
+        ("optimizer.lr", o.lr, "a learning rate >= 0 (the recipes use 0.01)", real(o.lr, 0)),
+        ("optimizer.weight_decay", o.weight_decay, "a number >= 0", real(o.weight_decay, 0)),
+        ("scheduler.min_lr", s.min_lr, "a number >= 0", real(s.min_lr, 0)),
+        ("scheduler.warmup_iters", s.warmup_iters, "a whole number >= 0", whole(s.warmup_iters, 0)),
+        ("scheduler.warmup_ratio", s.warmup_ratio, "a number in [0, 1]", real(s.warmup_ratio, 0, 1)),
+        ("model.aux_head.weight", m.aux_head.weight, "a number >= 0 (0: no auxiliary head)",
+         real(m.aux_head.weight, 0)),
+        ("loss.ohem_thresh", loss.ohem_thresh, "a probability in (0, 1]", real(loss.ohem_thresh, 0, 1, open_low=True)),
+        ("loss.ohem_min_kept", loss.ohem_min_kept, "a whole number >= 0", whole(loss.ohem_min_kept, 0)),
+    ]
+    if o.name == "sgd":
+        rules.append(("optimizer.momentum", o.momentum, "a number in [0, 1)", real(o.momentum, 0) and o.momentum < 1))
+    else:
+        rules.append(("optimizer.betas", o.betas, "two numbers in [0, 1)", isinstance(o.betas, (list, tuple))
+                      and len(o.betas) == 2 and all(real(b, 0) and b < 1 for b in o.betas)))
+    if s.name == "poly":
+        rules.append(("scheduler.power", s.power, "a number > 0", real(s.power, 0, open_low=True)))
+    if t.grad_clip is not None:
+        rules.append(("trainer.grad_clip", t.grad_clip, "a gradient norm > 0, or null",
+                      real(t.grad_clip, 0, open_low=True)))
+    if t.stop_at is not None:
+        rules.append(("trainer.stop_at", t.stop_at, "a whole number >= 1, or null", whole(t.stop_at, 1)))
+    return rules
+
+
+def check_numbers(cfg: dict | TrainConfig) -> None:
+    """Refuse a numeric key out of its range, naming the key, before anything is built (a batch of 0
+    would otherwise end in a ZeroDivisionError, a negative learning rate in the optimizer's message
+    that does not say which key). Every bad key is listed at once."""
+    cfg = TrainConfig.from_dict(cfg)
+    bad = [f"{key}={value!r}: expected {what}" for key, value, what, ok in _number_rules(cfg) if not ok]
+    if bad:
+        raise ValueError("; ".join(bad))
 
 
 # --- disk space ----------------------------------------------------------------------------------

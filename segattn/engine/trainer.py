@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..config import TrainConfig
 from ..data import build_dataset, build_train_transform, seed_worker
+from ..data.check import DatasetError
 from ..data.sampler import TrainSampler
 from ..models import build_model_from_config, residual_scales
 from . import distributed
@@ -34,10 +35,10 @@ from .checkpoint import (clean_stale_tmp, load_checkpoint, prune_checkpoints, rn
                          set_rng_state)
 from .distributed import resolve_device  # noqa: F401  (its home before; scripts import it from here)
 from .evaluate import evaluate
-from .logging import (iou_table, log_hparams, log_residual_scales, log_train, log_validation, metrics_json,
-                      write_json)
+from .logging import (LogWindow, iou_table, log_hparams, log_residual_scales, log_train, log_validation,
+                      metrics_json, write_json)
 from .optim import build_optimizer, build_scheduler
-from .preflight import preflight_checks
+from .preflight import check_numbers, preflight_checks
 from .stopping import GracefulStop, Interrupted
 from ..viz import log_attention_pictures
 
@@ -201,8 +202,23 @@ def setup_model(cfg: TrainConfig, num_classes: int, device: torch.device, world_
     return model
 
 
+def _model_differences(saved: dict, cfg: TrainConfig) -> str:
+    """What the checkpoint's stored config builds differently from ``cfg``: ``head=fcn there, da here``."""
+    own = cfg.to_dict()
+    diffs = []
+    for node in ("head", "backbone", "model", "optimizer"):
+        a, b = saved.get(node) or {}, own.get(node) or {}
+        keys = ["name"] if a.get("name") != b.get("name") else sorted(set(a) | set(b))
+        for key in keys:
+            if key in ("pretrained", "init_from") or a.get(key) == b.get(key) or isinstance(a.get(key), dict):
+                continue
+            name = f"{node}={b.get(key)}" if key == "name" else f"{node}.{key}={b.get(key)}"
+            diffs.append(f"{name} here, {a.get(key)} in the checkpoint")
+    return "; ".join(diffs[:4]) or "its weights have other shapes"
+
+
 def restore(ckpt: dict, path: str, model, optimizer, scheduler, rank: int, world_size: int,
-            num_classes: int) -> float:
+            num_classes: int, cfg: TrainConfig | None = None) -> float:
     """Continue from a checkpoint of this run (``resume``): weights, optimizer, schedule and the random
     streams; returns the best mIoU so far."""
     if ckpt["config"].get("num_classes", num_classes) != num_classes:
@@ -212,8 +228,15 @@ def restore(ckpt: dict, path: str, model, optimizer, scheduler, rank: int, world
         raise ValueError(f"resume={path!r} holds the weights only (best.pt keeps no optimizer state); resume from "
                          f"{os.path.join(os.path.dirname(path), 'last.pt')} or an iter_<N>.pt, or start a new run "
                          f"from these weights with model.init_from={path}")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # another head, backbone or optimizer
+        differs = _model_differences(ckpt["config"], cfg) if cfg else "its weights have other shapes"
+        raise ValueError(f"resume={path!r} does not fit this run: {differs} "
+                         f"({str(e).splitlines()[0][:160]}). resume continues a run with its own settings; to start "
+                         f"a new run from these weights use model.init_from={path} (the backbone alone: "
+                         f"backbone.pretrained={path})") from None
     scheduler.load_state_dict(ckpt["scheduler"])
     # Each rank continues its own random stream (dropout differs per rank), so resume is exact under DDP too.
     ranks = ckpt.get("rng_ranks") or []
@@ -268,8 +291,10 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
     # step) consumes `grad_accum` of them.
     train_set, val_set, train_loader, val_loader = build_loaders(cfg, cfg.seed, start_iter * t.grad_accum,
                                                                  rank, world_size)
-    if rank == 0:  # dataset.check, free disk space, run_info.json: before the first iteration, not hours in
-        preflight_checks(cfg, run_dir, train_set, val_set)
+    if rank == 0:  # dataset.check, memory, free disk space, run_info.json: before the first iteration, not hours in
+        # Processes on one machine's CPU share its memory; each GPU process has a device of its own.
+        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) if device.type == "cpu" else 1
+        preflight_checks(cfg, run_dir, train_set, val_set, device, sharing)
     classes = list(train_set.classes)
 
     init_from = cfg.model.init_from
@@ -280,7 +305,7 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
     scheduler = build_scheduler(optimizer, t.max_iters, **cfg.scheduler.to_dict())
     best = -1.0
     if ckpt:
-        best = restore(ckpt, resume_path, model, optimizer, scheduler, rank, world_size, len(classes))
+        best = restore(ckpt, resume_path, model, optimizer, scheduler, rank, world_size, len(classes), cfg)
     elif init_from:
         load_init_weights(model, init_from)
     net = model
@@ -414,11 +439,14 @@ def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False)
 
 
 def where_things_are(run: Run) -> str:
-    """The lines printed when a run ends: its files and how to look at them."""
+    """The lines printed when a run ends: its files and how to look at them (only files that exist)."""
     ckpts = [f"{run.ckpt_dir}/{n}" for n in ("best.pt", "last.pt") if os.path.isfile(os.path.join(run.ckpt_dir, n))]
-    return "\n".join([f"checkpoints: {', '.join(ckpts) or 'none'}",
-                      f"metrics:     {run.run_dir}/metrics.json",
-                      f"TensorBoard: tensorboard --logdir {run.run_dir}"])
+    lines = [f"checkpoints: {', '.join(ckpts) or 'none'}"]
+    for label, name in (("metrics:", "metrics.json"), ("log:", "train.log")):
+        if os.path.isfile(os.path.join(run.run_dir, name)):
+            lines.append(f"{label:<12} {run.run_dir}/{name}")
+    lines.append(f"TensorBoard: tensorboard --logdir {run.run_dir}")
+    return "\n".join(lines)
 
 
 def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | None:
@@ -427,14 +455,17 @@ def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | No
     t = run.cfg.trainer
     metrics = None
     t_data = t_step = 0.0
+    window = LogWindow()  # time per iteration and data time since the last log line (mmseg's)
     for it in bar:
         tic = time.perf_counter()
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
-        t_data += time.perf_counter() - tic
+        waited = time.perf_counter() - tic
+        t_data += waited
         out = train_step(run.model, micro_batches, run.optimizer, run.scheduler, net=run.net, scaler=run.scaler,
                          amp=run.amp, grad_clip=t.grad_clip, skip_nonfinite=t.skip_nonfinite,
                          channels_last=t.channels_last)
         t_step += time.perf_counter() - tic
+        window.add(time.perf_counter() - tic, waited)
         step = it + 1
         if not out.finite and not t.skip_nonfinite:
             raise FloatingPointError(
@@ -447,6 +478,7 @@ def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | No
             log_train(run.writer, out.loss.item(), out.lr, out.parts, t_data / max(t_step, 1e-9), step)
             log_residual_scales(run.writer, residual_scales(run.model), step)
             bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{out.lr:.2e}")
+            tqdm.write(window.line(step, t.max_iters, stop_at, out.loss.item(), out.lr, run.device))
         signum = stop.requested(run.device) if step < stop_at else 0
         metrics = validate_and_save(run, step, stop_at, stopping=bool(signum)) or metrics
         if signum:
@@ -463,20 +495,28 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
     """Train ``cfg`` (the composed conf/train.yaml as a plain dict, or a ``TrainConfig``) writing into
     ``run_dir``; returns the last validation metrics (as in ``metrics.json``)."""
     cfg = TrainConfig.from_dict(cfg)
+    check_numbers(cfg)  # a batch of 0 or a negative learning rate: the key named, before anything is built
     t = cfg.trainer
     # From here on SIGINT / SIGTERM finish the current iteration, write last.pt and stop (Interrupted).
-    with GracefulStop() as stop:
-        run = setup(cfg, run_dir)
-        if run.main_process:
-            print(f"run directory: {run.run_dir}", file=sys.stderr)
-        # stop_at ends the process early (e.g. a time-limited job) while the schedule still runs over
-        # max_iters; resume=auto continues from there.
-        stop_at = min(int(t.stop_at or t.max_iters), t.max_iters)
-        bar = tqdm(range(run.start_iter, stop_at), initial=run.start_iter, total=t.max_iters, desc="train",
-                   disable=not (t.progress and run.main_process), dynamic_ncols=True)
-        run.model.train()
-        metrics = _loop(run, bar, iter(run.train_loader), stop, stop_at)
-        bar.close()
+    try:
+        with GracefulStop() as stop:
+            run = setup(cfg, run_dir)
+            if run.main_process:
+                print(f"run directory: {run.run_dir}", file=sys.stderr)
+            # stop_at ends the process early (e.g. a time-limited job) while the schedule still runs over
+            # max_iters; resume=auto continues from there.
+            stop_at = min(int(t.stop_at or t.max_iters), t.max_iters)
+            bar = tqdm(range(run.start_iter, stop_at), initial=run.start_iter, total=t.max_iters, desc="train",
+                       disable=not (t.progress and run.main_process), dynamic_ncols=True)
+            run.model.train()
+            metrics = _loop(run, bar, iter(run.train_loader), stop, stop_at)
+            bar.close()
+    except DatasetError as e:
+        if cfg.dataset.get("check"):
+            raise
+        # Found when a sample was first drawn: there may be more, and the next start would stop at the next one.
+        raise DatasetError(f"{e}\nOther files may be bad too: dataset.check=true loads every sample of the train "
+                           f"and val splits before the first iteration and lists every bad file.") from None
     if metrics is None:  # nothing validated in this process (resumed a finished run, or stopped early)
         metrics, _ = evaluate(run.model, run.val_loader, len(run.classes), run.device,
                               inference=cfg.dataset.get("inference"))

@@ -26,6 +26,17 @@ MODES = ("whole", "slide")
 KEYS = ("mode", "crop_size", "stride", "scales", "flip", "base_scale")
 
 
+def default_window(node: dict, train_crop=None) -> dict:
+    """``node`` with a slide window where it names none: the training crop, windows 2/3 of it apart
+    (mmseg's 769/513 ratio). What eval.py and ``segattn.load(...).predict`` both do."""
+    node = dict(node)
+    if node.get("mode") == "slide" and node.get("crop_size") is None and train_crop:
+        node["crop_size"] = [int(c) for c in train_crop]
+    if node.get("mode") == "slide" and node.get("stride") is None and node.get("crop_size"):
+        node["stride"] = [max(1, (2 * int(c) + 2) // 3) for c in node["crop_size"]]
+    return node
+
+
 def inference_kwargs(node: dict | None) -> dict:
     """The ``inference`` config node as keyword arguments of ``infer`` / ``Segmentor.predict``."""
     node = dict(node or {})
