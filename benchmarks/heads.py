@@ -48,13 +48,6 @@ TIMM_PEERS = {
     "gc": ("GlobalContext", dict(use_attn=True, fuse_add=True, fuse_scale=False, rd_ratio=1 / 4, init_last_zero=True)),
     "nl": ("NonLocalAttn", dict(use_scale=True, rd_ratio=1 / 2)),
 }
-# Decode-head parameters of mmsegmentation's Cityscapes R50-D8 recipes (19 classes, decode head
-# alone: no auxiliary head), for the heads mmseg has.
-MMSEG_PARAMS = {"fcn": 23_605_779, "nl": 24_131_859, "da": 23_954_619, "cc": 23_934_100, "gc": 23_738_260,
-                "ema": 16_458_003, "psa": 33_246_739, "dnl": 24_132_372, "isa": 11_815_443, "apc": 30_465_605,
-                "ann": 20_336_659,
-                # ocrnet: both cascade decode heads, OCRHead (10,632,211) + its region FCNHead (2,364,691)
-                "ocr": 12_996_902}
 PEER_LIMIT = 1.2  # our forward within 1.2x of timm's
 TARGETS = {"flops": 0.17, "memory": 1 / 5, "time": 0.5}  # cc / explicit nl at 1 x 512 x 97 x 97
 REFERENCES = ["nl", "cc"]  # also measured with impl=explicit when both are in the run
@@ -202,7 +195,7 @@ def paper_setting_macs(size: int = 65) -> dict[str, float]:
     them, and of our heads at that size; multiply-accumulates, as the papers of that time counted."""
     from segattn.models.attention import build_attention
     from segattn.models.attention.psa import shrunk_grid
-    from segattn.models.heads import conv_bn_relu
+    from segattn.models.layers import conv_bn_relu
 
     meta = torch.device("meta")
     c5 = torch.empty(1, 2048, size, size, device=meta)
@@ -283,7 +276,7 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
                    "head_saved_bytes", "head_train_bytes", "mech_channels", "mech_params", "mech_flops",
                    "mech_other_flops", "mech_moved_elements", "mech_fwd_bytes", "mech_saved_bytes", "mech_train_bytes",
                    "mech_fwd_s", "timm_fwd_s", "head_fwd_s", "mech_other_ops", "mech_uncounted_ops"]
-    csv_rows = [[r["name"], r["head_params"], MMSEG_PARAMS.get(r["name"], ""), r["head_flops"], r["head_other"],
+    csv_rows = [[r["name"], r["head_params"], common.mmseg_params(r["name"]) or "", r["head_flops"], r["head_other"],
                  r["head_fwd"], r["head_saved"], r["head_train"], r["channels"] if "mech_flops" in r else "",
                  r.get("mech_params", ""), r.get("mech_flops", ""), r.get("mech_other", ""), r.get("mech_moved", ""),
                  r.get("mech_fwd", ""), r.get("mech_saved", ""), r.get("mech_train", ""), times.get(r["name"], ""),
@@ -350,18 +343,18 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
 def mmseg_cell(name: str, params: int) -> str:
     """mmseg's count for ``name`` ("—" if mmseg has no such head), with ✓ where ours is the same
     integer and the difference where it is not."""
-    theirs = MMSEG_PARAMS.get(name)
+    theirs = common.mmseg_params(name)
     if theirs is None:
         return "—"
     return f"{theirs:,} ✓" if params == theirs else f"{theirs:,} (ours {params - theirs:+,})"
 
 
 def mmseg_note(rows) -> str:
-    compared = [r for r in rows if r["name"] in MMSEG_PARAMS]
+    compared = [r for r in rows if common.mmseg_params(r["name"]) is not None]
     if not compared:
         return ""
-    same = [r["name"] for r in compared if r["head_params"] == MMSEG_PARAMS[r["name"]]]
-    differ = [r["name"] for r in compared if r["head_params"] != MMSEG_PARAMS[r["name"]]]
+    same = [r["name"] for r in compared if r["head_params"] == common.mmseg_params(r["name"])]
+    differ = [r["name"] for r in compared if r["head_params"] != common.mmseg_params(r["name"])]
     text = (f"{'All ' + str(len(same)) if not differ else len(same)} of the {len(compared)} heads compared "
             f"{'have' if len(same) != 1 else 'has'} exactly mmseg's parameter count")
     if differ:

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from segattn.models.attention import HEADS, build_attention
-from segattn.models.attention import da as da_mod
+from segattn.models.attention import build_attention
+from segattn.models.heads import HEADS
+from segattn.models.heads.da import DAHead
 from segattn.models.attention import ema as ema_mod
 from segattn.models.attention.oc import SelfAttentionBlock, _region_bounds
 
@@ -74,7 +75,7 @@ def test_da_cam_uses_max_minus_energy():
 
 def test_da_head_outputs_and_fusion():
     head = HEADS["da"]([8, 16, 24, 32], num_classes=5, channels=16, dropout=0.1).eval()
-    assert HEADS["da"] is da_mod.DAHead
+    assert HEADS["da"] is DAHead
     assert head.loss_weights == {"out": 1.0, "pam": 1.0, "cam": 1.0}
     feats = [torch.randn(2, c, 6, 6) for c in (8, 16, 24, 32)]
     _set_gamma(head, 0.5)

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from segattn.models.attention import ATTENTIONS, TAXONOMY_WORDS, build_attention, register
-from segattn.models.heads import build_head, head_options
+from segattn.models.heads import build_head, head_names, head_options
 
 from conftest import REPO
 
@@ -96,7 +96,7 @@ def _batch():
     return images, target
 
 
-@pytest.mark.parametrize("name", ["fcn"] + NAMES)
+@pytest.mark.parametrize("name", head_names())
 def test_every_parameter_gets_a_gradient_and_a_few_steps_lower_the_loss(name):
     """DDP runs without find_unused_parameters: every trainable parameter must be in the graph."""
     torch.manual_seed(0)
@@ -162,7 +162,7 @@ def test_readme_heads_table_lists_every_head():
     assert table in readme, "README's heads table is out of date: paste `python scripts/heads_table.py`"
 
 
-@pytest.mark.parametrize("name", ["fcn", *ATTENTIONS])
+@pytest.mark.parametrize("name", head_names())
 def test_head_yaml_keys_are_the_heads_options_and_a_foreign_node_is_named(name):
     """``head.name=cc`` keeps fcn.yaml's keys: the error names the key, its head and the fix."""
     cfg = yaml.safe_load(open(os.path.join(REPO, "conf", "head", f"{name}.yaml")))

@@ -15,10 +15,11 @@ from omegaconf import OmegaConf
 import reference_mmseg_more as ref
 from segattn.models.attention import build_attention
 from segattn.models.attention.record import attention_maps, record_attention
-from segattn.models.heads import build_head
+from segattn.models.heads import build_head, head_facts, head_names
 from test_reference_mmseg_heads import TOL, _compose, base, recipe_head_counts, cbr, check, feats, pair, rules_between_convs
 
-MMSEG_COUNTS = {"dnl": 24_132_372, "isa": 11_815_443, "apc": 30_465_605, "ann": 20_336_659}
+# the heads' declared facts (mmseg_params), checked against the reference heads below
+MMSEG_COUNTS = {name: head_facts(name).mmseg_params for name in ("dnl", "isa", "apc", "ann")}
 
 
 def _reference_recipe_head(name: str) -> torch.nn.Module:
@@ -381,6 +382,14 @@ def test_ocr_recipe_head_has_mmsegs_parameter_count():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(ours) - count(ours.regions) == count(theirs.ocr) == 10_632_211
     assert count(ours.regions) == count(theirs.fcn) == 2_364_691
+    assert count(ours) == head_facts("ocr").mmseg_params
+
+
+def test_every_declared_mmseg_count_is_checked_against_a_reference():
+    import test_reference_mmseg_heads as first
+
+    declared = {name for name in head_names() if head_facts(name).mmseg_params is not None}
+    assert declared == set(first.MMSEG_COUNTS) | set(MMSEG_COUNTS) | {"ocr"}
 
 
 def test_ocr_block_maps_are_the_pixel_region_relation():

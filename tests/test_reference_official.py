@@ -24,7 +24,7 @@ import torch.nn as nn
 
 import reference_official as R
 from segattn.models.attention import build_attention
-from segattn.models.attention.oc import OCHead
+from segattn.models.heads.oc import OCHead
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 SHAPE_HW = (7, 11)

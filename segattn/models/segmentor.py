@@ -108,7 +108,7 @@ def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | N
     aux_module = None
     if aux_weight > 0:
         # mmseg's auxiliary head: one 3x3 conv on stage 3 (c4), no concat, dropout 0.1.
-        aux_module = FCNHead(bb.channels[2], num_classes, channels=aux.pop("channels", 256), num_convs=1,
+        aux_module = FCNHead(bb.channels, num_classes, channels=aux.pop("channels", 256), num_convs=1,
                              concat_input=False, dropout=aux.pop("dropout", 0.1), in_index=2)
         apply_init(aux_module, init)
     criterion = SegmentationLoss(**dict(loss or {}), num_classes=num_classes)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ..layers import conv_bn_relu
 from .record import Recorder
 from .registry import register
 
@@ -73,38 +73,7 @@ class AFNB(nn.Module):
         return self.bottleneck(torch.cat([context, high], dim=1))
 
 
-class ANNHead(nn.Module):
-    """ANNNet's head, as mmseg's ``ANNHead`` (in_index [2, 3]): AFNB fuses c4 (keys / values) into c5
-    (queries) at c5's width, dropout, 3x3 conv-BN-ReLU to ``channels`` (``bottleneck``), APNB on that
-    (``context``), dropout, classifier. With the recipe (512 channels, project 256, scales (1, 3, 6, 8),
-    19 classes) this is mmseg's parameter count."""
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 concat_input: bool = True, project_channels: int = 256,
-                 key_pool_scales: Sequence[int] = (1, 3, 6, 8)):
-        super().__init__()
-        if not concat_input:
-            raise ValueError("ann head: concat_input must be true (AFNB and APNB concatenate their input)")
-        if len(in_channels) < 2:
-            raise ValueError("ann head: needs the last two stages (c4 keys, c5 queries)")
-        low, high = int(in_channels[-2]), int(in_channels[-1])
-        key_pool_scales = _check_scales(key_pool_scales)
-        self.fusion = AFNB(low, high, int(project_channels), high, key_pool_scales)
-        self.dropout = nn.Dropout2d(dropout)
-        self.bottleneck = conv_bn_relu(high, channels, 3)
-        self.context = AsymmetricPyramidNonLocal(channels, project_channels=project_channels,
-                                                 key_pool_scales=key_pool_scales)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = self.fusion(feats[-2], feats[-1])
-        x = self.context(self.bottleneck(self.dropout(x)))
-        return self.cls(self.dropout(x))
-
-
-@register("ann", head=ANNHead)
+@register("ann")
 class AsymmetricPyramidNonLocal(Recorder, nn.Module):
     """Asymmetric pyramid non-local block (ANN's APNB, mmseg ``APNB`` with query_scales (1,)): non-local
     attention whose keys and values are the projected map pooled to s x s for s in ``key_pool_scales``
@@ -119,6 +88,10 @@ class AsymmetricPyramidNonLocal(Recorder, nn.Module):
     paper = "Asymmetric Non-local Neural Networks for Semantic Segmentation (2019)"
     reference = "mmseg `ANNHead` (`AFNB`, `APNB`, `PPMConcat`)"
     deviations = "query_scales fixed at (1,) (mmseg's recipe; larger ones do not reshape back to a map in mmseg)"
+
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = {"onnx": "ONNX has no adaptive average pooling: the exporter fixes ANN's pyramid-pooling "
+                                  "windows (1, 3, 6, 8) for the export size"}
 
     def __init__(self, channels: int, project_channels: int | None = None,
                  key_pool_scales: Sequence[int] = (1, 3, 6, 8)):

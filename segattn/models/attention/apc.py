@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ..layers import conv_bn_relu
 from .record import Recorder
 from .registry import register
 
@@ -52,35 +52,7 @@ class ACM(nn.Module):
         return (self.fusion_conv(out) if self.fusion_conv is not None else out), affinity
 
 
-class APCHead(nn.Module):
-    """APCNet's head, as mmseg's ``APCHead``: one ACM per pooling scale on c5 itself (each reducing it to
-    ``channels``), c5 concatenated with their outputs, a 3x3 conv-BN-ReLU (``bottleneck``), dropout,
-    classifier. With the recipe (512 channels, scales (1, 2, 3, 6), 19 classes) this is mmseg's
-    30,465,605 parameters."""
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 concat_input: bool = True, **apc_kwargs):
-        super().__init__()
-        if not concat_input:
-            raise ValueError("apc head: concat_input must be true (APCHead concatenates c5 with the ACM outputs)")
-        if apc_kwargs.get("inner_channels") not in (None, channels):
-            raise ValueError(f"apc head: the ACMs reduce to head.channels={channels}; "
-                             f"head.inner_channels={apc_kwargs['inner_channels']} must be null or equal to it")
-        apc_kwargs.pop("inner_channels", None)
-        cin = int(in_channels[-1])
-        self.attention = AdaptivePyramidContext(cin, inner_channels=channels, fuse=False, **apc_kwargs)
-        self.bottleneck = conv_bn_relu(cin + len(self.attention.pool_scales) * channels, channels, 3)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        y = self.bottleneck(self.attention.context(feats[-1]))
-        return self.cls(self.dropout(y))
-
-
-@register("apc", head=APCHead)
+@register("apc")
 class AdaptivePyramidContext(Recorder, nn.Module):
     """APCNet's adaptive context modules at several pooling scales (1, 2, 3, 6), mmseg ``APCHead``'s body.
 
@@ -99,6 +71,10 @@ class AdaptivePyramidContext(Recorder, nn.Module):
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "mmseg `APCHead` (`ACM`)"
     deviations = "the registered module alone fuses cat(x, contexts) back to C"
+
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = {"onnx": "ONNX has no adaptive average pooling: the exporter fixes APCNet's s x s "
+                                  "pooling windows for the export size"}
 
     def __init__(self, channels: int, pool_scales: Sequence[int] = (1, 2, 3, 6), inner_channels: int | None = None,
                  fusion: bool = True, fuse: bool = True):

@@ -56,6 +56,11 @@ class EMAttention(Recorder, nn.Module):
     reference = "mmseg `EMAHead`, `EMAModule` (eval and the training update); XiaLiPKU/EMANet `EMAU`"
     deviations = "mmseg's normalisations (`F.normalize`) where EMANet adds 1e-6 to the norms (outputs differ by about 1e-7)"
 
+    # The head's facts (segattn.models.heads.registry.head_facts; this mechanism uses the generic head).
+    # mmsegmentation 1.x single-scale val mIoU, R50-D8 / R101-D8, Cityscapes 512x1024, 80k iterations
+    published = {"r50_d8_cityscapes_80k": 77.59, "r101_d8_cityscapes_80k": 79.10}
+    mmseg_params = 16_458_003  # mmseg's EMAHead at the recipe's widths, 19 classes
+
     def __init__(self, channels: int, num_bases: int = 64, stages: int = 3, momentum: float = 0.9):
         super().__init__()
         if int(num_bases) != num_bases or int(num_bases) < 1:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ..layers import conv_bn_relu
 from .record import Recorder, attention_row, check_impl, fused_attention
 from .registry import register
 
@@ -45,33 +45,7 @@ class RelationBlock(nn.Module):
         return self.output_project(context), query, key
 
 
-class ISAHead(nn.Module):
-    """ISANet's head, as mmseg's ``ISAHead``: 3x3 conv-BN-ReLU (c5 -> ``channels``), the two relations,
-    a 1x1 conv-BN-ReLU on the concatenation of their output with their input (2C -> C), dropout,
-    classifier. No concatenation with c5. With the recipe (512 channels, ``key_channels`` 256, 19
-    classes) this is mmseg's 11,815,443 parameters."""
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 concat_input: bool = False, **isa_kwargs):
-        super().__init__()
-        if concat_input:
-            raise ValueError("isa head: concat_input must be false (ISAHead concatenates the relations' input, not c5)")
-        self.reduce = conv_bn_relu(int(in_channels[-1]), channels)
-        self.attention = InterlacedSparseSelfAttention(channels, **isa_kwargs)
-        self.fuse = conv_bn_relu(2 * channels, channels, 1)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = self.reduce(feats[-1])
-        y = self.fuse(torch.cat([self.attention(x), x], dim=1))
-        return self.cls(self.dropout(y))
-
-
-
-@register("isa", head=ISAHead)
+@register("isa")
 class InterlacedSparseSelfAttention(Recorder, nn.Module):
     """ISA's two factorised attentions (paper Sec. 3.2, mmseg ``ISAHead``'s forward).
 
@@ -92,6 +66,12 @@ class InterlacedSparseSelfAttention(Recorder, nn.Module):
     paper = "Interlaced Sparse Self-Attention for Semantic Segmentation (2019)"
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "mmseg `ISAHead` (+ mmseg `SelfAttentionBlock`)"
+
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = dict.fromkeys(
+        ("exported_program", "onnx"),
+        "ISA pads the map to whole down_factor blocks (ceil(H / 8) * 8 - H rows), a derived size torch.export "
+        "cannot keep symbolic: it specialises the input to multiples of 64 px")
 
     def __init__(self, channels: int, key_channels: int | None = None, down_factor: Sequence[int] | int = (8, 8),
                  impl: str = "fused"):

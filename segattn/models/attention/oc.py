@@ -2,7 +2,8 @@
 
 Three registered modules, after the official ``oc_module/`` code (openseg-group/OCNet.pytorch):
 ``oc`` (``BaseOC_Module``), ``oc_pyramid`` (``Pyramid_OC_Module``) and ``oc_asp``
-(``ASP_OC_Module``). All map C -> C. ``OCHead`` is the network's head around them.
+(``ASP_OC_Module``). All map C -> C. ``segattn.models.heads.oc.OCHead`` is the network's head
+around them.
 
 The official code normalises with InPlaceABNSync, whose activation is a leaky ReLU of slope 0.01
 (in-place ABN needs an invertible activation). The released models were trained with it, so
@@ -12,16 +13,15 @@ every BN in the modules, the shared key/query transform's included, is followed 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ..layers import conv_bn_relu
 from .record import Recorder, attention_row, check_impl, fused_attention, spread, window_index
-from .registry import ATTENTIONS, register
+from .registry import register
 
 
 def _positive_ints(name: str, what: str, values) -> tuple[int, ...]:
@@ -152,34 +152,7 @@ class SelfAttentionBlock(Recorder, nn.Module):
         return context
 
 
-class OCHead(nn.Module):
-    """OCNet's head (``network/resnet101_{base,pyramid,asp}_oc.py``): conv3x3 (with bias) 2048 ->
-    ``channels`` + InPlaceABNSync, the OC module, the 1x1 classifier. The Pyramid-OC network is the
-    exception for the first normalisation: its ``layer5`` is conv3x3 + ``BatchNorm2d(512)``, which that
-    file defines as ``partial(InPlaceABNSync, activation='none')``, so BN without the leaky ReLU (the
-    base and ASP networks write ``InPlaceABNSync(512)``, leaky ReLU included). Nothing else: the module's own
-    fusion ends with its dropout, so ``dropout`` before the classifier is 0 by default (OCNet has
-    none). ``attention`` names the module: ``oc``, ``oc_pyramid`` or ``oc_asp``.
-    """
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, attention: str = "oc", channels: int = 512,
-                 dropout: float = 0.0, concat_input: bool = False, **module_kwargs):
-        super().__init__()
-        if concat_input:
-            raise ValueError(f"{attention} head: concat_input must be false (OCNet classifies the OC output directly)")
-        act = None if attention == "oc_pyramid" else "leaky"  # see the docstring
-        self.reduce = conv_bn_relu(int(in_channels[-1]), channels, 3, bias=True, act=act)
-        self.attention = ATTENTIONS[attention](channels, **module_kwargs)
-        self.dropout = nn.Dropout2d(_check_dropout(f"{attention} head", "dropout", dropout))
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        return self.cls(self.dropout(self.attention(self.reduce(feats[-1]))))
-
-
-@register("oc", head=functools.partial(OCHead, attention="oc"))
+@register("oc")
 class BaseOC(Recorder, nn.Module):
     """OCNet's ``BaseOC_Module``: object context concatenated with the input, conv1x1 -> C.
 
@@ -210,7 +183,7 @@ class BaseOC(Recorder, nn.Module):
         return self.attention.attention_maps(y, x, index)
 
 
-@register("oc_pyramid", head=functools.partial(OCHead, attention="oc_pyramid"))
+@register("oc_pyramid")
 class PyramidOC(Recorder, nn.Module):
     """OCNet's ``Pyramid_OC_Module``: object context within 1x1, 2x2, 3x3 and 6x6 partitions.
 
@@ -225,6 +198,10 @@ class PyramidOC(Recorder, nn.Module):
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "openseg-group/OCNet.pytorch `Pyramid_OC_Module` and its network head"
     deviations = "auxiliary head is mmseg's FCN on c4; a map smaller than a grid gets one row per region (the official loop makes empty ones)"
+
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = dict.fromkeys(("exported_program", "onnx"),
+                                       "Pyramid-OC's region grid is computed from the feature size in Python")
 
     def __init__(self, channels: int, sizes: Sequence[int] = (1, 2, 3, 6), context_dropout: float = 0.05,
                  impl: str = "fused"):
@@ -250,7 +227,7 @@ class PyramidOC(Recorder, nn.Module):
         return {"mean": torch.stack(list(levels.values())).mean(dim=0), **levels}
 
 
-@register("oc_asp", head=functools.partial(OCHead, attention="oc_asp"))
+@register("oc_asp")
 class ASPOC(Recorder, nn.Module):
     """OCNet's ``ASP_OC_Module``: the object context in parallel with ASPP branches.
 
@@ -266,6 +243,13 @@ class ASPOC(Recorder, nn.Module):
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "openseg-group/OCNet.pytorch `ASP_OC_Module` and its network head"
     deviations = "auxiliary head is mmseg's FCN on c4, not OCNet's dsn"
+
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = dict.fromkeys(
+        ("exported_program", "onnx"), "OCNet ASP's max-pool chooses ceil_mode from the feature size (`min(h, w) < scale`)")
+    # ... and formats it does not export to at all
+    export_unsupported = {"torchscript": "OCNet ASP's max-pool chooses ceil_mode from the feature size "
+                                         "(`min(h, w) < scale`), which tracing turns into a tensor"}
 
     def __init__(
         self,

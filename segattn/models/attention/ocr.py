@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ..layers import conv_bn_relu
 from .record import Recorder
-from .registry import HEADS, register
+from .registry import register
 
 
 def spatial_gather(feats: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,7 +21,7 @@ def spatial_gather(feats: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Te
     return torch.matmul(masks, feats.flatten(2).transpose(1, 2)).transpose(1, 2), masks
 
 
-@register("ocr")  # its head, OCRHead, is entered in HEADS below
+@register("ocr")
 class ObjectContext(Recorder, nn.Module):
     """OCR's object attention (mmseg ``ObjectAttentionBlock``, scale 1, with ``SpatialGatherModule``):
     the K soft object regions gather region representations from x; each pixel attends over the K regions
@@ -90,47 +90,3 @@ class ObjectContext(Recorder, nn.Module):
         for k in torch.argsort(weights, descending=True).tolist():
             maps[f"region_{k}_{weights[k].item():.2f}"] = masks[k]
         return maps
-
-
-class RegionFCN(nn.Module):
-    """mmseg's ``FCNHead`` as the ocrnet recipe configures it (num_convs 1, concat_input False): 3x3
-    conv-BN-ReLU, dropout, classifier. (heads.FCNHead imports this package, so it is not reused here.)"""
-
-    def __init__(self, in_channels: int, num_classes: int, channels: int, dropout: float):
-        super().__init__()
-        self.convs = nn.Sequential(conv_bn_relu(in_channels, channels, 3))
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cls(self.dropout(self.convs(x)))
-
-
-class OCRHead(nn.Module):
-    """OCRNet's decode heads, as mmseg's ocrnet recipe (``CascadeEncoderDecoder``): an FCN on c4
-    (``regions``: one 3x3 conv-BN-ReLU to ``region_channels``, dropout, classifier) predicts the soft
-    object regions; on c5 a 3x3 conv-BN-ReLU to ``channels`` (``bottleneck``), the object context block
-    with those regions, dropout, classifier. Returns {"out": logits, "regions": the region logits}, trained
-    1.0 / 0.4 as mmseg. With the recipe (512 channels, ocr 256, region FCN 256, 19 classes) the part after
-    the region FCN has mmseg's OCRHead parameter count, and the region FCN mmseg's FCNHead one."""
-
-    loss_weights = {"out": 1.0, "regions": 0.4}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 ocr_channels: int = 256, region_channels: int = 256):
-        super().__init__()
-        if len(in_channels) < 2:
-            raise ValueError("ocr head: needs the last two stages (c4 for the regions, c5)")
-        self.regions = RegionFCN(int(in_channels[-2]), num_classes, int(region_channels), dropout)
-        self.bottleneck = conv_bn_relu(int(in_channels[-1]), channels, 3)
-        self.object_context = ObjectContext(channels, ocr_channels=ocr_channels, num_regions=None)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        regions = self.regions(feats[-2])
-        x = self.object_context(self.bottleneck(feats[-1]), regions)
-        return {"out": self.cls(self.dropout(x)), "regions": regions}
-
-
-HEADS["ocr"] = OCRHead

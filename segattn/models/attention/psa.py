@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ..layers import conv_bn_relu
 from .record import Recorder, spread
 from .registry import register
 
@@ -82,46 +82,7 @@ def shrunk_grid(h: int, w: int, shrink_factor: int) -> tuple[int, int, bool]:
     return h // s, w // s, False
 
 
-class PSAHead(nn.Module):
-    """PSANet's head (hszhao/semseg ``PSANet``, mmsegmentation ``PSAHead``) on the last backbone stage.
-
-    The PSA module runs on c5 itself (2048 channels): each branch reduces it to ``channels`` (512)
-    with a 1x1 conv, predicts its over-complete masks, aggregates, and the branches are projected
-    back to c5's width (``proj``, 1024 -> 2048). c5 and that context are concatenated and a 3x3
-    conv (4096 -> ``channels``, the ``bottleneck``) feeds the classifier, after dropout. With the
-    recipe's 19 classes this is mmseg's 33,246,739 parameters.
-
-    ``proj_padding`` (1, as mmseg's ``PSAHead``, whose 1x1 ``proj`` ConvModule is built with
-    ``padding=1``): the projected context is then (h+2) x (w+2), a border of ReLU(BN shift) around
-    it, and the resize back to c5's size blends that border in. The published mmseg models were
-    trained so; 0 is the authors' PSANet (hszhao/semseg), whose projection is unpadded.
-    """
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 concat_input: bool = True, proj_padding: int = 1, **psa_kwargs):
-        super().__init__()
-        if not concat_input:
-            raise ValueError("psa head: concat_input must be true (PSANet concatenates c5 with its context)")
-        if psa_kwargs.get("inner_channels") not in (None, channels):
-            raise ValueError(f"psa head: the branches reduce to head.channels={channels}; "
-                             f"head.inner_channels={psa_kwargs['inner_channels']} must be null or equal to it")
-        psa_kwargs.pop("inner_channels", None)
-        cin = int(in_channels[-1])
-        self.attention = PointwiseSpatialAttention(cin, inner_channels=channels, fuse=False,
-                                                   proj_padding=proj_padding, **psa_kwargs)
-        self.bottleneck = conv_bn_relu(2 * cin, channels, 3)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
-        y = self.bottleneck(torch.cat([x, self.attention.context(x)], dim=1))
-        return self.cls(self.dropout(y))
-
-
-@register("psa", head=PSAHead)
+@register("psa")
 class PointwiseSpatialAttention(Recorder, nn.Module):
     """The official ``PSA`` module (hszhao/semseg ``model/psanet.py``, mmseg ``PSAHead``'s body).
 
@@ -139,7 +100,7 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
     (:func:`shrunk_grid`) and resizes the context back.
 
     PSANet concatenates its input with the context (2C channels) and its head goes on with a 3x3
-    conv (:class:`PSAHead`, built with ``fuse=False``). To keep the registry's C -> C contract for
+    conv (``segattn.models.heads.psa.PSAHead``, built with ``fuse=False``). To keep the registry's C -> C contract for
     other uses, the module alone fuses the concatenation back to C with a 1x1 conv+BN+ReLU
     (``fuse``). (The ``compact`` variant of the official code, whose mask is exactly HW x HW for
     one fixed input size, is left out: it ties the model to one crop size.)
@@ -152,6 +113,12 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "mmseg `PSAHead` + mmcv `PSAMask` (its CPU kernel)"
     deviations = "the registered module alone fuses cat(x, context) back to C; `proj_padding: 1` is mmseg's (hszhao/semseg: 0)"
+
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = dict.fromkeys(
+        ("torchscript", "exported_program", "onnx"),
+        "PSANet's shrink rule branches on odd/even feature sides and its mask reaches a fixed feature size "
+        "(97x97: inputs up to 792 px at output stride 8)")
 
     def __init__(
         self,
