@@ -25,6 +25,7 @@ from .data.labels import palette_for
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_val_transform
 from .engine.checkpoint import load_checkpoint
 from .io import atomic_write
+from .ops import size_hw
 from .models import build_model_from_config
 from .models.heads import head_facts, head_names
 from .models.inference import inference_kwargs, one_pass
@@ -181,13 +182,7 @@ def export_reason(head: str, fmt: str, dynamic: bool) -> str | None:
 def _check(fmt: str, input_size) -> tuple[int, int]:
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
-    try:
-        h, w = int(input_size[0]), int(input_size[1])
-    except (TypeError, ValueError, IndexError):
-        raise ValueError(f"input_size={input_size!r}: expected [H, W] of positive integers") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"input_size={input_size!r}: expected [H, W] of positive integers")
-    return h, w
+    return size_hw(input_size, "input_size")
 
 
 def _exported_program(graph: nn.Module, example: torch.Tensor, dynamic: bool):

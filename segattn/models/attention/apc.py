@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops import positive_int, positive_ints
 from ..layers import conv_bn_relu
 from .record import Recorder
 from .registry import register
@@ -79,16 +80,9 @@ class AdaptivePyramidContext(Recorder, nn.Module):
     def __init__(self, channels: int, pool_scales: Sequence[int] = (1, 2, 3, 6), inner_channels: int | None = None,
                  fusion: bool = True, fuse: bool = True):
         super().__init__()
-        if isinstance(pool_scales, int):
-            pool_scales = (pool_scales,)
-        if (not isinstance(pool_scales, Sequence) or not pool_scales
-                or any(isinstance(s, bool) or int(s) != s or s < 1 for s in pool_scales)):
-            raise ValueError(f"apc: pool_scales must be a non-empty list of positive integers, got {pool_scales!r}")
         inner_channels = max(1, channels // 4) if inner_channels is None else inner_channels
-        if int(inner_channels) != inner_channels or int(inner_channels) < 1:
-            raise ValueError(f"apc: inner_channels must be a positive integer, got {inner_channels!r}")
-        self.channels, self.inner_channels = int(channels), int(inner_channels)
-        self.pool_scales = tuple(int(s) for s in pool_scales)
+        self.channels, self.inner_channels = int(channels), positive_int(inner_channels, "apc: inner_channels")
+        self.pool_scales = positive_ints(pool_scales, "apc: pool_scales")
         self.acm_modules = nn.ModuleList(ACM(s, self.channels, self.inner_channels, bool(fusion))
                                          for s in self.pool_scales)
         width = self.channels + len(self.pool_scales) * self.inner_channels

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .record import Recorder, check_impl
+from ...ops import check_impl, positive_int
+from .record import Recorder
 from .registry import register
 
 
@@ -162,10 +163,7 @@ class CrissCrossAttention(Recorder, nn.Module):
     def __init__(self, channels: int, recurrence: int = 2, reduction: int = 8, impl: str = "fused"):
         super().__init__()
         self.impl = check_impl("cc", impl)
-        if int(recurrence) != recurrence or int(recurrence) < 1:
-            raise ValueError(f"cc: recurrence must be a positive integer, got {recurrence!r}")
-        if int(reduction) != reduction or int(reduction) < 1:
-            raise ValueError(f"cc: reduction must be a positive integer, got {reduction!r}")
+        recurrence, reduction = positive_int(recurrence, "cc: recurrence"), positive_int(reduction, "cc: reduction")
         self.channels = int(channels)
         self.recurrence = int(recurrence)
         # max(1, ...) as mmcv: a layer narrower than the reduction still gets a one-channel key.

@@ -7,7 +7,8 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from .record import Recorder, attention_row, check_impl, fused_attention
+from ...ops import attention_row, check_impl, fused_attention, positive_int
+from .record import Recorder
 from .registry import register
 
 
@@ -124,10 +125,8 @@ class DualAttention(Recorder, nn.Module):
 
     def __init__(self, channels: int, reduction: int = 8, impl: str = "fused"):
         super().__init__()
-        if int(reduction) != reduction or int(reduction) < 1:
-            raise ValueError(f"da: reduction must be a positive integer, got {reduction!r}")
         self.channels = int(channels)
-        self.pam = PositionAttention(self.channels, int(reduction), impl)
+        self.pam = PositionAttention(self.channels, positive_int(reduction, "da: reduction"), impl)
         self.cam = ChannelAttention()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

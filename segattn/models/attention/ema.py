@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops import positive_int
 from .record import Recorder
 from .registry import register
 
@@ -63,10 +64,8 @@ class EMAttention(Recorder, nn.Module):
 
     def __init__(self, channels: int, num_bases: int = 64, stages: int = 3, momentum: float = 0.9):
         super().__init__()
-        if int(num_bases) != num_bases or int(num_bases) < 1:
-            raise ValueError(f"ema: num_bases must be a positive integer, got {num_bases!r}")
-        if int(stages) != stages or int(stages) < 1:
-            raise ValueError(f"ema: stages must be a positive integer (EM iterations), got {stages!r}")
+        num_bases = positive_int(num_bases, "ema: num_bases")
+        stages = positive_int(stages, "ema: stages", hint=" (EM iterations)")
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"ema: momentum must be in [0, 1] (weight of the old bases), got {momentum!r}")
         self.channels = int(channels)

@@ -9,40 +9,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops import attention_row, check_impl, positive_int, positive_ints
 from ..layers import conv_bn_relu
-from .record import Recorder, attention_row, check_impl, fused_attention
+from .record import Recorder
 from .registry import register
+from .self_attention import SelfAttentionBlock
 
 
-class RelationBlock(nn.Module):
+class RelationBlock(SelfAttentionBlock):
     """One dense self-attention over a group of positions, mmseg ``ISAHead``'s ``SelfAttentionBlock``:
     query and key are two 1x1 conv-BN-ReLU layers each (C -> C' -> C'), the value a plain 1x1 conv
     (C -> C, with bias), logits / sqrt(C'), softmax over the group, and the context goes through a
     1x1 conv-BN-ReLU (``output_project``). No residual: ISA's head concatenates its input instead."""
 
     def __init__(self, channels: int, key_channels: int):
-        super().__init__()
-        self.key_channels = key_channels
-        self.query_project = nn.Sequential(conv_bn_relu(channels, key_channels, 1), conv_bn_relu(key_channels, key_channels, 1))
-        self.key_project = nn.Sequential(conv_bn_relu(channels, key_channels, 1), conv_bn_relu(key_channels, key_channels, 1))
-        self.value_project = nn.Conv2d(channels, channels, 1)
+        super().__init__(channels, channels, key_channels, channels, key_query_num_convs=2, with_out=False)
         self.output_project = conv_bn_relu(channels, channels, 1)
-
-    def embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries and keys of the groups, (G, L, C') each."""
-        return (self.query_project(x).flatten(2).transpose(1, 2), self.key_project(x).flatten(2).transpose(1, 2))
 
     def forward(self, x: torch.Tensor, impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (G, C, h, w), one group of positions per batch entry -> (context, queries, keys)."""
-        query, key = self.embeddings(x)
-        value = self.value_project(x).flatten(2).transpose(1, 2)  # (G, L, C)
-        scale = self.key_channels ** -0.5
-        if impl == "explicit":
-            context = torch.bmm((torch.bmm(query, key.transpose(1, 2)) * scale).softmax(dim=-1), value)
-        else:
-            context = fused_attention(query, key, value, scale)
-        context = context.transpose(1, 2).reshape(x.shape)
-        return self.output_project(context), query, key
+        attended = self.attend(x, x, impl)
+        return self.output_project(attended.context), attended.query, attended.key
 
 
 @register("isa")
@@ -76,16 +63,9 @@ class InterlacedSparseSelfAttention(Recorder, nn.Module):
     def __init__(self, channels: int, key_channels: int | None = None, down_factor: Sequence[int] | int = (8, 8),
                  impl: str = "fused"):
         super().__init__()
-        if isinstance(down_factor, int):
-            down_factor = (down_factor, down_factor)
-        if (not isinstance(down_factor, Sequence) or len(down_factor) != 2
-                or any(isinstance(d, bool) or int(d) != d or d < 1 for d in down_factor)):
-            raise ValueError(f"isa: down_factor must be two positive integers (P_h, P_w), got {down_factor!r}")
-        key_channels = max(1, channels // 2) if key_channels is None else key_channels
-        if int(key_channels) != key_channels or int(key_channels) < 1:
-            raise ValueError(f"isa: key_channels must be a positive integer, got {key_channels!r}")
-        self.channels, self.key_channels = int(channels), int(key_channels)
-        self.down_factor = (int(down_factor[0]), int(down_factor[1]))
+        self.down_factor = positive_ints(down_factor, "isa: down_factor", length=2, hint=" (P_h, P_w)")
+        key_channels = positive_int(max(1, channels // 2) if key_channels is None else key_channels, "isa: key_channels")
+        self.channels, self.key_channels = int(channels), key_channels
         self.impl = check_impl("isa", impl)
         self.global_relation = RelationBlock(self.channels, self.key_channels)
         self.local_relation = RelationBlock(self.channels, self.key_channels)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .record import Recorder, attention_row, check_impl, fused_attention, spread, window_index
+from ...ops import attention_row, check_impl, fused_attention, positive_int
+from .record import Recorder, spread, window_index
 from .registry import register
 
 _MODES = ("embedded_gaussian", "gaussian", "dot_product")
@@ -60,8 +61,7 @@ class NonLocal2d(Recorder, nn.Module):
         impl: str = "fused",
     ):
         super().__init__()
-        if int(reduction) != reduction or int(reduction) < 1:
-            raise ValueError(f"nl: reduction must be a positive integer, got {reduction!r}")
+        reduction = positive_int(reduction, "nl: reduction")
         if mode not in _MODES:
             raise ValueError(f"nl: mode must be one of {_MODES}, got {mode!r}")
         self.channels = int(channels)

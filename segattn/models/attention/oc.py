@@ -19,22 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops import attention_row, check_impl, fused_attention, positive_ints
 from ..layers import conv_bn_relu
-from .record import Recorder, attention_row, check_impl, fused_attention, spread, window_index
+from .record import Recorder, spread, window_index
 from .registry import register
-
-
-def _positive_ints(name: str, what: str, values) -> tuple[int, ...]:
-    if isinstance(values, (int, float)):
-        values = [values]
-    try:
-        out = tuple(int(v) for v in values)
-        ok = len(out) > 0 and all(o == v and o >= 1 for o, v in zip(out, values))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name}: {what} must be a non-empty list of positive integers, got {values!r}")
-    return out
 
 
 def _check_dropout(name: str, key: str, p: float) -> float:
@@ -207,7 +195,7 @@ class PyramidOC(Recorder, nn.Module):
                  impl: str = "fused"):
         super().__init__()
         c = self.channels = int(channels)
-        self.sizes = _positive_ints("oc_pyramid", "sizes", sizes)
+        self.sizes = positive_ints(sizes, "oc_pyramid: sizes")
         g = len(self.sizes)
         impl = check_impl("oc_pyramid", impl)
         self.stages = nn.ModuleList(SelfAttentionBlock(c, max(1, c // 2), c, c, grid=s, impl=impl) for s in self.sizes)
@@ -262,8 +250,8 @@ class ASPOC(Recorder, nn.Module):
         super().__init__()
         c = self.channels = int(channels)
         impl = check_impl("oc_asp", impl)
-        self.dilations = _positive_ints("oc_asp", "dilations", dilations)
-        (self.context_scale,) = _positive_ints("oc_asp", "context_scale", context_scale)
+        self.dilations = positive_ints(dilations, "oc_asp: dilations")
+        (self.context_scale,) = positive_ints(context_scale, "oc_asp: context_scale")
         b = max(1, c // 2)
         self.context = nn.Sequential(
             *_conv_abn(c, b, kernel=3),

@@ -9,9 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops import positive_int
 from ..layers import conv_bn_relu
 from .record import Recorder
 from .registry import register
+from .self_attention import SelfAttentionBlock
 
 
 def spatial_gather(feats: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,7 +24,7 @@ def spatial_gather(feats: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Te
 
 
 @register("ocr")
-class ObjectContext(Recorder, nn.Module):
+class ObjectContext(Recorder, SelfAttentionBlock):
     """OCR's object attention (mmseg ``ObjectAttentionBlock``, scale 1, with ``SpatialGatherModule``):
     the K soft object regions gather region representations from x; each pixel attends over the K regions
     (queries from x and keys from the regions through two 1x1 conv-BN-ReLU each, the value and output
@@ -46,20 +48,12 @@ class ObjectContext(Recorder, nn.Module):
                   "mmseg's only other head")
 
     def __init__(self, channels: int, ocr_channels: int | None = None, num_regions: int | None = 19):
-        super().__init__()
-        ocr_channels = max(1, channels // 2) if ocr_channels is None else ocr_channels
-        if isinstance(ocr_channels, bool) or int(ocr_channels) != ocr_channels or ocr_channels < 1:
-            raise ValueError(f"ocr: ocr_channels must be a positive integer, got {ocr_channels!r}")
-        if num_regions is not None and (isinstance(num_regions, bool) or int(num_regions) != num_regions
-                                        or num_regions < 1):
-            raise ValueError(f"ocr: num_regions must be a positive integer or null, got {num_regions!r}")
-        self.channels, self.ocr_channels = channels, int(ocr_channels)
-        self.region = None if num_regions is None else nn.Conv2d(channels, int(num_regions), 1)
-        c = self.ocr_channels
-        self.query_project = nn.Sequential(conv_bn_relu(channels, c, 1), conv_bn_relu(c, c, 1))
-        self.key_project = nn.Sequential(conv_bn_relu(channels, c, 1), conv_bn_relu(c, c, 1))
-        self.value_project = conv_bn_relu(channels, c, 1)
-        self.out_project = conv_bn_relu(c, channels, 1)
+        ocr_channels = positive_int(max(1, channels // 2) if ocr_channels is None else ocr_channels, "ocr: ocr_channels")
+        num_regions = positive_int(num_regions, "ocr: num_regions", null=True)
+        # mmseg's ObjectAttentionBlock: two conv-BN-ReLU for keys and queries, conv-BN-ReLU value and output
+        super().__init__(channels, channels, ocr_channels, channels, key_query_num_convs=2, value_out_norm=True)
+        self.channels, self.ocr_channels = channels, ocr_channels
+        self.region = None if num_regions is None else nn.Conv2d(channels, num_regions, 1)
         self.bottleneck = conv_bn_relu(2 * channels, channels, 1)
 
     def forward(self, x: torch.Tensor, regions: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -67,17 +61,11 @@ class ObjectContext(Recorder, nn.Module):
             if self.region is None:
                 raise ValueError("ocr: this block has no region estimate of its own; pass the region logits")
             regions = self.region(x)
-        n, _, h, w = x.shape
         context, masks = spatial_gather(x, regions)  # (N, C, K)
-        context = context.unsqueeze(3)  # (N, C, K, 1), mmseg's layout
-        query = self.query_project(x).flatten(2).transpose(1, 2)  # (N, HW, C')
-        key = self.key_project(context).flatten(2)  # (N, C', K)
-        value = self.value_project(context).flatten(2).transpose(1, 2)  # (N, K, C')
-        sim = F.softmax(torch.matmul(query, key) * self.ocr_channels ** -0.5, dim=-1)  # (N, HW, K)
+        attended = self.attend(x, context.unsqueeze(3))  # keys and values: (N, C, K, 1), mmseg's layout
         if self.recording:
-            self.record(attention=sim, regions=masks, size=(h, w))
-        obj = torch.matmul(sim, value).transpose(1, 2).reshape(n, -1, h, w)
-        return self.bottleneck(torch.cat([self.out_project(obj), x], dim=1))
+            self.record(attention=attended.weights, regions=masks, size=tuple(x.shape[-2:]))
+        return self.bottleneck(torch.cat([attended.context, x], dim=1))
 
     def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
         """The pixel-region relation of position (y, x): ``gathered``, where it gathers from through the

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops import positive_int, positive_ints
 from ..layers import conv_bn_relu
 from .record import Recorder, spread
 from .registry import register
@@ -17,15 +18,7 @@ _PSA_TYPES = ("collect", "distribute", "bi-direction")
 
 
 def _mask_size(mask_size) -> tuple[int, int]:
-    if isinstance(mask_size, int):
-        mask_size = (mask_size, mask_size)
-    if (
-        not isinstance(mask_size, Sequence)
-        or len(mask_size) != 2
-        or any(isinstance(m, bool) or int(m) != m or m < 1 for m in mask_size)
-    ):
-        raise ValueError(f"psa: mask_size must be two positive integers (h, w), got {mask_size!r}")
-    return int(mask_size[0]), int(mask_size[1])
+    return positive_ints(mask_size, "psa: mask_size", length=2, hint=" (h, w)")
 
 
 def psa_mask(mask: torch.Tensor, psa_type: str, mask_size: Sequence[int]) -> torch.Tensor:
@@ -135,12 +128,10 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
         super().__init__()
         if inner_channels is None:
             inner_channels = max(1, channels // 2)
-        if int(inner_channels) != inner_channels or int(inner_channels) < 1:
-            raise ValueError(f"psa: inner_channels must be a positive integer, got {inner_channels!r}")
+        inner_channels = positive_int(inner_channels, "psa: inner_channels")
         if psa_type not in _PSA_TYPES:
             raise ValueError(f"psa: psa_type must be one of {_PSA_TYPES}, got {psa_type!r}")
-        if int(shrink_factor) != shrink_factor or int(shrink_factor) < 1:
-            raise ValueError(f"psa: shrink_factor must be a positive integer, got {shrink_factor!r}")
+        shrink_factor = positive_int(shrink_factor, "psa: shrink_factor")
         self.mask_size = _mask_size(tuple(mask_size) if not isinstance(mask_size, int) else mask_size)
         if normalization_factor is None:
             normalization_factor = self.mask_size[0] * self.mask_size[1]

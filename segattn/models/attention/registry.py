@@ -11,6 +11,8 @@ import functools
 
 import torch.nn as nn
 
+from ...ops import positive_int
+
 ATTENTIONS: dict[str, type[nn.Module]] = {}
 # The gates that the papers insert after the last BN of every residual block (SE-ResNet style).
 BLOCK_ATTENTIONS: list[str] = []
@@ -61,9 +63,7 @@ def register(name: str, block: bool = False):
 
         @functools.wraps(init)
         def checked_init(self, channels, *args, **kwargs):
-            if isinstance(channels, bool) or int(channels) != channels or int(channels) < 1:
-                raise ValueError(f"{name}: channels must be an integer >= 1, got {channels!r}")
-            init(self, int(channels), *args, **kwargs)
+            init(self, positive_int(channels, f"{name}: channels"), *args, **kwargs)
 
         cls.__init__ = checked_init
         cls.name = name

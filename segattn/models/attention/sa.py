@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops import positive_int
 from ..layers import conv_bn_relu
 from .record import Recorder
 from .registry import register
@@ -48,9 +49,7 @@ class SqueezeAttention(Recorder, nn.Module):
     def __init__(self, channels: int, pool_size: int = 2):
         super().__init__()
         channels = int(channels)
-        if isinstance(pool_size, bool) or int(pool_size) != pool_size or pool_size < 1:
-            raise ValueError(f"sa: pool_size must be a positive integer (paper: 2), got {pool_size!r}")
-        self.pool_size = int(pool_size)
+        self.pool_size = positive_int(pool_size, "sa: pool_size", hint=" (paper: 2)")
         self.res = conv_bn_relu(channels, channels, 3)
         self.attn = nn.Sequential(conv_bn_relu(channels, channels, 3), conv_bn_relu(channels, channels, 3, act=None))
 

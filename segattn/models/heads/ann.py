@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..attention.ann import AFNB, AsymmetricPyramidNonLocal, _check_scales
+from ...ops import positive_ints
+from ..attention.ann import AFNB, AsymmetricPyramidNonLocal
 from ..layers import conv_bn_relu
 from .base import BaseDecodeHead
 from .registry import register_head
@@ -33,7 +34,7 @@ class ANNHead(BaseDecodeHead):
         if len(in_channels) < 2:
             raise ValueError("ann head: needs the last two stages (c4 keys, c5 queries)")
         low, high = (int(in_channels[i]) for i in self.in_index)
-        key_pool_scales = _check_scales(key_pool_scales)
+        key_pool_scales = positive_ints(key_pool_scales, "ann: key_pool_scales")
         self.fusion = AFNB(low, high, int(project_channels), high, key_pool_scales)
         self.bottleneck = conv_bn_relu(high, channels, 3)
         self.context = AsymmetricPyramidNonLocal(channels, project_channels=project_channels,
