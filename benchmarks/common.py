@@ -431,7 +431,9 @@ def compose_config(overrides: list[str]) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    import train  # noqa: F401  (registers the config schema conf/train.yaml is checked against)
+    from segattn.cli import register_configs
+
+    register_configs()  # the config schema conf/train.yaml is checked against
 
     GlobalHydra.instance().clear()
     try:

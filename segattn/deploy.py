@@ -23,10 +23,9 @@ import torch.nn as nn
 from .data.base import read_image
 from .data.labels import palette_for
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_val_transform
-from .engine.checkpoint import load_checkpoint
+from .engine.checkpoint import model_from_checkpoint
 from .io import atomic_write
 from .ops import size_hw
-from .models import build_model_from_config
 from .models.heads import head_facts, head_names
 from .models.inference import inference_kwargs, one_pass
 
@@ -133,16 +132,10 @@ class Predictor(nn.Module):
 def load(path: str, device="cpu") -> Predictor:
     """The trained model in the segattn checkpoint ``path``, in eval mode on ``device`` (see
     :class:`Predictor`). Refuses files segattn did not write, with the messages eval.py gives."""
-    ckpt = load_checkpoint(path)
+    model, ckpt = model_from_checkpoint(path)
     cfg = ckpt["config"]
-    classes = list(cfg.get("classes") or [])
-    num_classes = int(cfg.get("num_classes", len(classes)))
-    if not num_classes:
-        raise ValueError(f"checkpoint={path!r} records neither num_classes nor classes in its config")
-    model = build_model_from_config(cfg, num_classes, pretrained=False)
-    model.load_state_dict(ckpt["model"])
     dataset = cfg.get("dataset") or {}
-    predictor = Predictor(model, classes, None, dataset.get("mean") or IMAGENET_MEAN,
+    predictor = Predictor(model, list(cfg.get("classes") or []), None, dataset.get("mean") or IMAGENET_MEAN,
                           dataset.get("std") or IMAGENET_STD, dataset.get("inference"),
                           dataset.get("crop_size"), cfg)
     return predictor.to(torch.device(device)).eval()

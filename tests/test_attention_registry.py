@@ -82,7 +82,7 @@ def test_registry_rejects_bad_taxonomy_and_duplicates():
 
 
 def _tiny_segmentor(name):
-    from segattn.models.segmentor import build_model
+    from segattn.models import build_model
 
     head = OmegaConf.to_container(OmegaConf.load(os.path.join(REPO, "conf", "head", f"{name}.yaml")))
     head["channels"] = 64

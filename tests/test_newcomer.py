@@ -130,12 +130,12 @@ def test_eval_without_checkpoint(tmp_path, capsys):
 
 
 def test_eval_slide_without_windows_is_refused_before_the_model_is_built(trained_run, tmp_path, capsys, monkeypatch):
-    import segattn.engine.evaluator as evaluator
+    import segattn.engine.checkpoint_eval as checkpoint_eval
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the inference settings were checked")
 
-    monkeypatch.setattr(evaluator, "build_model_from_config", no_model)
+    monkeypatch.setattr(checkpoint_eval, "model_from_checkpoint", no_model)
     ckpt = os.path.join(trained_run, "checkpoints", "last.pt")
     _fails_cleanly(run_eval, [f"checkpoint={ckpt}", "inference.mode=slide", f"hydra.run.dir={tmp_path}"], capsys,
                    "inference.mode=slide needs inference.crop_size and inference.stride")
@@ -163,7 +163,7 @@ def test_resume_from_best_pt_points_to_last_pt(trained_run, base, capsys):
 
 
 def test_run_folder_names_what_tells_runs_apart():
-    from train import run_name
+    from segattn.cli import run_name
 
     assert run_name("cc", "resnet50", None, None, 0, "") == "cc_resnet50_seed0"
     assert run_name("fcn", "resnet18", "se", [1.0, 0.75], 3,

@@ -23,7 +23,7 @@ from segattn.models.attention.record import (
     recorded_modules,
     responsibilities,
 )
-from segattn.models.segmentor import build_model
+from segattn.models import build_model
 
 NAMES = sorted(ATTENTIONS)
 C = 64  # SGE's default 64 groups need a multiple of 64

@@ -24,15 +24,15 @@ import torch
 
 from ..config import TrainConfig, TrainerConfig
 from ..data.check import check_dataset
-from ..models import build_model_from_config
 from .logging import write_json
 
 # Room for what a run writes besides checkpoints (TensorBoard events, metrics, predictions shown).
 MARGIN_BYTES = 64 * 2**20
 
 
-def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set) -> dict:
-    """The start-up checks of ``train``, then ``run_info.json``; returns what was recorded.
+def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set, model: torch.nn.Module) -> dict:
+    """The start-up checks of ``train``, then ``run_info.json``; returns what was recorded. ``model``: the
+    one set-up built, whose checkpoints the free space must hold.
 
     Called by the main process only: the scan reads the whole dataset once, and the other two
     concern the directory only it writes to.
@@ -43,28 +43,19 @@ def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set) 
         n = check_dataset({"train": train_set, "val": val_set}, workers=t.num_workers,
                           progress=t.progress, report=os.path.join(run_dir, "dataset_check.txt"))
         print(f"dataset.check: all {n} samples of the train and val splits can be used", file=sys.stderr)
-    check_free_space(run_dir, checkpoint_bytes(cfg, len(train_set.classes)), checkpoint_copies(t))
+    check_free_space(run_dir, checkpoint_bytes(model, cfg.optimizer.name), checkpoint_copies(t))
     return write_run_info(run_dir, cfg)
 
 
 # --- disk space ----------------------------------------------------------------------------------
 
-def checkpoint_bytes(cfg: dict | TrainConfig, num_classes: int) -> int:
-    """About how large one checkpoint of ``cfg`` is: the model's tensors plus the optimizer's state
-    (SGD's momentum is one copy of the parameters, AdamW's two moments are two).
-
-    The model is built on the meta device: shapes without memory or initialisation, so a ResNet-101
-    costs no more than a ResNet-18 here.
-    """
-    cfg = TrainConfig.from_dict(cfg)
-    try:
-        with torch.device("meta"):
-            model = build_model_from_config(cfg.to_dict(), num_classes, pretrained=False)
-    except Exception:  # a module whose constructor computes with tensor values: build it for real
-        model = build_model_from_config(cfg.to_dict(), num_classes, pretrained=False)
+def checkpoint_bytes(model: torch.nn.Module, optimizer: str) -> int:
+    """About how large one checkpoint of ``model`` trained with ``optimizer`` (``optimizer.name``) is:
+    the model's tensors plus the optimizer's state (SGD's momentum is one copy of the parameters,
+    AdamW's two moments are two)."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     tensors = sum(v.numel() * v.element_size() for v in model.state_dict().values())
-    moments = {"sgd": 1, "adamw": 2}.get(cfg.optimizer.name, 2)
+    moments = {"sgd": 1, "adamw": 2}.get(optimizer, 2)
     return tensors + moments * params
 
 

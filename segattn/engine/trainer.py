@@ -267,12 +267,12 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
     # step) consumes `grad_accum` of them.
     train_set, val_set, train_loader, val_loader = build_loaders(cfg, cfg.seed, start_iter * t.grad_accum,
                                                                  rank, world_size)
-    if rank == 0:  # dataset.check, free disk space, run_info.json: before the first iteration, not hours in
-        preflight_checks(cfg, run_dir, train_set, val_set)
     classes = list(train_set.classes)
 
     init_from = cfg.model.init_from
     model = setup_model(cfg, len(classes), device, world_size, pretrained=ckpt is None and not init_from)
+    if rank == 0:  # dataset.check, free disk space, run_info.json: before the first iteration, not hours in
+        preflight_checks(cfg, run_dir, train_set, val_set, model)
     if cfg.loss.class_weight == "auto":
         resolve_class_weights(model, train_set, classes, rank)
     optimizer = build_optimizer(model, **cfg.optimizer.to_dict())

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..ops import positive_int
 from .inference import infer
 
-if TYPE_CHECKING:  # segmentor.py builds this wrapper, so it cannot be imported from here at run time
+if TYPE_CHECKING:  # the wrapped model (factory.py wraps it; segmentor.py does not import this module)
     from .segmentor import Segmentor
 
 
