@@ -23,7 +23,7 @@ from segattn.data.cityscapes import lookup_table
 from segattn.data.labels import CITYSCAPES_ID_TO_TRAINID
 from segattn.data.transforms import RandomResizeToScale
 from segattn.engine.predictions import PredictionWriter, encode
-from segattn.engine.logging import confusion_image
+from segattn.viz import confusion_image
 from segattn.models.inference import fit_to_scale, infer, inference_kwargs
 from segattn.models import build_model
 

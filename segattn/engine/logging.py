@@ -8,7 +8,7 @@ import math
 
 from ..config import TrainConfig
 from ..io import atomic_write
-from ..viz import confusion_image, denormalize, prediction_grid  # noqa: F401  (importable from here too)
+from ..viz import confusion_image, prediction_grid
 
 
 def iou_table(metrics: dict, classes) -> str:

@@ -32,7 +32,6 @@ from ..models import build_model_from_config
 from . import distributed
 from .checkpoint import (clean_stale_tmp, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
                          set_rng_state)
-from .distributed import resolve_device  # noqa: F401  (its home before; scripts import it from here)
 from .evaluate import evaluate
 from .logging import iou_table, log_hparams, log_train, log_validation, metrics_json, write_json
 from .optim import build_optimizer, build_scheduler

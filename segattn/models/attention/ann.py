@@ -83,10 +83,10 @@ class AsymmetricPyramidNonLocal(Recorder, nn.Module):
         self.bottleneck = conv_bn_relu(2 * channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [stage.attend(x, x) for stage in self.stages]
+        outs = [stage.attend(x, x)[:2] for stage in self.stages]  # (context, weights): embeddings not kept
         if self.recording:
-            self.record(attention=outs[0].weights, size=tuple(x.shape[-2:]))
-        context = torch.stack([o.context for o in outs]).sum(dim=0)
+            self.record(attention=outs[0][1], size=tuple(x.shape[-2:]))
+        context = torch.stack([o[0] for o in outs]).sum(dim=0)
         return self.bottleneck(torch.cat([context, x], dim=1))
 
     def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:

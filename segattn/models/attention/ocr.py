@@ -62,10 +62,11 @@ class ObjectContext(Recorder, SelfAttentionBlock):
                 raise ValueError("ocr: this block has no region estimate of its own; pass the region logits")
             regions = self.region(x)
         context, masks = spatial_gather(x, regions)  # (N, C, K)
-        attended = self.attend(x, context.unsqueeze(3))  # keys and values: (N, C, K, 1), mmseg's layout
+        # keys and values from the regions as (N, C, K, 1), mmseg's layout; the embeddings are not kept
+        obj, weights = self.attend(x, context.unsqueeze(3))[:2]
         if self.recording:
-            self.record(attention=attended.weights, regions=masks, size=tuple(x.shape[-2:]))
-        return self.bottleneck(torch.cat([attended.context, x], dim=1))
+            self.record(attention=weights, regions=masks, size=tuple(x.shape[-2:]))
+        return self.bottleneck(torch.cat([obj, x], dim=1))
 
     def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
         """The pixel-region relation of position (y, x): ``gathered``, where it gathers from through the

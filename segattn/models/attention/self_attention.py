@@ -59,9 +59,10 @@ class SelfAttentionBlock(nn.Module):
 
     def embeddings(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries (N, L, C') and keys (N, S, C')."""
+        query = self.query_project(query_feats).flatten(2).transpose(1, 2)
         key = self.key_project(key_feats)
         key = self.key_downsample(key) if self.key_downsample is not None else key.flatten(2)
-        return self.query_project(query_feats).flatten(2).transpose(1, 2), key.transpose(1, 2)
+        return query, key.transpose(1, 2)
 
     def attend(self, query_feats: torch.Tensor, key_feats: torch.Tensor, impl: str = "explicit") -> Attended:
         """The context on the query grid, with what a recording keeps. ``impl="fused"`` runs
