@@ -31,9 +31,9 @@ class DAHead(BaseDecodeHead):
     def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
                  concat_input: bool = False, **hyper_params):
         super().__init__()
+        cin = int(in_channels[self.in_index])
         if concat_input:
             raise ValueError("da head: concat_input must be false (DANet's head does not concatenate the backbone feature)")
-        cin = int(in_channels[self.in_index])
         self.attention = DualAttention(channels, **hyper_params)
         self.pam_in = conv_bn_relu(cin, channels)
         self.pam_out = conv_bn_relu(channels, channels)
