@@ -9,20 +9,18 @@ import os
 import sys
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from segattn.cli import check_run_dir, remove_if_refused, user_errors
+from segattn.cli import check_overrides, check_run_dir, register_configs, remove_if_refused, user_errors
 from segattn.config import EvalConfig
 from segattn.engine import evaluate_checkpoint
 from segattn.engine.logging import console_log
-from train import check_overrides
 
 # An absolute config path, so that tests can import this module and call main() in-process.
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
-ConfigStore.instance().store(group="schema", name="eval", node=EvalConfig)  # conf/eval.yaml's first default
+register_configs()  # the schema conf/eval.yaml is checked against
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="eval")

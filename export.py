@@ -9,18 +9,16 @@ import os
 import sys
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from segattn.cli import user_errors
+from segattn.cli import check_overrides, register_configs, user_errors
 from segattn.config import ExportConfig
 from segattn.deploy import export_checkpoint
-from train import check_overrides
 
 # An absolute config path, so that tests can import this module and call main() in-process.
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
-ConfigStore.instance().store(group="schema", name="export", node=ExportConfig)  # conf/export.yaml's first default
+register_configs()  # the schema conf/export.yaml is checked against
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="export")

@@ -7,16 +7,14 @@ runs this file; only rank 0 gets a run directory (see ``_quiet_nonzero_rank``).
 
 import contextlib
 import os
-import re
 import sys
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from segattn.cli import check_run_dir, remove_if_refused, user_errors
-from segattn.config import ConfigNode, TrainConfig
+from segattn.cli import check_overrides, check_run_dir, register_configs, remove_if_refused, user_errors
+from segattn.config import TrainConfig
 from segattn.engine import train
 from segattn.engine.distributed import env_rank
 from segattn.engine.logging import console_log
@@ -24,53 +22,7 @@ from segattn.engine.logging import console_log
 # An absolute config path, so that tests can import this module and call main() in-process.
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
-# conf/train.yaml's defaults list starts with ``optional schema@_here_: train``: with this registered,
-# Hydra checks every key and value type while it composes.
-ConfigStore.instance().store(group="schema", name="train", node=TrainConfig)
-
-
-# Said already, or not changing what is learnt.
-_NOT_IN_NAME = ("head", "backbone", "seed", "backbone.block_attention", "model.scale_attention.scales",
-                "trainer.progress", "trainer.num_workers", "trainer.log_interval", "trainer.device")
-
-
-def run_name(head, backbone, block_attention, scales, seed, overrides: str) -> str:
-    """The run folder's name after its time (``hydra.run.dir``): what tells two runs apart, the head,
-    backbone, block and scale attention, seed, then the other overrides as ``key-value`` (the group
-    choices and paths left out; at most 120 characters), so two runs never look identical."""
-    parts = [str(head), str(backbone)]
-    if block_attention:
-        parts.append(f"{block_attention}-blocks")
-    if scales:
-        parts.append("scales" + "-".join(f"{s:g}" for s in scales))
-    parts.append(f"seed{seed}")
-    rest = [o for o in str(overrides or "").split(",")
-            if o and not o.split("=")[0].lstrip("+~") in _NOT_IN_NAME]
-    # Only characters a path passed back as an override (eval.py checkpoint=...) may hold unquoted.
-    name = "_".join(parts + [o.replace("=", "-") for o in rest])
-    return re.sub(r"[^A-Za-z0-9._+-]", "-", name)[:120]
-
-
-OmegaConf.register_new_resolver("run_name", run_name, replace=True)
-
-
-def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
-    """Stop on an override of a key the schema does not have (``trainer.max_iter=5``), listing the valid
-    keys, before Hydra composes (it would refuse the key too, without saying which ones exist).
-    Additions (``+key=...``), deletions and ``hydra.*`` / ``group/option`` overrides are Hydra's."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    overrides = get_args_parser().parse_known_args(argv)[0].overrides
-    for o in OverridesParser.create().parse_overrides(overrides):
-        key = o.key_or_group
-        if o.is_add() or o.is_force_add() or o.is_delete() or o.package is not None or "/" in key \
-                or key.split(".")[0] in ("hydra", "schema"):
-            continue
-        try:
-            schema.check_key(key)
-        except ValueError as e:
-            raise SystemExit(f"Could not override '{o.input_line}': {e}") from None
+register_configs()  # the schemas conf/*.yaml are checked against, and the run_name resolver
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")

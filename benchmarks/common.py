@@ -63,10 +63,19 @@ def head_config(name: str) -> dict:
 
 
 def head_names() -> list[str]:
-    """``fcn`` and every registered attention, in the README's order."""
-    from segattn.models.attention import ATTENTIONS
+    """``fcn`` and every other registered head, in the README's order."""
+    from segattn.models.heads import head_names as names
 
-    return ["fcn"] + sorted(ATTENTIONS)
+    return names()
+
+
+def mmseg_params(name: str) -> int | None:
+    """mmsegmentation's decode-head parameter count for head ``name`` (its Cityscapes R50-D8 recipe, 19
+    classes, no auxiliary head; OCRNet's both cascade heads), None where mmseg has no such head: the
+    head's declared fact."""
+    from segattn.models.heads import head_facts
+
+    return head_facts(name).mmseg_params
 
 
 def parse_names(text: str | None, allowed: list[str], what: str = "--heads") -> list[str]:
@@ -349,7 +358,9 @@ def compose_config(overrides: list[str]) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    import train  # noqa: F401  (registers the config schema conf/train.yaml is checked against)
+    from segattn.cli import register_configs
+
+    register_configs()  # the config schema conf/train.yaml is checked against
 
     GlobalHydra.instance().clear()
     try:

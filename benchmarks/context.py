@@ -222,9 +222,9 @@ def _mean(values: list) -> float | None:
 
 def train_cell(task: str, head: str, seed: int, s: dict, root: str, work: str) -> dict:
     """Train one cell in this process (one thread) and return its record."""
-    from segattn.engine.checkpoint import load_checkpoint
+    from segattn.engine.checkpoint import model_from_checkpoint
     from segattn.engine.trainer import train
-    from segattn.models import build_model_from_config, residual_scales
+    from segattn.models import residual_scales
 
     torch.set_num_threads(1)
     run_dir = os.path.join(work, f"{task}_{head}_seed{seed}")
@@ -233,9 +233,7 @@ def train_cell(task: str, head: str, seed: int, s: dict, root: str, work: str) -
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         metrics = train(cfg, run_dir)
     seconds = time.perf_counter() - tic
-    ckpt = load_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"))
-    model = build_model_from_config(ckpt["config"], int(ckpt["config"]["num_classes"]), pretrained=False)
-    model.load_state_dict(ckpt["model"])
+    model, _ = model_from_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"))
     shutil.rmtree(run_dir, ignore_errors=True)
     iou, acc = metrics["IoU"], metrics["Acc"]
     return {

@@ -48,13 +48,6 @@ TIMM_PEERS = {
     "gc": ("GlobalContext", dict(use_attn=True, fuse_add=True, fuse_scale=False, rd_ratio=1 / 4, init_last_zero=True)),
     "nl": ("NonLocalAttn", dict(use_scale=True, rd_ratio=1 / 2)),
 }
-# Decode-head parameters of mmsegmentation's Cityscapes R50-D8 recipes (19 classes, decode head
-# alone: no auxiliary head), for the heads mmseg has.
-MMSEG_PARAMS = {"fcn": 23_605_779, "nl": 24_131_859, "da": 23_954_619, "cc": 23_934_100, "gc": 23_738_260,
-                "ema": 16_458_003, "psa": 33_246_739, "dnl": 24_132_372, "isa": 11_815_443, "apc": 30_465_605,
-                "ann": 20_336_659,
-                # ocrnet: both cascade decode heads, OCRHead (10,632,211) + its region FCNHead (2,364,691)
-                "ocr": 12_996_902}
 PEER_LIMIT = 1.2  # our forward within 1.2x of timm's
 TARGETS = {"flops": 0.17, "memory": 1 / 5, "time": 0.5}  # cc / explicit nl at 1 x 512 x 97 x 97
 REFERENCES = ["nl", "cc"]  # also measured with impl=explicit when both are in the run
@@ -202,7 +195,7 @@ def paper_setting_macs(size: int = 65) -> dict[str, float]:
     them, and of our heads at that size; multiply-accumulates, as the papers of that time counted."""
     from segattn.models.attention import build_attention
     from segattn.models.attention.psa import shrunk_grid
-    from segattn.models.heads import conv_bn_relu
+    from segattn.models.layers import conv_bn_relu
 
     meta = torch.device("meta")
     c5 = torch.empty(1, 2048, size, size, device=meta)
@@ -242,16 +235,11 @@ def _ratio(a, b):
     return a / b if a is not None and b else float("nan")
 
 
-def write_results(rows: list[dict], times: dict[str, float], args, extras: dict | None) -> list[str]:
-    device = torch.device(args.device)
-    suffix = ("_cuda" if device.type == "cuda" else "") + ("" if args.size == 97 else f"_s{args.size}")
-    os.makedirs(args.out, exist_ok=True)
-    md_path = os.path.join(args.out, f"heads{suffix}.md")
-    csv_path = os.path.join(args.out, f"heads{suffix}.csv")
+def results_table(rows: list[dict], times: dict[str, float]) -> tuple[list[str], list[list[str]]]:
+    """The markdown table's headers and rows (timm and whole-head columns where they were measured)."""
     have_peers = any(k.startswith("timm:") for k in times)
     have_heads = any(k.startswith("head:") for k in times)
     unit = "ms"
-
     headers = ["head", "params", "mmseg params", "head GFLOPs", "head fwd MiB", "head train MiB",
                "mech. params (M)", "mech. GFLOPs", "of which other", "mech. fwd MiB", "mech. saved MiB",
                "mech. train MiB", f"mech. fwd {unit}"]
@@ -278,18 +266,26 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
         if have_heads:
             row += [fmt(times[f"head:{n}"] * 1e3, 0) if f"head:{n}" in times else "—"]
         table.append(row)
+    return headers, table
 
+
+def results_csv(rows: list[dict], times: dict[str, float]) -> tuple[list[str], list[list]]:
+    """The CSV's headers and rows: every measurement unrounded."""
     csv_headers = ["head", "head_params", "mmseg_params", "head_flops", "head_other_flops", "head_fwd_bytes",
                    "head_saved_bytes", "head_train_bytes", "mech_channels", "mech_params", "mech_flops",
                    "mech_other_flops", "mech_moved_elements", "mech_fwd_bytes", "mech_saved_bytes", "mech_train_bytes",
                    "mech_fwd_s", "timm_fwd_s", "head_fwd_s", "mech_other_ops", "mech_uncounted_ops"]
-    csv_rows = [[r["name"], r["head_params"], MMSEG_PARAMS.get(r["name"], ""), r["head_flops"], r["head_other"],
+    csv_rows = [[r["name"], r["head_params"], common.mmseg_params(r["name"]) or "", r["head_flops"], r["head_other"],
                  r["head_fwd"], r["head_saved"], r["head_train"], r["channels"] if "mech_flops" in r else "",
                  r.get("mech_params", ""), r.get("mech_flops", ""), r.get("mech_other", ""), r.get("mech_moved", ""),
                  r.get("mech_fwd", ""), r.get("mech_saved", ""), r.get("mech_train", ""), times.get(r["name"], ""),
                  times.get(f"timm:{r['name']}", ""), times.get(f"head:{r['name']}", ""),
                  r.get("mech_other_ops", ""), r.get("mech_uncounted", "")] for r in rows]
+    return csv_headers, csv_rows
 
+
+def results_intro(rows: list[dict], args, device: torch.device) -> list[str]:
+    """The title, how it was produced, and what each column means."""
     s = args.size
     crop = 8 * (s - 1) + 1
     widths = sorted({r["channels"] for r in rows if "mech_flops" in r})
@@ -299,7 +295,7 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
                "counted on the `meta` device by following every storage created and freed (the bytes a "
                "CPU run allocates, checked against one in tests/test_benchmarks.py)")
     time_how = ("CUDA events" if device.type == "cuda" else f"`time.perf_counter`, {args.threads} threads")
-    lines = [
+    return [
         f"# Head costs at {s}x{s} features ({crop}x{crop} crops, ResNet-101-D8){' on CUDA' if device.type == 'cuda' else ''}",
         "",
         f"Produced by `python benchmarks/heads.py{' --device ' + args.args_device if device.type == 'cuda' else ''}"
@@ -333,9 +329,17 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
         f"shared machine hits all of them alike ({time_how}). EMA is timed in eval mode: in training it also "
         "moves its bases (a 512 x 64 update) and all-reduces them under torch.distributed.",
         "",
-        common.markdown_table(headers, table),
-        "",
     ]
+
+
+def write_results(rows: list[dict], times: dict[str, float], args, extras: dict | None) -> list[str]:
+    device = torch.device(args.device)
+    suffix = ("_cuda" if device.type == "cuda" else "") + ("" if args.size == 97 else f"_s{args.size}")
+    os.makedirs(args.out, exist_ok=True)
+    md_path = os.path.join(args.out, f"heads{suffix}.md")
+    csv_path = os.path.join(args.out, f"heads{suffix}.csv")
+    have_peers = any(k.startswith("timm:") for k in times)
+    lines = results_intro(rows, args, device) + [common.markdown_table(*results_table(rows, times)), ""]
     if not have_peers:
         lines += ["timm peer columns are left out: " + ("`--quick` run." if args.quick else
                   "timm is not installed (`pip install timm`)."), ""]
@@ -343,25 +347,25 @@ def write_results(rows: list[dict], times: dict[str, float], args, extras: dict 
     if extras:
         lines += paper_section(rows, times, extras, device)
     common.write_atomic(md_path, "\n".join(lines))
-    common.write_csv(csv_path, csv_headers, csv_rows)
+    common.write_csv(csv_path, *results_csv(rows, times))
     return [md_path, csv_path]
 
 
 def mmseg_cell(name: str, params: int) -> str:
     """mmseg's count for ``name`` ("—" if mmseg has no such head), with ✓ where ours is the same
     integer and the difference where it is not."""
-    theirs = MMSEG_PARAMS.get(name)
+    theirs = common.mmseg_params(name)
     if theirs is None:
         return "—"
     return f"{theirs:,} ✓" if params == theirs else f"{theirs:,} (ours {params - theirs:+,})"
 
 
 def mmseg_note(rows) -> str:
-    compared = [r for r in rows if r["name"] in MMSEG_PARAMS]
+    compared = [r for r in rows if common.mmseg_params(r["name"]) is not None]
     if not compared:
         return ""
-    same = [r["name"] for r in compared if r["head_params"] == MMSEG_PARAMS[r["name"]]]
-    differ = [r["name"] for r in compared if r["head_params"] != MMSEG_PARAMS[r["name"]]]
+    same = [r["name"] for r in compared if r["head_params"] == common.mmseg_params(r["name"])]
+    differ = [r["name"] for r in compared if r["head_params"] != common.mmseg_params(r["name"])]
     text = (f"{'All ' + str(len(same)) if not differ else len(same)} of the {len(compared)} heads compared "
             f"{'have' if len(same) != 1 else 'has'} exactly mmseg's parameter count")
     if differ:
@@ -433,11 +437,28 @@ def targets_section(rows, times, args, have_peers, explicit=None) -> list[str]:
 
 
 def paper_section(rows, times, extras, device) -> list[str]:
+    return ["## Against the papers", ""] + cc_vs_nl_section(rows, times, extras, device) + ema_vs_psa_section(extras)
+
+
+def _cc_nl_rows(cc, cc_x, nl, nl_fused, times) -> list[list[str]]:
+    """The CCNet vs non-local table: the criss-cross module and the non-local block, fused and explicit."""
+    def row(label, r, key):
+        return [label, fmt((r["mech_flops"] + r["mech_other"]) / 1e9, 2), fmt(r["mech_fwd"] / MiB, 1),
+                fmt(r["mech_saved"] / MiB, 1), fmt(r["mech_train"] / MiB, 1),
+                fmt(times[key] * 1e3, 0) if key in times else "—"]
+
+    return ([row("cc (default: fused)", cc, "cc")] + ([row("cc, `impl=explicit`", cc_x, "explicit:cc")] if cc_x else [])
+            + [row("nl (default: fused)", nl_fused, "nl"),
+               row("nl, `impl=explicit` (the paper's block)", nl, "explicit:nl")])
+
+
+def cc_vs_nl_section(rows, times, extras, device) -> list[str]:
+    """CCNet's FLOP and memory claims against the non-local block, at 97x97 (nothing at other sizes)."""
     where = "GPU" if device.type == "cuda" else "CPU"
     cc, nl_fused = _row(rows, "cc"), _row(rows, "nl")
     ref = extras.get("explicit", {})
     nl, cc_x = ref.get("nl"), ref.get("cc")
-    lines = ["## Against the papers", ""]
+    lines = []
     if cc and nl and nl_fused and "mech_flops" in cc and extras["size"] == 97:
         cc_g = cc["mech_flops"] / 1e9
         nl_g = nl["mech_flops"] / 1e9
@@ -449,20 +470,7 @@ def paper_section(rows, times, extras, device) -> list[str]:
         def vs(a, b):  # "0.72x" / "1.4x": a's share of b
             return f"{fmt(a / b, 2)}x"
 
-        mem_rows = [["cc (default: fused)", fmt(cc_g + cc["mech_other"] / 1e9, 2), fmt(cc["mech_fwd"] / MiB, 1),
-                     fmt(cc["mech_saved"] / MiB, 1), fmt(cc["mech_train"] / MiB, 1),
-                     fmt(times["cc"] * 1e3, 0) if "cc" in times else "—"]]
-        if cc_x:
-            mem_rows.append(["cc, `impl=explicit`", fmt((cc_x["mech_flops"] + cc_x["mech_other"]) / 1e9, 2),
-                             fmt(cc_x["mech_fwd"] / MiB, 1), fmt(cc_x["mech_saved"] / MiB, 1),
-                             fmt(cc_x["mech_train"] / MiB, 1),
-                             fmt(times["explicit:cc"] * 1e3, 0) if "explicit:cc" in times else "—"])
-        mem_rows += [["nl (default: fused)", fmt((nl_fused["mech_flops"] + nl_fused["mech_other"]) / 1e9, 2),
-                      fmt(nl_fused["mech_fwd"] / MiB, 1), fmt(nl_fused["mech_saved"] / MiB, 1),
-                      fmt(nl_fused["mech_train"] / MiB, 1), fmt(times["nl"] * 1e3, 0) if "nl" in times else "—"],
-                     ["nl, `impl=explicit` (the paper's block)", fmt((nl["mech_flops"] + nl["mech_other"]) / 1e9, 2),
-                      fmt(nl["mech_fwd"] / MiB, 1), fmt(nl["mech_saved"] / MiB, 1), fmt(nl["mech_train"] / MiB, 1),
-                      fmt(times["explicit:nl"] * 1e3, 0) if "explicit:nl" in times else "—"]]
+        mem_rows = _cc_nl_rows(cc, cc_x, nl, nl_fused, times)
         lines += [
             "**CCNet vs non-local** (1 x 512 x 97 x 97, both as the official code builds them: RCCA with "
             "recurrence 2 and C/8 query/key; non-local embedded Gaussian with C/2). The CCNet paper counts about 8 "
@@ -523,13 +531,18 @@ def paper_section(rows, times, extras, device) -> list[str]:
                           if rate["cc"] < min(rate["nl"], rate["nl_fused"]) else
                           "The explicit non-local block's 9409 x 9409 softmax and its 338 MiB maps are passes over "
                           "memory that the FLOP count hardly sees (softmax: 5 FLOPs per element)."), ""]
+    return lines
+
+
+def ema_vs_psa_section(extras) -> list[str]:
+    """The EMANet paper's GFLOPs of EMANet's and PSANet's heads against ours, at 65x65."""
     e = extras
     paper_ema, paper_psa = 43.1, 56.3
     ema_paper_way = e["ema_fc0"] + e["ema_emau"]
     psa_paper_way = e["psa_module"] + e["ema_fc0"]
     m = e["psa_mask"]
     recipe_mask = "x".join(str(v) for v in common.head_config("psa")["mask_size"])
-    lines += [
+    return [
         "**EMANet vs PSANet** (the EMANet paper's table: 513x513 input, ResNet-101, output stride 8, i.e. 65x65 c5; "
         "PSANet +56.3 and EMANet +43.1 GFLOPs over the backbone, a ratio of "
         f"{fmt(paper_ema / paper_psa, 2)}). Those numbers are multiply-accumulates, the convention of the time; in "
@@ -571,7 +584,6 @@ def paper_section(rows, times, extras, device) -> list[str]:
         "EMAHead's convolutions after the EM unit run at 256 channels, PSAHead's 3x3 conv reads 4096.",
         "",
     ]
-    return lines
 
 
 def main(argv=None) -> dict:

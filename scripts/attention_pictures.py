@@ -26,8 +26,7 @@ sys.path.insert(0, REPO)
 
 from segattn import viz  # noqa: E402
 from segattn.data import build_dataset  # noqa: E402
-from segattn.engine.checkpoint import load_checkpoint  # noqa: E402
-from segattn.models import build_model_from_config  # noqa: E402
+from segattn.engine.checkpoint import model_from_checkpoint  # noqa: E402
 
 
 def train_briefly(head: str, iters: int, run_dir: str, overrides: list[str]) -> str:
@@ -63,10 +62,8 @@ def pick_points(mask: np.ndarray, n: int, ignore_index: int = 255) -> list[list[
 def draw(checkpoint: str, out_dir: str, points: list[list[int]] | None, n_points: int, colors: int,
          scale: float) -> list[str]:
     """The pictures of one checkpoint, as ``<out_dir>/attention_<head>_<module>.png``; returns the paths."""
-    ckpt = load_checkpoint(checkpoint)
+    model, ckpt = model_from_checkpoint(checkpoint)
     cfg = ckpt["config"]
-    model = build_model_from_config(cfg, int(cfg["num_classes"]), pretrained=False)
-    model.load_state_dict(ckpt["model"])
     d = cfg["dataset"]
     options = {k: v for k, v in d.items() if k not in ("name", "root")}
     val = build_dataset(d["name"], d["root"], d.get("val_split", "val"), **options)

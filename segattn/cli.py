@@ -1,4 +1,7 @@
-"""What the entry points (train.py, eval.py, export.py) share so that a mistake ends in one paragraph.
+"""What the entry points (train.py, eval.py, export.py) share: the config schemas and the run-name
+resolver they register with Hydra (:func:`register_configs`), the check of the overrides against the
+schema (:func:`check_overrides`), and the one-paragraph errors. Hydra is imported only by these
+functions, so the library itself does not need it.
 
 A mistake in the command line or the data (a wrong key, a missing file, a batch too small for a
 head) raises a ``ValueError`` / ``OSError`` whose message names the key and the fix; here it is
@@ -14,7 +17,16 @@ import os
 import re
 import sys
 
+from .config import ConfigNode, EvalConfig, ExportConfig, TrainConfig
 from .engine.stopping import Interrupted
+
+# conf/<name>.yaml's defaults list starts with ``optional schema@_here_: <name>``: with these registered,
+# Hydra checks every key and value type while it composes.
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "export": ExportConfig}
+
+# Said already, or not changing what is learnt.
+_NOT_IN_NAME = ("head", "backbone", "seed", "backbone.block_attention", "model.scale_attention.scales",
+                "trainer.progress", "trainer.num_workers", "trainer.log_interval", "trainer.device")
 
 # Errors whose message is the whole story (ours name the key or file); anything else is a bug
 # and keeps its traceback.
@@ -110,3 +122,49 @@ def _holds_results(run_dir: str) -> bool:
                or f in ("metrics.json", "eval.json", "dataset_check.txt") for f in files):
             return True
     return False
+def run_name(head, backbone, block_attention, scales, seed, overrides: str) -> str:
+    """The run folder's name after its time (``hydra.run.dir``): what tells two runs apart, the head,
+    backbone, block and scale attention, seed, then the other overrides as ``key-value`` (the group
+    choices and paths left out; at most 120 characters), so two runs never look identical."""
+    parts = [str(head), str(backbone)]
+    if block_attention:
+        parts.append(f"{block_attention}-blocks")
+    if scales:
+        parts.append("scales" + "-".join(f"{s:g}" for s in scales))
+    parts.append(f"seed{seed}")
+    rest = [o for o in str(overrides or "").split(",")
+            if o and not o.split("=")[0].lstrip("+~") in _NOT_IN_NAME]
+    # Only characters a path passed back as an override (eval.py checkpoint=...) may hold unquoted.
+    name = "_".join(parts + [o.replace("=", "-") for o in rest])
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", name)[:120]
+
+
+def register_configs() -> None:
+    """Register the config schemas with Hydra's ConfigStore and the ``run_name`` resolver with OmegaConf
+    (conf/train.yaml's ``hydra.run.dir`` uses it). Whatever composes conf/ calls this first: the entry
+    points, the benchmarks, the scripts and the tests. Registering again replaces the same entries."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    for name, node in SCHEMAS.items():
+        ConfigStore.instance().store(group="schema", name=name, node=node)
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
+def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
+    """Stop on an override of a key the schema does not have (``trainer.max_iter=5``), listing the valid
+    keys, before Hydra composes (it would refuse the key too, without saying which ones exist).
+    Additions (``+key=...``), deletions and ``hydra.*`` / ``group/option`` overrides are Hydra's."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = get_args_parser().parse_known_args(argv)[0].overrides
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if o.is_add() or o.is_force_add() or o.is_delete() or o.package is not None or "/" in key \
+                or key.split(".")[0] in ("hydra", "schema"):
+            continue
+        try:
+            schema.check_key(key)
+        except ValueError as e:
+            raise SystemExit(f"Could not override '{o.input_line}': {e}") from None

@@ -28,39 +28,14 @@ import torch.nn as nn
 from .data.base import read_image
 from .data.labels import palette_for
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_val_transform
-from .engine.checkpoint import load_checkpoint
+from .engine.checkpoint import model_from_checkpoint
 from .io import atomic_write
-from .models import build_model_from_config
+from .ops import size_hw
+from .models.heads import head_facts, head_names
 from .models.inference import default_window, inference_kwargs, one_pass
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}
 
-# Heads whose export is fixed to the size it was made at, and why (one line each). The per-head test
-# (tests/test_deploy.py) checks every other (head, format) pair on a second, different input size,
-# and scripts/heads_table.py prints this in the README's "exports" column. Every head exports at a
-# fixed size in every format except where UNSUPPORTED says otherwise.
-_PSA = ("PSANet's shrink rule branches on odd/even feature sides and its mask reaches a fixed "
-        "feature size (97x97: inputs up to 792 px at output stride 8)")
-_OC_ASP = "OCNet ASP's max-pool chooses ceil_mode from the feature size (`min(h, w) < scale`)"
-_OC_PYRAMID = "Pyramid-OC's region grid is computed from the feature size in Python"
-_ISA = ("ISA pads the map to whole down_factor blocks (ceil(H / 8) * 8 - H rows), a derived size torch.export "
-        "cannot keep symbolic: it specialises the input to multiples of 64 px")
-_APC = ("ONNX has no adaptive average pooling: the exporter fixes APCNet's s x s pooling windows for the "
-        "export size")
-_ANN = ("ONNX has no adaptive average pooling: the exporter fixes ANN's pyramid-pooling windows (1, 3, 6, 8) "
-        "for the export size")
-STATIC_ONLY = {
-    ("psa", "torchscript"): _PSA, ("psa", "exported_program"): _PSA, ("psa", "onnx"): _PSA,
-    ("oc_asp", "exported_program"): _OC_ASP, ("oc_asp", "onnx"): _OC_ASP,
-    ("oc_pyramid", "exported_program"): _OC_PYRAMID, ("oc_pyramid", "onnx"): _OC_PYRAMID,
-    ("isa", "exported_program"): _ISA, ("isa", "onnx"): _ISA,
-    ("apc", "onnx"): _APC,
-    ("ann", "onnx"): _ANN,
-}
-# (head, format) pairs that do not export at all.
-UNSUPPORTED = {
-    ("oc_asp", "torchscript"): _OC_ASP + ", which tracing turns into a tensor",
-}
 # Smallest input side of a dynamic export: below 64 px some heads' maps collapse to 1 pixel, a
 # different branch of their code.
 MIN_SIDE, MAX_SIDE = 64, 4096
@@ -177,16 +152,10 @@ class Predictor(nn.Module):
 def load(path: str, device="cpu") -> Predictor:
     """The trained model in the segattn checkpoint ``path``, in eval mode on ``device`` (see
     :class:`Predictor`). Refuses files segattn did not write, with the messages eval.py gives."""
-    ckpt = load_checkpoint(path)
+    model, ckpt = model_from_checkpoint(path)
     cfg = ckpt["config"]
-    classes = list(cfg.get("classes") or [])
-    num_classes = int(cfg.get("num_classes", len(classes)))
-    if not num_classes:
-        raise ValueError(f"checkpoint={path!r} records neither num_classes nor classes in its config")
-    model = build_model_from_config(cfg, num_classes, pretrained=False)
-    model.load_state_dict(ckpt["model"])
     dataset = cfg.get("dataset") or {}
-    predictor = Predictor(model, classes, None, dataset.get("mean") or IMAGENET_MEAN,
+    predictor = Predictor(model, list(cfg.get("classes") or []), None, dataset.get("mean") or IMAGENET_MEAN,
                           dataset.get("std") or IMAGENET_STD, dataset.get("inference"),
                           dataset.get("crop_size"), cfg)
     return predictor.to(torch.device(device)).eval()
@@ -203,25 +172,30 @@ class ExportGraph(nn.Module):
         return one_pass(self.model, images, "whole")
 
 
+def export_limits(head: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The head's declared export limits (``export_static_only``, ``export_unsupported``: format -> why).
+    Every head exports with dynamic sizes in every format except where these say otherwise; the
+    per-head test (tests/test_deploy.py) checks every other (head, format) pair on a second input size."""
+    if head not in head_names():
+        return {}, {}
+    facts = head_facts(head)
+    return facts.export_static_only, facts.export_unsupported
+
+
 def export_reason(head: str, fmt: str, dynamic: bool) -> str | None:
     """Why ``head`` cannot be exported as ``fmt`` (with ``dynamic`` sizes), or None when it can."""
-    if (head, fmt) in UNSUPPORTED:
-        return UNSUPPORTED[(head, fmt)]
-    if dynamic and (head, fmt) in STATIC_ONLY:
-        return STATIC_ONLY[(head, fmt)] + "; export it with dynamic=false at the size it will run at"
+    static_only, unsupported = export_limits(head)
+    if fmt in unsupported:
+        return unsupported[fmt]
+    if dynamic and fmt in static_only:
+        return static_only[fmt] + "; export it with dynamic=false at the size it will run at"
     return None
 
 
 def _check(fmt: str, input_size) -> tuple[int, int]:
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
-    try:
-        h, w = int(input_size[0]), int(input_size[1])
-    except (TypeError, ValueError, IndexError):
-        raise ValueError(f"input_size={input_size!r}: expected [H, W] of positive integers") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"input_size={input_size!r}: expected [H, W] of positive integers")
-    return h, w
+    return size_hw(input_size, "input_size")
 
 
 def _exported_program(graph: nn.Module, example: torch.Tensor, dynamic: bool):
@@ -277,7 +251,7 @@ def export_model(model: nn.Module, path: str, fmt: str, input_size=(512, 1024), 
 
     ``input_size`` ``[H, W]`` is the example input's size; with ``dynamic`` the batch, height and
     width (``MIN_SIDE``..``MAX_SIDE``) stay free. ``head`` (read from a Predictor's config if not
-    given) is looked up in ``STATIC_ONLY`` / ``UNSUPPORTED`` first, so a head that cannot do what was
+    given) is looked up in its export limits (:func:`export_limits`) first, so a head that cannot do what was
     asked says why instead of exporting a graph that is wrong at other sizes.
     """
     h, w = _check(fmt, input_size)
@@ -373,9 +347,10 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None = None, inpu
 def export_summary(head: str) -> str:
     """One line for the README's heads table (scripts/heads_table.py): which formats export with
     dynamic sizes, which at a fixed size, which not, and why. tests/test_deploy.py checks each claim."""
+    static_only, not_exported = export_limits(head)
     dynamic = [f for f in FORMATS if export_reason(head, f, True) is None]
-    fixed = [f for f in FORMATS if f not in dynamic and (head, f) not in UNSUPPORTED]
-    unsupported = [f for f in FORMATS if (head, f) in UNSUPPORTED]
+    fixed = [f for f in FORMATS if f not in dynamic and f not in not_exported]
+    unsupported = [f for f in FORMATS if f in not_exported]
     if len(dynamic) == len(FORMATS):
         return "all (dynamic sizes)"
     parts = []
@@ -385,6 +360,6 @@ def export_summary(head: str) -> str:
         parts.append(f"{', '.join(fixed)}: fixed size")
     if unsupported:
         parts.append(f"not {', '.join(unsupported)}")
-    reasons = list(dict.fromkeys(STATIC_ONLY.get((head, f)) or UNSUPPORTED[(head, f)] for f in fixed + unsupported))
+    reasons = list(dict.fromkeys(static_only.get(f) or not_exported[f] for f in fixed + unsupported))
     reasons = [r for r in reasons if not any(o != r and o.startswith(r) for o in reasons)]  # said once
     return f"{'; '.join(parts)} ({'; '.join(reasons)})"

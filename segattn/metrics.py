@@ -22,9 +22,6 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
-    def reset(self):
-        self.mat.zero_()
-
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor):
         if pred.shape != target.shape:

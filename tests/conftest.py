@@ -10,10 +10,11 @@ import torch
 
 from segattn.data import synthetic
 
-# The entry points register the config schema (segattn/config.py) that conf/train.yaml and
-# conf/eval.yaml are composed against, so every composition in the tests is checked by it.
-import train  # noqa: E402,F401
-import eval as _eval  # noqa: E402,F401
+from segattn.cli import register_configs
+
+# The config schemas (segattn/config.py) conf/*.yaml are composed against, so every composition in the
+# tests is checked by them, and the run_name resolver of conf/train.yaml.
+register_configs()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from segattn.models.attention import build_attention
 from segattn.models.attention.eca import eca_kernel_size
-from segattn.models.attention.sa import SAHead
+from segattn.models.heads.sa import SAHead
 
 
 @pytest.fixture(autouse=True)

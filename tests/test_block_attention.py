@@ -12,7 +12,7 @@ from segattn.engine.checkpoint import load_checkpoint
 from segattn.models.attention import ATTENTIONS
 from segattn.models.backbone import ResNet
 from segattn.models.block_attention import BLOCK_ATTENTIONS, block_attention
-from segattn.models.segmentor import build_model
+from segattn.models import build_model
 
 from conftest import TINY, run_train
 

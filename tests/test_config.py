@@ -58,9 +58,9 @@ def test_head_hyper_parameter_override():
 
 
 def test_every_head_has_its_published_recipes():
-    from segattn.models.attention import ATTENTIONS
+    from segattn.models.heads import head_names
 
-    for head in ["fcn", *ATTENTIONS]:
+    for head in head_names():
         for suffix in ("r50_d8_cityscapes_80k", "r101_d8_cityscapes_80k", "r50_d8_ade20k_160k"):
             assert f"{head}_{suffix}" in EXPERIMENTS, f"conf/experiment/{head}_{suffix}.yaml is missing (scripts/make_recipes.py)"
     cfg = _compose(["+experiment=cc_r101_d8_cityscapes_80k"])

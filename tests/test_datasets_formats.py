@@ -22,10 +22,10 @@ from segattn.data.ade20k import ADE20K_CLASSES
 from segattn.data.cityscapes import lookup_table
 from segattn.data.labels import CITYSCAPES_ID_TO_TRAINID
 from segattn.data.transforms import RandomResizeToScale
-from segattn.engine.export import PredictionWriter, encode
-from segattn.engine.logging import confusion_image
+from segattn.engine.predictions import PredictionWriter, encode
+from segattn.viz import confusion_image
 from segattn.models.inference import fit_to_scale, infer, inference_kwargs
-from segattn.models.segmentor import build_model
+from segattn.models import build_model
 
 from conftest import REPO
 

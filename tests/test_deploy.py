@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import segattn
-from segattn.deploy import FORMATS, STATIC_ONLY, UNSUPPORTED, export_checkpoint, export_model, export_reason, json_path, load_exported
+from segattn.deploy import FORMATS, export_checkpoint, export_limits, export_model, export_reason, json_path, load_exported
 from segattn.models import build_model
 
 from conftest import REPO
@@ -166,8 +166,12 @@ def test_every_head_exports_to_onnx(name, tmp_path):
 
 
 def test_export_limits_name_registered_heads_and_formats():
-    for head, fmt in {**STATIC_ONLY, **UNSUPPORTED}:
-        assert head in HEADS and fmt in FORMATS
+    from segattn.models.heads import head_names
+
+    assert sorted(head_names()) == HEADS  # every registered head has its conf/head yaml, and back
+    for head in head_names():
+        static_only, unsupported = export_limits(head)
+        assert set(static_only) | set(unsupported) <= set(FORMATS), head
 
 
 def test_export_entry_point(checkpoint, tmp_path, capsys):

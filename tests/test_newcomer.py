@@ -163,7 +163,7 @@ def test_resume_from_best_pt_points_to_last_pt(trained_run, base, capsys):
 
 
 def test_run_folder_names_what_tells_runs_apart():
-    from train import run_name
+    from segattn.cli import run_name
 
     assert run_name("cc", "resnet50", None, None, 0, "") == "cc_resnet50_seed0"
     assert run_name("fcn", "resnet18", "se", [1.0, 0.75], 3,

@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from segattn.models.attention import ATTENTIONS
-from segattn.models.segmentor import build_model
+from segattn.models import build_model
 
 from conftest import REPO
 

@@ -27,7 +27,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import reference_mmseg as ref
-from segattn.models.heads import build_head
+from segattn.models.heads import build_head, head_facts, head_names
 from segattn.models.attention.psa import psa_mask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -321,8 +321,9 @@ def test_the_comparison_can_fail():
 # --------------------------------------------------------------------------------------------------
 # the recipes' parameter counts
 # --------------------------------------------------------------------------------------------------
-MMSEG_COUNTS = {"fcn": 23_605_779, "nl": 24_131_859, "da": 23_954_619, "cc": 23_934_100, "gc": 23_738_260,
-                "ema": 16_458_003, "psa": 33_246_739}
+# the heads' declared facts (mmseg_params), checked against the reference heads below (ocr: its own test)
+MMSEG_COUNTS = {name: head_facts(name).mmseg_params
+                for name in ("fcn", "nl", "da", "cc", "gc", "ema", "psa", "dnl", "isa", "apc", "ann")}
 
 
 def _compose(overrides):
@@ -350,6 +351,15 @@ def _reference_recipe_head(name: str) -> nn.Module:
     if name == "psa":
         return ref.PSAHead(mask_size=(97, 97), psa_type="bi-direction", compact=False, shrink_factor=2,
                            normalization_factor=1.0, psa_softmax=True, **full)
+    if name == "dnl":
+        return ref.DNLHead(reduction=2, use_scale=True, mode="embedded_gaussian", **full)
+    if name == "isa":
+        return ref.ISAHead(isa_channels=256, down_factor=(8, 8), **full)
+    if name == "apc":
+        return ref.APCHead(pool_scales=(1, 2, 3, 6), fusion=True, **full)
+    if name == "ann":  # configs/_base_/models/ann_r50-d8.py: in_index [2, 3], c4 and c5
+        full["in_channels"] = [1024, 2048]
+        return ref.ANNHead(project_channels=256, query_scales=(1,), key_pool_scales=(1, 3, 6, 8), **full)
     raise KeyError(name)
 
 
@@ -365,7 +375,165 @@ def recipe_head_counts(name: str, reference_head) -> tuple[int, int]:
     return sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters())
 
 
-def test_recipe_heads_have_mmsegs_parameter_counts():
-    for name, expected in MMSEG_COUNTS.items():
-        n_ours, n_theirs = recipe_head_counts(name, _reference_recipe_head)
-        assert (n_ours, n_theirs) == (expected, expected), (name, n_ours, n_theirs, expected)
+@pytest.mark.parametrize("name", sorted(MMSEG_COUNTS))
+def test_recipe_head_has_mmsegs_parameter_count(name):
+    n_ours, n_theirs = recipe_head_counts(name, _reference_recipe_head)
+    assert (n_ours, n_theirs) == (MMSEG_COUNTS[name], MMSEG_COUNTS[name]), (name, n_ours, n_theirs)
+
+
+
+# --------------------------------------------------------------------------------------------------
+# DNL
+# --------------------------------------------------------------------------------------------------
+
+
+DNL_RULES = rules_between_convs("dnl_block", [
+    ("g.", "g.conv."), ("theta.", "theta.conv."), ("phi.", "phi.conv."), ("conv_mask.", "conv_mask."),
+    ("conv_out.0.", "conv_out.conv."), ("conv_out.1.", "conv_out.bn.")])
+
+
+def dnl_pair(mode="embedded_gaussian"):
+    theirs = ref.DNLHead(reduction=2, use_scale=True, mode=mode, temperature=0.05, **base())
+    return pair("dnl", theirs, DNL_RULES, channels=16, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "dot_product"])
+def test_dnl_matches_mmseg(mode):
+    ours, theirs = dnl_pair(mode)
+    check(ours, theirs, feats(12, 18))
+
+
+def test_dnl_training_step_matches_mmseg():
+    """In training the BN after W_z sees the unary vectors as a batch of 1x1 maps: the same on both sides."""
+    ours, theirs = dnl_pair()
+    for head in (ours, theirs):
+        head.train()
+        head.dropout.eval()
+    with torch.no_grad():
+        check(ours, theirs, feats(12, 18))
+    torch.testing.assert_close(ours.attention.conv_out[1].running_var, theirs.dnl_block.conv_out.bn.running_var, **TOL)
+
+
+# --------------------------------------------------------------------------------------------------
+# ISA
+# --------------------------------------------------------------------------------------------------
+
+
+def isa_rules():
+    rules = [("cls.", "conv_seg.")] + cbr("reduce", "in_conv") + cbr("fuse", "out_conv")
+    for rel in ("global_relation", "local_relation"):
+        for proj in ("query_project", "key_project"):
+            for i in (0, 1):
+                rules += cbr(f"attention.{rel}.{proj}.{i}", f"{rel}.{proj}.{i}")
+        rules += [(f"attention.{rel}.value_project.", f"{rel}.value_project.")]
+        rules += cbr(f"attention.{rel}.output_project", f"{rel}.output_project")
+    return rules
+
+
+@pytest.mark.parametrize("size, down", [((12, 18), (8, 8)), ((11, 13), (3, 5)), ((8, 16), (4, 8))])
+def test_isa_matches_mmseg(size, down):
+    # (8, 8) on 12x18: padded to 16x24 (2 + 2 rows, 3 + 3 columns); 11x13 by (3, 5): odd pads
+    # (1 row before, 0 after ... as mmseg splits them); 8x16 by (4, 8): no padding.
+    theirs = ref.ISAHead(isa_channels=8, down_factor=down, **base())
+    ours, theirs = pair("isa", theirs, isa_rules(), channels=16, key_channels=8, down_factor=list(down))
+    check(ours, theirs, feats(*size))
+
+
+# --------------------------------------------------------------------------------------------------
+# APCNet
+# --------------------------------------------------------------------------------------------------
+
+
+def apc_rules(scales, fusion=True):
+    rules = [("cls.", "conv_seg.")] + cbr("bottleneck", "bottleneck")
+    for i in range(len(scales)):
+        ours, theirs = f"attention.acm_modules.{i}", f"acm_modules.{i}"
+        convs = ["pooled_redu_conv", "input_redu_conv", "global_info", "residual_conv"]
+        for conv in convs + (["fusion_conv"] if fusion else []):
+            rules += cbr(f"{ours}.{conv}", f"{theirs}.{conv}")
+        rules += [(f"{ours}.gla.", f"{theirs}.gla.")]
+    return rules
+
+
+@pytest.mark.parametrize("size, scales, fusion", [((12, 18), (1, 2, 3, 6), True), ((11, 13), (2, 4), False)])
+def test_apc_matches_mmseg(size, scales, fusion):
+    # 12x18 and 11x13 pooled to 3x3 / 6x6 / 4x4: uneven, overlapping adaptive-pooling bins
+    theirs = ref.APCHead(pool_scales=scales, fusion=fusion, **base())
+    ours, theirs = pair("apc", theirs, apc_rules(scales, fusion), channels=16, pool_scales=list(scales), fusion=fusion)
+    check(ours, theirs, feats(*size))
+
+
+# --------------------------------------------------------------------------------------------------
+# ANN
+# --------------------------------------------------------------------------------------------------
+
+
+def ann_rules():
+    rules = [("cls.", "conv_seg.")] + cbr("bottleneck", "bottleneck")
+    for block in ("fusion", "context"):
+        stage = f"{block}.stages.0"
+        rules += cbr(f"{stage}.key_project", f"{stage}.key_project")
+        rules += cbr(f"{stage}.query_project", f"{stage}.query_project")  # APNB: the same module, both names
+        rules += [(f"{stage}.value_project.", f"{stage}.value_project."),
+                  (f"{stage}.out_project.", f"{stage}.out_project.")]
+        rules += cbr(f"{block}.bottleneck", f"{block}.bottleneck")
+    return rules
+
+
+@pytest.mark.parametrize("hw", [(7, 10), (12, 5)])
+def test_ann_matches_mmseg(hw):
+    theirs = ref.ANNHead(project_channels=8, in_channels=[32, 64], channels=16, num_classes=5, dropout_ratio=0.1)
+    ours, theirs = pair("ann", theirs, ann_rules(), channels=16, project_channels=8)
+    # APNB shares its key and query projection, as mmseg's share_key_query
+    assert ours.context.stages[0].query_project is ours.context.stages[0].key_project
+    check(ours, theirs, feats(*hw))  # uneven adaptive-pooling bins for 3, 6, 8 on both axes
+
+
+# --------------------------------------------------------------------------------------------------
+# OCR
+# --------------------------------------------------------------------------------------------------
+
+
+def ocr_rules():
+    block = "object_context"
+    rules = [("cls.", "ocr.conv_seg."), ("regions.cls.", "fcn.conv_seg.")] + cbr("regions.convs.0", "fcn.convs.0")
+    rules += cbr("bottleneck", "ocr.bottleneck") + cbr(f"{block}.bottleneck", "ocr.object_context_block.bottleneck")
+    for proj in ("query_project", "key_project"):
+        for i in (0, 1):
+            rules += cbr(f"{block}.{proj}.{i}", f"ocr.object_context_block.{proj}.{i}")
+    for proj in ("value_project", "out_project"):
+        rules += cbr(f"{block}.{proj}", f"ocr.object_context_block.{proj}")
+    return rules
+
+
+@pytest.mark.parametrize("hw", [(7, 10), (12, 5)])
+def test_ocr_matches_mmseg(hw):
+    theirs = ref.OCRNetCascade([8, 16, 32, 64], channels=16, ocr_channels=8, region_channels=12, num_classes=5)
+    ours, theirs = pair("ocr", theirs, ocr_rules(), channels=16, ocr_channels=8, region_channels=12)
+    x = feats(*hw)
+    with torch.no_grad():
+        a, (b, regions) = ours(x), theirs(x)
+    assert set(a) == {"out", "regions"} and ours.loss_weights == {"out": 1.0, "regions": 0.4}
+    torch.testing.assert_close(a["regions"], regions, **TOL)
+    torch.testing.assert_close(a["out"], b, **TOL)
+
+
+def test_ocr_recipe_head_has_mmsegs_parameter_count():
+    """configs/_base_/models/ocrnet_r50-d8.py: FCNHead(1024 -> 256, 1 conv) then OCRHead(2048 -> 512, ocr 256);
+    the OCR head alone has 10,632,211 parameters (19 classes); the region FCN is mmseg's FCNHead."""
+    cfg = _compose(["+experiment=ocr_r50_d8_cityscapes_80k"])
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    assert head["name"] == "ocr" and cfg.model.aux_head.weight == 0  # the region FCN is the c4 FCN
+    with torch.device("meta"):
+        ours = build_head(head, [256, 512, 1024, 2048], 19)
+        theirs = ref.OCRNetCascade([256, 512, 1024, 2048], channels=512, ocr_channels=256, region_channels=256,
+                                   num_classes=19)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) - count(ours.regions) == count(theirs.ocr) == 10_632_211
+    assert count(ours.regions) == count(theirs.fcn) == 2_364_691
+    assert count(ours) == head_facts("ocr").mmseg_params
+
+
+def test_every_declared_mmseg_count_is_checked_against_a_reference():
+    declared = {name for name in head_names() if head_facts(name).mmseg_params is not None}
+    assert declared == set(MMSEG_COUNTS) | {"ocr"}

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 import reference_official as R
 from segattn.models.attention import build_attention
-from segattn.models.attention.oc import OCHead
+from segattn.models.heads.oc import OCHead
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 SHAPE_HW = (7, 11)
@@ -382,3 +382,81 @@ def test_da_branches_match_official_pam_and_cam():
     _check(ours.cam, ref["cam"], x)
     with torch.no_grad():  # the registered module sums the two branches on one input
         torch.testing.assert_close(ours(x), ref["pam"](x) + ref["cam"](x), **TOL)
+
+
+# --------------------------------------------------------------------------------------------------
+# Coordinate attention (the authors' CoordAtt) and axial attention (the authors' AxialAttention)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels, train", [(32, False), (512, True)])
+def test_coordatt_matches_the_official_module(channels, train):
+    from test_reference_mmseg_heads import randomise
+
+    ours = build_attention("coordatt", channels).double()
+    theirs = R.CoordAtt(channels, channels).double()
+    assert ours.mid_channels == max(8, channels // 32) == theirs.conv1.out_channels
+    randomise(ours)
+    theirs.load_state_dict(ours.state_dict(), strict=True)  # the official attribute names
+    ours.train(train), theirs.train(train)
+    x = torch.randn(2, channels, 7, 11, dtype=torch.float64) if channels < 100 else torch.randn(
+        2, channels, 3, 5, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), **TOL)
+    torch.testing.assert_close(ours.bn1.running_mean, theirs.bn1.running_mean, **TOL)
+
+
+def _randomise_axial(module, seed=1):
+    """randomise's scales for the parts it has no rule for (Conv1d, BatchNorm1d, the relative table)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in list(module.named_parameters()) + list(module.named_buffers()):
+            if not p.is_floating_point():
+                continue
+            last = name.rsplit(".", 1)[-1]
+            if last in ("weight", "running_var") and p.dim() == 1:  # BN scales and variances
+                p.copy_(0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype))
+            elif last in ("bias", "running_mean"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            else:  # conv weights and the relative table: N(0, 1 / fan_in)
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / p[0].numel() ** 0.5)
+
+
+def _axial_reference_pair(channels, groups, span, h, w):
+    ours = build_attention("axial", channels, groups=groups, span=span).double()
+    _randomise_axial(ours)
+    theirs = []
+    for block, length, width in ((ours.height_block, h, False), (ours.width_block, w, True)):
+        ref_block = R.AxialAttention(channels, channels, groups=groups, kernel_size=length, width=width).double()
+        state = {k: v for k, v in block.state_dict().items() if k != "relative"}
+        # the authors' table for kernel_size = L is the middle 2L - 1 offsets of ours
+        state["relative"] = block.relative.detach()[:, span - length:span + length - 1].clone()
+        state["flatten_index"] = ref_block.flatten_index
+        ref_block.load_state_dict(state, strict=True)
+        theirs.append(ref_block)
+    return ours, torch.nn.Sequential(*theirs)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_axial_matches_the_authors_module(train):
+    ours, theirs = _axial_reference_pair(32, 4, 11, 7, 10)  # span >= both axes, non-square
+    ours.train(train), theirs.train(train)
+    x = torch.randn(2, 32, 7, 10, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), **TOL)
+    torch.testing.assert_close(ours.width_block.bn_output.running_mean, theirs[1].bn_output.running_mean, **TOL)
+
+
+def test_axial_equals_the_authors_at_kernel_size_and_clips_beyond_the_span():
+    ours, theirs = _axial_reference_pair(16, 2, 6, 6, 5)
+    ours.eval(), theirs.eval()
+    x = torch.randn(1, 16, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), **TOL)
+        # beyond the span: offsets past span - 1 read the outermost entries, the output stays finite
+        y = ours(torch.randn(1, 16, 15, 13, dtype=torch.float64))
+    assert y.shape == (1, 16, 15, 13) and torch.isfinite(y).all()
+    emb = ours.height_block.embeddings(15)
+    torch.testing.assert_close(emb[:, 14, 0], ours.height_block.relative[:, -1])
+    torch.testing.assert_close(emb[:, 0, 14], ours.height_block.relative[:, 0])
+    with pytest.raises(ValueError, match="even width"):
+        build_attention("axial", 24, groups=8)

@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 from segattn.data import CityscapesDataset, DatasetError, FolderDataset, build_train_transform, check_dataset
 from segattn.data import check as check_module
 from segattn.engine import preflight
-from segattn.engine.checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
+from segattn.engine.checkpoint import clean_stale_tmp, load_checkpoint, model_from_checkpoint, save_checkpoint
+from segattn.models import Segmentor
 from segattn.models.backbone import ResNet
-from segattn.models.segmentor import Segmentor
 
 from conftest import REPO, TINY, run_eval, run_train
 
@@ -447,8 +447,8 @@ def test_an_unwritable_run_directory_fails_at_start_up(tiny_root, tmp_path, monk
 
 def test_the_checkpoint_size_estimate_fits_a_real_checkpoint(trained_run):
     path = os.path.join(trained_run, "checkpoints", "last.pt")
-    cfg = load_checkpoint(path)["config"]
-    estimate = preflight.checkpoint_bytes(cfg, cfg["num_classes"])
+    model, ckpt = model_from_checkpoint(path)
+    estimate = preflight.checkpoint_bytes(model, ckpt["config"]["optimizer"]["name"])
     assert 0.8 < estimate / os.path.getsize(path) < 1.25
     assert preflight.checkpoint_copies({"max_iters": 100, "ckpt_interval": 10, "keep_ckpts": 0}) == 13
     assert preflight.checkpoint_copies({"max_iters": 100, "ckpt_interval": 10, "keep_ckpts": 3}) == 6

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from segattn.engine.checkpoint import load_checkpoint
 from segattn.models.attention.registry import check_taxonomy
 from segattn.models.scale_attention import ScaleAttention
-from segattn.models.segmentor import Segmentor, build_model
+from segattn.models import Segmentor, build_model
 
 from conftest import TINY, run_train
 

@@ -23,7 +23,7 @@ from segattn.models.attention.record import (
     recorded_modules,
     responsibilities,
 )
-from segattn.models.segmentor import build_model
+from segattn.models import build_model
 
 NAMES = sorted(ATTENTIONS)
 C = 64  # SGE's default 64 groups need a multiple of 64
@@ -287,7 +287,7 @@ def _assert_titled(picture, top):
 def _assert_colorbar(picture, anchors=None, top=0, bottom=None):
     """The colour bar's column at the right runs through the colormap, its top the colormap's 1 and
     its bottom its 0 (rows ``top``..``bottom`` of the picture), with the values written beside it."""
-    anchors = viz._INFERNO if anchors is None else anchors
+    anchors = viz.draw._INFERNO if anchors is None else anchors
     x = picture.shape[1] - viz.COLORBAR_WIDTH + viz.BAR_GAP + viz.BAR_WIDTH // 2
     column = picture[top:bottom, x].astype(int)
     coloured = np.nonzero((column != 255).any(-1))[0]

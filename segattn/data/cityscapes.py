@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .base import SegmentationDataset, label_table, read_image, read_mask  # noqa: F401  (their home before)
+from .base import SegmentationDataset, label_table
 from .check import missing_masks
 from .labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_TRAINID_TO_ID
 

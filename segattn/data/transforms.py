@@ -16,6 +16,8 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.pytorch import ToTensorV2
 from pydantic import field_validator
 
+from ..ops import size_hw
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
@@ -153,13 +155,7 @@ def build_val_transform(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:
 
 
 def _crop(crop_size) -> tuple[int, int]:
-    try:
-        h, w = (int(crop_size), int(crop_size)) if np.isscalar(crop_size) else (int(crop_size[0]), int(crop_size[1]))
-    except (TypeError, ValueError, IndexError):
-        raise ValueError(f"dataset.crop_size={crop_size!r}: expected [H, W] of positive integers") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"dataset.crop_size={crop_size!r}: expected [H, W] of positive integers")
-    return h, w
+    return size_hw(crop_size, "dataset.crop_size")
 
 
 def _base_scale(base_scale) -> tuple[int, int]:

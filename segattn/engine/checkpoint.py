@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_write
+from ..models import build_model_from_config
 
 REQUIRED_KEYS = ("model", "iter", "config")
 
@@ -80,6 +81,22 @@ def load_checkpoint(path: str) -> dict:
                          f"{list(REQUIRED_KEYS)}, got {got}. ImageNet or open-mmlab backbone weights go to "
                          f"backbone.pretrained=PATH.")
     return ckpt
+
+
+def model_from_checkpoint(path: str, ckpt: dict | None = None, num_classes: int | None = None):
+    """``(model, checkpoint)``: the model a segattn checkpoint holds, rebuilt from the config stored in
+    it (without the ImageNet weights, which need not exist here) with its weights loaded; on the CPU,
+    in training mode as built. ``ckpt``: the checkpoint at ``path`` if already loaded; ``num_classes``:
+    the count to use when the config records neither ``num_classes`` nor ``classes``. The one way eval.py,
+    ``segattn.load``, the scripts and the benchmarks turn a checkpoint into a model."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    cfg = ckpt["config"]
+    num_classes = int(cfg.get("num_classes", len(cfg.get("classes") or [])) or num_classes or 0)
+    if not num_classes:
+        raise ValueError(f"checkpoint={path!r} records neither num_classes nor classes in its config")
+    model = build_model_from_config(cfg, num_classes, pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
 
 
 def clean_stale_tmp(directory: str) -> list[str]:

@@ -12,7 +12,7 @@ import sys
 
 from ..config import TrainConfig
 from ..io import atomic_write
-from ..viz import confusion_image, denormalize, prediction_grid  # noqa: F401  (importable from here too)
+from ..viz import confusion_image, prediction_grid
 
 
 def iou_table(metrics: dict, classes) -> str:

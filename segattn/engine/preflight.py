@@ -27,7 +27,6 @@ import torch
 
 from ..config import TrainConfig, TrainerConfig
 from ..data.check import check_dataset
-from ..models import build_model_from_config
 from .logging import write_json
 from .memory import check_training_memory
 
@@ -35,9 +34,10 @@ from .memory import check_training_memory
 MARGIN_BYTES = 64 * 2**20
 
 
-def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set, device=None,
+def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set, model: torch.nn.Module, device=None,
                      processes: int = 1) -> dict:
-    """The start-up checks of ``train``, then ``run_info.json``; returns what was recorded.
+    """The start-up checks of ``train``, then ``run_info.json``; returns what was recorded. ``model``: the
+    one set-up built, whose checkpoints the free space must hold.
 
     Called by the main process only: the scan reads the whole dataset once, the disk checks
     concern the directory only it writes to, and the memory check (on ``device``, shared by
@@ -51,7 +51,7 @@ def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set, 
         print(f"dataset.check: all {n} samples of the train and val splits can be used", file=sys.stderr)
     if device is not None and t.check_memory and cfg.dataset.get("crop_size"):
         check_training_memory(cfg.to_dict(), len(train_set.classes), device, processes)
-    check_free_space(run_dir, checkpoint_bytes(cfg, len(train_set.classes)), checkpoint_copies(t))
+    check_free_space(run_dir, checkpoint_bytes(model, cfg.optimizer.name), checkpoint_copies(t))
     return write_run_info(run_dir, cfg)
 
 
@@ -120,22 +120,13 @@ def check_numbers(cfg: dict | TrainConfig) -> None:
 
 # --- disk space ----------------------------------------------------------------------------------
 
-def checkpoint_bytes(cfg: dict | TrainConfig, num_classes: int) -> int:
-    """About how large one checkpoint of ``cfg`` is: the model's tensors plus the optimizer's state
-    (SGD's momentum is one copy of the parameters, AdamW's two moments are two).
-
-    The model is built on the meta device: shapes without memory or initialisation, so a ResNet-101
-    costs no more than a ResNet-18 here.
-    """
-    cfg = TrainConfig.from_dict(cfg)
-    try:
-        with torch.device("meta"):
-            model = build_model_from_config(cfg.to_dict(), num_classes, pretrained=False)
-    except Exception:  # a module whose constructor computes with tensor values: build it for real
-        model = build_model_from_config(cfg.to_dict(), num_classes, pretrained=False)
+def checkpoint_bytes(model: torch.nn.Module, optimizer: str) -> int:
+    """About how large one checkpoint of ``model`` trained with ``optimizer`` (``optimizer.name``) is:
+    the model's tensors plus the optimizer's state (SGD's momentum is one copy of the parameters,
+    AdamW's two moments are two)."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     tensors = sum(v.numel() * v.element_size() for v in model.state_dict().values())
-    moments = {"sgd": 1, "adamw": 2}.get(cfg.optimizer.name, 2)
+    moments = {"sgd": 1, "adamw": 2}.get(optimizer, 2)
     return tensors + moments * params
 
 

@@ -33,7 +33,6 @@ from ..models import build_model_from_config, residual_scales
 from . import distributed
 from .checkpoint import (clean_stale_tmp, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
                          set_rng_state)
-from .distributed import resolve_device  # noqa: F401  (its home before; scripts import it from here)
 from .evaluate import evaluate
 from .logging import (LogWindow, iou_table, log_hparams, log_residual_scales, log_train, log_validation,
                       metrics_json, write_json)
@@ -291,14 +290,14 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
     # step) consumes `grad_accum` of them.
     train_set, val_set, train_loader, val_loader = build_loaders(cfg, cfg.seed, start_iter * t.grad_accum,
                                                                  rank, world_size)
-    if rank == 0:  # dataset.check, memory, free disk space, run_info.json: before the first iteration, not hours in
-        # Processes on one machine's CPU share its memory; each GPU process has a device of its own.
-        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) if device.type == "cpu" else 1
-        preflight_checks(cfg, run_dir, train_set, val_set, device, sharing)
     classes = list(train_set.classes)
 
     init_from = cfg.model.init_from
     model = setup_model(cfg, len(classes), device, world_size, pretrained=ckpt is None and not init_from)
+    if rank == 0:  # dataset.check, memory, free disk space, run_info.json: before the first iteration, not hours in
+        # Processes on one machine's CPU share its memory; each GPU process has a device of its own.
+        sharing = int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) if device.type == "cpu" else 1
+        preflight_checks(cfg, run_dir, train_set, val_set, model, device, sharing)
     if cfg.loss.class_weight == "auto":
         resolve_class_weights(model, train_set, classes, rank)
     optimizer = build_optimizer(model, **cfg.optimizer.to_dict())

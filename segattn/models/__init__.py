@@ -7,7 +7,8 @@ eval.py, the benchmarks and the scripts build through it).
 
 from .heads import build_head
 from .scale_attention import ScaleAttention
-from .segmentor import Segmentor, build_model, build_model_from_config, residual_scales
+from .factory import build_model, build_model_from_config
+from .segmentor import Segmentor, residual_scales
 
 __all__ = ["ScaleAttention", "Segmentor", "build_head", "build_model", "build_model_from_config",
            "residual_scales"]

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ops import size_hw
+
 MODES = ("whole", "slide")
 KEYS = ("mode", "crop_size", "stride", "scales", "flip", "base_scale")
 
@@ -58,13 +60,7 @@ def inference_kwargs(node: dict | None) -> dict:
 
 
 def _pair(value, key: str) -> tuple[int, int]:
-    try:
-        h, w = (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-    except (TypeError, ValueError, IndexError):
-        raise ValueError(f"inference.{key}={value!r}: expected [H, W] of positive integers") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"inference.{key}={value!r}: expected [H, W] of positive integers")
-    return h, w
+    return size_hw(value, f"inference.{key}")
 
 
 def _logits(model, images: torch.Tensor) -> torch.Tensor:

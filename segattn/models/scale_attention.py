@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import positive_int
 from .inference import infer
 
-if TYPE_CHECKING:  # segmentor.py builds this wrapper, so it cannot be imported from here at run time
+if TYPE_CHECKING:  # the wrapped model (factory.py wraps it; segmentor.py does not import this module)
     from .segmentor import Segmentor
 
 
@@ -65,8 +66,7 @@ class ScaleAttention(nn.Module):
                              f"numbers, e.g. [1.0, 0.75, 0.5] (the paper's)")
         if len(set(float(s) for s in scales)) != len(scales):
             raise ValueError(f"model.scale_attention.scales={scales!r}: each scale once")
-        if int(channels) < 1:
-            raise ValueError(f"model.scale_attention.channels={channels!r}: expected a positive integer (paper: 512)")
+        channels = positive_int(channels, "model.scale_attention.channels", hint=" (paper: 512)")
         self.segmentor = segmentor
         self.scales = tuple(float(s) for s in scales)
         self.num_classes, self.ignore_index = segmentor.num_classes, segmentor.ignore_index

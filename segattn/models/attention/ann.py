@@ -3,15 +3,18 @@ Segmentation", ICCV 2019)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ...ops import positive_int, positive_ints
+from ..layers import conv_bn_relu
 from .record import Recorder
 from .registry import register
+from .self_attention import SelfAttentionBlock
 
 
 def pyramid_pool(x: torch.Tensor, scales: Sequence[int]) -> torch.Tensor:
@@ -19,7 +22,7 @@ def pyramid_pool(x: torch.Tensor, scales: Sequence[int]) -> torch.Tensor:
     return torch.cat([F.adaptive_avg_pool2d(x, s).flatten(2) for s in scales], dim=2)
 
 
-class AsymmetricAttention(nn.Module):
+class AsymmetricAttention(SelfAttentionBlock):
     """mmseg's ``SelfAttentionBlock`` as ANN builds it (ann_head.py): queries from ``query_feats``, keys and
     values from ``key_feats`` pyramid-pooled to sum s^2 positions (110 for (1, 3, 6, 8)) after their
     projections. Key / query projections are 1x1 conv-BN-ReLU (shared when ``share_key_query``, APNB),
@@ -28,34 +31,10 @@ class AsymmetricAttention(nn.Module):
 
     def __init__(self, key_in: int, query_in: int, channels: int, out_channels: int, share_key_query: bool,
                  key_pool_scales: Sequence[int]):
-        super().__init__()
-        self.channels = channels
-        self.key_pool_scales = tuple(key_pool_scales)
-        self.key_project = conv_bn_relu(key_in, channels, 1)
-        self.query_project = self.key_project if share_key_query else conv_bn_relu(query_in, channels, 1)
-        self.value_project = nn.Conv2d(key_in, channels, 1)
-        self.out_project = nn.Conv2d(channels, out_channels, 1)
-        nn.init.zeros_(self.out_project.weight)
-        nn.init.zeros_(self.out_project.bias)
-
-    def forward(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (context (N, out, H, W) on the query grid, attention (N, HW, sum s^2))."""
-        n, _, h, w = query_feats.shape
-        query = self.query_project(query_feats).flatten(2).transpose(1, 2)  # (N, HW, C')
-        key = pyramid_pool(self.key_project(key_feats), self.key_pool_scales)  # (N, C', S)
-        value = pyramid_pool(self.value_project(key_feats), self.key_pool_scales).transpose(1, 2)  # (N, S, C')
-        attn = F.softmax(torch.matmul(query, key) * self.channels ** -0.5, dim=-1)
-        context = torch.matmul(attn, value).transpose(1, 2).reshape(n, -1, h, w)
-        return self.out_project(context), attn
-
-
-def _check_scales(key_pool_scales) -> tuple[int, ...]:
-    if isinstance(key_pool_scales, int):
-        key_pool_scales = (key_pool_scales,)
-    if (not isinstance(key_pool_scales, Sequence) or not key_pool_scales
-            or any(isinstance(s, bool) or int(s) != s or s < 1 for s in key_pool_scales)):
-        raise ValueError(f"ann: key_pool_scales must be a non-empty list of positive integers, got {key_pool_scales!r}")
-    return tuple(int(s) for s in key_pool_scales)
+        scales = tuple(key_pool_scales)
+        super().__init__(key_in, query_in, channels, out_channels, share_key_query,
+                         key_downsample=functools.partial(pyramid_pool, scales=scales))
+        self.key_pool_scales = scales
 
 
 class AFNB(nn.Module):
@@ -69,42 +48,11 @@ class AFNB(nn.Module):
         self.bottleneck = conv_bn_relu(out_channels + high_in, out_channels, 1, act=None)
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        context = torch.stack([stage(high, low)[0] for stage in self.stages]).sum(dim=0)
+        context = torch.stack([stage(high, low) for stage in self.stages]).sum(dim=0)
         return self.bottleneck(torch.cat([context, high], dim=1))
 
 
-class ANNHead(nn.Module):
-    """ANNNet's head, as mmseg's ``ANNHead`` (in_index [2, 3]): AFNB fuses c4 (keys / values) into c5
-    (queries) at c5's width, dropout, 3x3 conv-BN-ReLU to ``channels`` (``bottleneck``), APNB on that
-    (``context``), dropout, classifier. With the recipe (512 channels, project 256, scales (1, 3, 6, 8),
-    19 classes) this is mmseg's parameter count."""
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 concat_input: bool = True, project_channels: int = 256,
-                 key_pool_scales: Sequence[int] = (1, 3, 6, 8)):
-        super().__init__()
-        if not concat_input:
-            raise ValueError("ann head: concat_input must be true (AFNB and APNB concatenate their input)")
-        if len(in_channels) < 2:
-            raise ValueError("ann head: needs the last two stages (c4 keys, c5 queries)")
-        low, high = int(in_channels[-2]), int(in_channels[-1])
-        key_pool_scales = _check_scales(key_pool_scales)
-        self.fusion = AFNB(low, high, int(project_channels), high, key_pool_scales)
-        self.dropout = nn.Dropout2d(dropout)
-        self.bottleneck = conv_bn_relu(high, channels, 3)
-        self.context = AsymmetricPyramidNonLocal(channels, project_channels=project_channels,
-                                                 key_pool_scales=key_pool_scales)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = self.fusion(feats[-2], feats[-1])
-        x = self.context(self.bottleneck(self.dropout(x)))
-        return self.cls(self.dropout(x))
-
-
-@register("ann", head=ANNHead)
+@register("ann")
 class AsymmetricPyramidNonLocal(Recorder, nn.Module):
     """Asymmetric pyramid non-local block (ANN's APNB, mmseg ``APNB`` with query_scales (1,)): non-local
     attention whose keys and values are the projected map pooled to s x s for s in ``key_pool_scales``
@@ -120,20 +68,22 @@ class AsymmetricPyramidNonLocal(Recorder, nn.Module):
     reference = "mmseg `ANNHead` (`AFNB`, `APNB`, `PPMConcat`)"
     deviations = "query_scales fixed at (1,) (mmseg's recipe; larger ones do not reshape back to a map in mmseg)"
 
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = {"onnx": "ONNX has no adaptive average pooling: the exporter fixes ANN's pyramid-pooling "
+                                  "windows (1, 3, 6, 8) for the export size"}
+
     def __init__(self, channels: int, project_channels: int | None = None,
                  key_pool_scales: Sequence[int] = (1, 3, 6, 8)):
         super().__init__()
         project_channels = max(1, channels // 2) if project_channels is None else project_channels
-        if isinstance(project_channels, bool) or int(project_channels) != project_channels or project_channels < 1:
-            raise ValueError(f"ann: project_channels must be a positive integer, got {project_channels!r}")
-        self.channels, self.project_channels = channels, int(project_channels)
-        self.key_pool_scales = _check_scales(key_pool_scales)
+        self.channels, self.project_channels = channels, positive_int(project_channels, "ann: project_channels")
+        self.key_pool_scales = positive_ints(key_pool_scales, "ann: key_pool_scales")
         self.stages = nn.ModuleList([AsymmetricAttention(channels, channels, self.project_channels, channels, True,
                                                          self.key_pool_scales)])
         self.bottleneck = conv_bn_relu(2 * channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [stage(x, x) for stage in self.stages]
+        outs = [stage.attend(x, x)[:2] for stage in self.stages]  # (context, weights): embeddings not kept
         if self.recording:
             self.record(attention=outs[0][1], size=tuple(x.shape[-2:]))
         context = torch.stack([o[0] for o in outs]).sum(dim=0)

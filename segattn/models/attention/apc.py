@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ...ops import positive_int, positive_ints
+from ..layers import conv_bn_relu
 from .record import Recorder
 from .registry import register
 
@@ -52,35 +53,7 @@ class ACM(nn.Module):
         return (self.fusion_conv(out) if self.fusion_conv is not None else out), affinity
 
 
-class APCHead(nn.Module):
-    """APCNet's head, as mmseg's ``APCHead``: one ACM per pooling scale on c5 itself (each reducing it to
-    ``channels``), c5 concatenated with their outputs, a 3x3 conv-BN-ReLU (``bottleneck``), dropout,
-    classifier. With the recipe (512 channels, scales (1, 2, 3, 6), 19 classes) this is mmseg's
-    30,465,605 parameters."""
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 concat_input: bool = True, **apc_kwargs):
-        super().__init__()
-        if not concat_input:
-            raise ValueError("apc head: concat_input must be true (APCHead concatenates c5 with the ACM outputs)")
-        if apc_kwargs.get("inner_channels") not in (None, channels):
-            raise ValueError(f"apc head: the ACMs reduce to head.channels={channels}; "
-                             f"head.inner_channels={apc_kwargs['inner_channels']} must be null or equal to it")
-        apc_kwargs.pop("inner_channels", None)
-        cin = int(in_channels[-1])
-        self.attention = AdaptivePyramidContext(cin, inner_channels=channels, fuse=False, **apc_kwargs)
-        self.bottleneck = conv_bn_relu(cin + len(self.attention.pool_scales) * channels, channels, 3)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        y = self.bottleneck(self.attention.context(feats[-1]))
-        return self.cls(self.dropout(y))
-
-
-@register("apc", head=APCHead)
+@register("apc")
 class AdaptivePyramidContext(Recorder, nn.Module):
     """APCNet's adaptive context modules at several pooling scales (1, 2, 3, 6), mmseg ``APCHead``'s body.
 
@@ -100,19 +73,16 @@ class AdaptivePyramidContext(Recorder, nn.Module):
     reference = "mmseg `APCHead` (`ACM`)"
     deviations = "the registered module alone fuses cat(x, contexts) back to C"
 
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = {"onnx": "ONNX has no adaptive average pooling: the exporter fixes APCNet's s x s "
+                                  "pooling windows for the export size"}
+
     def __init__(self, channels: int, pool_scales: Sequence[int] = (1, 2, 3, 6), inner_channels: int | None = None,
                  fusion: bool = True, fuse: bool = True):
         super().__init__()
-        if isinstance(pool_scales, int):
-            pool_scales = (pool_scales,)
-        if (not isinstance(pool_scales, Sequence) or not pool_scales
-                or any(isinstance(s, bool) or int(s) != s or s < 1 for s in pool_scales)):
-            raise ValueError(f"apc: pool_scales must be a non-empty list of positive integers, got {pool_scales!r}")
         inner_channels = max(1, channels // 4) if inner_channels is None else inner_channels
-        if int(inner_channels) != inner_channels or int(inner_channels) < 1:
-            raise ValueError(f"apc: inner_channels must be a positive integer, got {inner_channels!r}")
-        self.channels, self.inner_channels = int(channels), int(inner_channels)
-        self.pool_scales = tuple(int(s) for s in pool_scales)
+        self.channels, self.inner_channels = int(channels), positive_int(inner_channels, "apc: inner_channels")
+        self.pool_scales = positive_ints(pool_scales, "apc: pool_scales")
         self.acm_modules = nn.ModuleList(ACM(s, self.channels, self.inner_channels, bool(fusion))
                                          for s in self.pool_scales)
         width = self.channels + len(self.pool_scales) * self.inner_channels

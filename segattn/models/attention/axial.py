@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops import positive_int
 from .record import Recorder
 from .registry import register
 
@@ -91,10 +92,7 @@ class AxialAttention(Recorder, nn.Module):
 
     def __init__(self, channels: int, groups: int = 8, span: int = 65):
         super().__init__()
-        for key, value in (("groups", groups), ("span", span)):
-            if isinstance(value, bool) or int(value) != value or int(value) < 1:
-                raise ValueError(f"axial: {key} must be a positive integer, got {value!r}")
-        groups, span = int(groups), int(span)
+        groups, span = positive_int(groups, "axial: groups"), positive_int(span, "axial: span")
         if channels % groups or (channels // groups) % 2:
             raise ValueError(f"axial: channels={channels} must split into groups={groups} heads of an even width")
         self.channels, self.groups, self.span = channels, groups, span

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ...ops import positive_int
 from .record import GatedChannels, Recorder
 from .registry import register
 
@@ -72,12 +73,10 @@ class CBAM(Recorder, nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7):
         super().__init__()
-        if int(reduction) < 1:
-            raise ValueError(f"cbam: reduction must be a positive integer, got {reduction}")
-        if int(kernel_size) < 1 or int(kernel_size) % 2 == 0:
-            raise ValueError(f"cbam: kernel_size must be an odd positive integer (paper: 7), got {kernel_size}")
-        self.channel_gate = ChannelGate(int(channels), int(reduction))
-        self.spatial_gate = SpatialGate(int(kernel_size))
+        reduction = positive_int(reduction, "cbam: reduction")
+        kernel_size = positive_int(kernel_size, "cbam: kernel_size", odd=True, hint=" (paper: 7)")
+        self.channel_gate = ChannelGate(int(channels), reduction)
+        self.spatial_gate = SpatialGate(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spatial_gate(self.channel_gate(x))

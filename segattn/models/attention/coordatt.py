@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ...ops import positive_int
 from .record import Recorder
 from .registry import register
 
@@ -32,11 +33,10 @@ class CoordAtt(Recorder, nn.Module):
 
     def __init__(self, channels: int, reduction: int = 32, min_channels: int = 8):
         super().__init__()
-        for key, value in (("reduction", reduction), ("min_channels", min_channels)):
-            if isinstance(value, bool) or int(value) != value or int(value) < 1:
-                raise ValueError(f"coordatt: {key} must be a positive integer, got {value!r}")
+        reduction = positive_int(reduction, "coordatt: reduction")
+        min_channels = positive_int(min_channels, "coordatt: min_channels")
         self.channels = int(channels)
-        self.mid_channels = max(int(min_channels), self.channels // int(reduction))
+        self.mid_channels = max(min_channels, self.channels // reduction)
         self.conv1 = nn.Conv2d(self.channels, self.mid_channels, 1)
         self.bn1 = nn.BatchNorm2d(self.mid_channels)
         self.act = nn.Hardswish()  # the official h_swish: x * ReLU6(x + 3) / 6

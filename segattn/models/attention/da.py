@@ -7,8 +7,8 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from ..layers import classifier, conv_bn_relu
-from .record import Recorder, attention_row, check_impl, fused_attention
+from ...ops import attention_row, check_impl, fused_attention, positive_int
+from .record import Recorder
 from .registry import register
 
 
@@ -105,63 +105,13 @@ class ChannelAttention(Recorder, nn.Module):
         return self.recorded["attention"][index]
 
 
-class DAHead(nn.Module):
-    """DANet's head (official ``DANetHead``, mmsegmentation ``DAHead``) on the last backbone stage.
-
-    Per branch: conv3x3 reduce + BN + ReLU -> PAM or CAM -> conv3x3 + BN + ReLU -> classifier; the
-    two branch features are summed for the main classifier. All three outputs are supervised
-    with weight 1 (the official code's loss over the three outputs, mmsegmentation's three
-    ``loss_decode`` terms); inference uses only the fused ``out``.
-
-    Every classifier is preceded by Dropout2d(dropout) as in both codes (0.1), and initialised
-    N(0, 0.01) as mmsegmentation's decode heads are.
-    """
-
-    loss_weights = {"out": 1.0, "pam": 1.0, "cam": 1.0}
-
-    def __init__(
-        self,
-        in_channels: list[int],
-        num_classes: int,
-        channels: int = 512,
-        dropout: float = 0.1,
-        concat_input: bool = False,
-        **hyper_params,
-    ):
-        super().__init__()
-        if concat_input:
-            raise ValueError(
-                "da head: concat_input must be false (DANet's head does not concatenate the backbone feature)"
-            )
-        cin = int(in_channels[-1])
-        self.attention = DualAttention(channels, **hyper_params)
-        self.pam_in = conv_bn_relu(cin, channels)
-        self.pam_out = conv_bn_relu(channels, channels)
-        self.cam_in = conv_bn_relu(cin, channels)
-        self.cam_out = conv_bn_relu(channels, channels)
-        self.dropout = nn.Dropout2d(dropout)
-        self.pam_cls = classifier(channels, num_classes)
-        self.cam_cls = classifier(channels, num_classes)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = feats[-1]
-        pam_feat = self.pam_out(self.attention.pam(self.pam_in(x)))
-        cam_feat = self.cam_out(self.attention.cam(self.cam_in(x)))
-        return {
-            "out": self.cls(self.dropout(pam_feat + cam_feat)),
-            "pam": self.pam_cls(self.dropout(pam_feat)),
-            "cam": self.cam_cls(self.dropout(cam_feat)),
-        }
-
-
-@register("da", head=DAHead)
+@register("da")
 class DualAttention(Recorder, nn.Module):
     """DANet's two branches on one input, fused by summation: PAM(x) + CAM(x).
 
     In DANet each branch has its own 3x3 conv before and after it and the two are summed at the
     end (Sec. 3.4, element-wise sum); this module is the mechanism alone, so it sums the two modules'
-    outputs directly (2x at initialisation, both gammas being zero). ``DAHead`` above uses the
+    outputs directly (2x at initialisation, both gammas being zero). DANet's head (``segattn.models.heads.da``) uses the
     branches ``pam`` and ``cam`` separately, as the paper's head does.
     """
 
@@ -175,10 +125,8 @@ class DualAttention(Recorder, nn.Module):
 
     def __init__(self, channels: int, reduction: int = 8, impl: str = "fused"):
         super().__init__()
-        if int(reduction) != reduction or int(reduction) < 1:
-            raise ValueError(f"da: reduction must be a positive integer, got {reduction!r}")
         self.channels = int(channels)
-        self.pam = PositionAttention(self.channels, int(reduction), impl)
+        self.pam = PositionAttention(self.channels, positive_int(reduction, "da: reduction"), impl)
         self.cam = ChannelAttention()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,11 @@ class DisentangledNonLocal2d(NonLocal2d):
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "mmseg `DNLHead` (`DisentangledNonLocal2d` on mmcv `NonLocal2d`)"
 
+    # The head's facts (segattn.models.heads.registry.head_facts; this mechanism uses the generic head).
+    # configs/dnlnet/metafile.yaml: dnl_r{50,101}-d8_4xb2-80k_cityscapes-512x1024
+    published = {"r50_d8_cityscapes_80k": 79.33, "r101_d8_cityscapes_80k": 80.41}
+    mmseg_params = 24_132_372  # mmseg's DNLHead at the recipe's widths, 19 classes
+
     def __init__(self, channels: int, reduction: int = 2, use_scale: bool = True, temperature: float = 0.05,
                  mode: str = "embedded_gaussian", use_bn: bool = True, impl: str = "fused"):
         if mode not in ("embedded_gaussian", "dot_product"):

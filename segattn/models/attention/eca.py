@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ...ops import positive_int
 from .record import GatedChannels
 from .registry import register
 
@@ -38,12 +39,9 @@ class ECA(GatedChannels, nn.Module):
 
     def __init__(self, channels: int, k_size: int | None = None, gamma: float = 2.0, b: float = 1.0):
         super().__init__()
-        if k_size is None:
-            k_size = eca_kernel_size(int(channels), gamma, b)
-        elif isinstance(k_size, bool) or int(k_size) != k_size or k_size < 1 or k_size % 2 == 0:
-            raise ValueError(f"eca: k_size must be an odd positive integer (or null for the adaptive size), got {k_size!r}")
+        k_size = positive_int(k_size, "eca: k_size", odd=True, null=True, hint=" (null: the adaptive size)")
         self.channels = int(channels)
-        self.k_size = int(k_size)
+        self.k_size = eca_kernel_size(self.channels, gamma, b) if k_size is None else k_size
         self.conv = nn.Conv1d(1, 1, kernel_size=self.k_size, padding=(self.k_size - 1) // 2, bias=False)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:

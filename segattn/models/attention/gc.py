@@ -50,6 +50,11 @@ class ContextBlock(Recorder, nn.Module):
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "mmseg `GCHead` + mmcv `ContextBlock`; xvjiarui/GCNet `ContextBlock`"
 
+    # The head's facts (segattn.models.heads.registry.head_facts; this mechanism uses the generic head).
+    # mmsegmentation 1.x single-scale val mIoU, R50-D8 / R101-D8, Cityscapes 512x1024, 80k iterations
+    published = {"r50_d8_cityscapes_80k": 78.48, "r101_d8_cityscapes_80k": 79.03}
+    mmseg_params = 23_738_260  # mmseg's GCHead at the recipe's widths, 19 classes
+
     def __init__(
         self,
         channels: int,

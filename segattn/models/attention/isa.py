@@ -9,69 +9,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
-from .record import Recorder, attention_row, check_impl, fused_attention
+from ...ops import attention_row, check_impl, positive_int, positive_ints
+from ..layers import conv_bn_relu
+from .record import Recorder
 from .registry import register
+from .self_attention import SelfAttentionBlock
 
 
-class RelationBlock(nn.Module):
+class RelationBlock(SelfAttentionBlock):
     """One dense self-attention over a group of positions, mmseg ``ISAHead``'s ``SelfAttentionBlock``:
     query and key are two 1x1 conv-BN-ReLU layers each (C -> C' -> C'), the value a plain 1x1 conv
     (C -> C, with bias), logits / sqrt(C'), softmax over the group, and the context goes through a
     1x1 conv-BN-ReLU (``output_project``). No residual: ISA's head concatenates its input instead."""
 
     def __init__(self, channels: int, key_channels: int):
-        super().__init__()
-        self.key_channels = key_channels
-        self.query_project = nn.Sequential(conv_bn_relu(channels, key_channels, 1), conv_bn_relu(key_channels, key_channels, 1))
-        self.key_project = nn.Sequential(conv_bn_relu(channels, key_channels, 1), conv_bn_relu(key_channels, key_channels, 1))
-        self.value_project = nn.Conv2d(channels, channels, 1)
+        super().__init__(channels, channels, key_channels, channels, key_query_num_convs=2, with_out=False)
         self.output_project = conv_bn_relu(channels, channels, 1)
-
-    def embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries and keys of the groups, (G, L, C') each."""
-        return (self.query_project(x).flatten(2).transpose(1, 2), self.key_project(x).flatten(2).transpose(1, 2))
 
     def forward(self, x: torch.Tensor, impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (G, C, h, w), one group of positions per batch entry -> (context, queries, keys)."""
-        query, key = self.embeddings(x)
-        value = self.value_project(x).flatten(2).transpose(1, 2)  # (G, L, C)
-        scale = self.key_channels ** -0.5
-        if impl == "explicit":
-            context = torch.bmm((torch.bmm(query, key.transpose(1, 2)) * scale).softmax(dim=-1), value)
-        else:
-            context = fused_attention(query, key, value, scale)
-        context = context.transpose(1, 2).reshape(x.shape)
-        return self.output_project(context), query, key
+        attended = self.attend(x, x, impl)
+        return self.output_project(attended.context), attended.query, attended.key
 
 
-class ISAHead(nn.Module):
-    """ISANet's head, as mmseg's ``ISAHead``: 3x3 conv-BN-ReLU (c5 -> ``channels``), the two relations,
-    a 1x1 conv-BN-ReLU on the concatenation of their output with their input (2C -> C), dropout,
-    classifier. No concatenation with c5. With the recipe (512 channels, ``key_channels`` 256, 19
-    classes) this is mmseg's 11,815,443 parameters."""
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 concat_input: bool = False, **isa_kwargs):
-        super().__init__()
-        if concat_input:
-            raise ValueError("isa head: concat_input must be false (ISAHead concatenates the relations' input, not c5)")
-        self.reduce = conv_bn_relu(int(in_channels[-1]), channels)
-        self.attention = InterlacedSparseSelfAttention(channels, **isa_kwargs)
-        self.fuse = conv_bn_relu(2 * channels, channels, 1)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = self.reduce(feats[-1])
-        y = self.fuse(torch.cat([self.attention(x), x], dim=1))
-        return self.cls(self.dropout(y))
-
-
-
-@register("isa", head=ISAHead)
+@register("isa")
 class InterlacedSparseSelfAttention(Recorder, nn.Module):
     """ISA's two factorised attentions (paper Sec. 3.2, mmseg ``ISAHead``'s forward).
 
@@ -93,19 +54,18 @@ class InterlacedSparseSelfAttention(Recorder, nn.Module):
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "mmseg `ISAHead` (+ mmseg `SelfAttentionBlock`)"
 
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = dict.fromkeys(
+        ("exported_program", "onnx"),
+        "ISA pads the map to whole down_factor blocks (ceil(H / 8) * 8 - H rows), a derived size torch.export "
+        "cannot keep symbolic: it specialises the input to multiples of 64 px")
+
     def __init__(self, channels: int, key_channels: int | None = None, down_factor: Sequence[int] | int = (8, 8),
                  impl: str = "fused"):
         super().__init__()
-        if isinstance(down_factor, int):
-            down_factor = (down_factor, down_factor)
-        if (not isinstance(down_factor, Sequence) or len(down_factor) != 2
-                or any(isinstance(d, bool) or int(d) != d or d < 1 for d in down_factor)):
-            raise ValueError(f"isa: down_factor must be two positive integers (P_h, P_w), got {down_factor!r}")
-        key_channels = max(1, channels // 2) if key_channels is None else key_channels
-        if int(key_channels) != key_channels or int(key_channels) < 1:
-            raise ValueError(f"isa: key_channels must be a positive integer, got {key_channels!r}")
-        self.channels, self.key_channels = int(channels), int(key_channels)
-        self.down_factor = (int(down_factor[0]), int(down_factor[1]))
+        self.down_factor = positive_ints(down_factor, "isa: down_factor", length=2, hint=" (P_h, P_w)")
+        key_channels = positive_int(max(1, channels // 2) if key_channels is None else key_channels, "isa: key_channels")
+        self.channels, self.key_channels = int(channels), key_channels
         self.impl = check_impl("isa", impl)
         self.global_relation = RelationBlock(self.channels, self.key_channels)
         self.local_relation = RelationBlock(self.channels, self.key_channels)

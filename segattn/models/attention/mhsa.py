@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .record import Recorder, attention_row, check_impl
+from ...ops import attention_row, check_impl, positive_int
+from .record import Recorder
 from .registry import register
 
 
@@ -77,10 +78,7 @@ class MultiHeadSelfAttention(Recorder, nn.Module):
     ):
         super().__init__()
         channels = int(channels)
-        if int(num_heads) != num_heads or int(num_heads) < 1 or channels % int(num_heads):
-            raise ValueError(
-                f"mhsa: num_heads must be a positive integer dividing channels={channels}, got {num_heads!r}"
-            )
+        num_heads = positive_int(num_heads, "mhsa: num_heads", divides=channels, hint=" (the channels)")
         if not ffn_ratio > 0 or int(round(channels * ffn_ratio)) < 1:
             raise ValueError(f"mhsa: ffn_ratio must be > 0 with ffn_ratio * channels >= 1, got {ffn_ratio!r}")
         if not 0.0 <= residual_dropout < 1.0:

@@ -2,7 +2,8 @@
 
 Three registered modules, after the official ``oc_module/`` code (openseg-group/OCNet.pytorch):
 ``oc`` (``BaseOC_Module``), ``oc_pyramid`` (``Pyramid_OC_Module``) and ``oc_asp``
-(``ASP_OC_Module``). All map C -> C. ``OCHead`` is the network's head around them.
+(``ASP_OC_Module``). All map C -> C. ``segattn.models.heads.oc.OCHead`` is the network's head
+around them.
 
 The official code normalises with InPlaceABNSync, whose activation is a leaky ReLU of slope 0.01
 (in-place ABN needs an invertible activation). The released models were trained with it, so
@@ -12,29 +13,16 @@ every BN in the modules, the shared key/query transform's included, is followed 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
-from .record import Recorder, attention_row, check_impl, fused_attention, spread, window_index
-from .registry import ATTENTIONS, register
-
-
-def _positive_ints(name: str, what: str, values) -> tuple[int, ...]:
-    if isinstance(values, (int, float)):
-        values = [values]
-    try:
-        out = tuple(int(v) for v in values)
-        ok = len(out) > 0 and all(o == v and o >= 1 for o, v in zip(out, values))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name}: {what} must be a non-empty list of positive integers, got {values!r}")
-    return out
+from ...ops import attention_row, check_impl, fused_attention, positive_ints
+from ..layers import conv_bn_relu
+from .record import Recorder, spread, window_index
+from .registry import register
 
 
 def _check_dropout(name: str, key: str, p: float) -> float:
@@ -152,34 +140,7 @@ class SelfAttentionBlock(Recorder, nn.Module):
         return context
 
 
-class OCHead(nn.Module):
-    """OCNet's head (``network/resnet101_{base,pyramid,asp}_oc.py``): conv3x3 (with bias) 2048 ->
-    ``channels`` + InPlaceABNSync, the OC module, the 1x1 classifier. The Pyramid-OC network is the
-    exception for the first normalisation: its ``layer5`` is conv3x3 + ``BatchNorm2d(512)``, which that
-    file defines as ``partial(InPlaceABNSync, activation='none')``, so BN without the leaky ReLU (the
-    base and ASP networks write ``InPlaceABNSync(512)``, leaky ReLU included). Nothing else: the module's own
-    fusion ends with its dropout, so ``dropout`` before the classifier is 0 by default (OCNet has
-    none). ``attention`` names the module: ``oc``, ``oc_pyramid`` or ``oc_asp``.
-    """
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, attention: str = "oc", channels: int = 512,
-                 dropout: float = 0.0, concat_input: bool = False, **module_kwargs):
-        super().__init__()
-        if concat_input:
-            raise ValueError(f"{attention} head: concat_input must be false (OCNet classifies the OC output directly)")
-        act = None if attention == "oc_pyramid" else "leaky"  # see the docstring
-        self.reduce = conv_bn_relu(int(in_channels[-1]), channels, 3, bias=True, act=act)
-        self.attention = ATTENTIONS[attention](channels, **module_kwargs)
-        self.dropout = nn.Dropout2d(_check_dropout(f"{attention} head", "dropout", dropout))
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        return self.cls(self.dropout(self.attention(self.reduce(feats[-1]))))
-
-
-@register("oc", head=functools.partial(OCHead, attention="oc"))
+@register("oc")
 class BaseOC(Recorder, nn.Module):
     """OCNet's ``BaseOC_Module``: object context concatenated with the input, conv1x1 -> C.
 
@@ -210,7 +171,7 @@ class BaseOC(Recorder, nn.Module):
         return self.attention.attention_maps(y, x, index)
 
 
-@register("oc_pyramid", head=functools.partial(OCHead, attention="oc_pyramid"))
+@register("oc_pyramid")
 class PyramidOC(Recorder, nn.Module):
     """OCNet's ``Pyramid_OC_Module``: object context within 1x1, 2x2, 3x3 and 6x6 partitions.
 
@@ -226,11 +187,15 @@ class PyramidOC(Recorder, nn.Module):
     reference = "openseg-group/OCNet.pytorch `Pyramid_OC_Module` and its network head"
     deviations = "auxiliary head is mmseg's FCN on c4; a map smaller than a grid gets one row per region (the official loop makes empty ones)"
 
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = dict.fromkeys(("exported_program", "onnx"),
+                                       "Pyramid-OC's region grid is computed from the feature size in Python")
+
     def __init__(self, channels: int, sizes: Sequence[int] = (1, 2, 3, 6), context_dropout: float = 0.05,
                  impl: str = "fused"):
         super().__init__()
         c = self.channels = int(channels)
-        self.sizes = _positive_ints("oc_pyramid", "sizes", sizes)
+        self.sizes = positive_ints(sizes, "oc_pyramid: sizes")
         g = len(self.sizes)
         impl = check_impl("oc_pyramid", impl)
         self.stages = nn.ModuleList(SelfAttentionBlock(c, max(1, c // 2), c, c, grid=s, impl=impl) for s in self.sizes)
@@ -250,7 +215,7 @@ class PyramidOC(Recorder, nn.Module):
         return {"mean": torch.stack(list(levels.values())).mean(dim=0), **levels}
 
 
-@register("oc_asp", head=functools.partial(OCHead, attention="oc_asp"))
+@register("oc_asp")
 class ASPOC(Recorder, nn.Module):
     """OCNet's ``ASP_OC_Module``: the object context in parallel with ASPP branches.
 
@@ -267,6 +232,13 @@ class ASPOC(Recorder, nn.Module):
     reference = "openseg-group/OCNet.pytorch `ASP_OC_Module` and its network head"
     deviations = "auxiliary head is mmseg's FCN on c4, not OCNet's dsn"
 
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = dict.fromkeys(
+        ("exported_program", "onnx"), "OCNet ASP's max-pool chooses ceil_mode from the feature size (`min(h, w) < scale`)")
+    # ... and formats it does not export to at all
+    export_unsupported = {"torchscript": "OCNet ASP's max-pool chooses ceil_mode from the feature size "
+                                         "(`min(h, w) < scale`), which tracing turns into a tensor"}
+
     def __init__(
         self,
         channels: int,
@@ -278,8 +250,8 @@ class ASPOC(Recorder, nn.Module):
         super().__init__()
         c = self.channels = int(channels)
         impl = check_impl("oc_asp", impl)
-        self.dilations = _positive_ints("oc_asp", "dilations", dilations)
-        (self.context_scale,) = _positive_ints("oc_asp", "context_scale", context_scale)
+        self.dilations = positive_ints(dilations, "oc_asp: dilations")
+        (self.context_scale,) = positive_ints(context_scale, "oc_asp: context_scale")
         b = max(1, c // 2)
         self.context = nn.Sequential(
             *_conv_abn(c, b, kernel=3),

@@ -9,9 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ...ops import positive_int
+from ..layers import conv_bn_relu
 from .record import Recorder
-from .registry import HEADS, register
+from .registry import register
+from .self_attention import SelfAttentionBlock
 
 
 def spatial_gather(feats: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,8 +23,8 @@ def spatial_gather(feats: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Te
     return torch.matmul(masks, feats.flatten(2).transpose(1, 2)).transpose(1, 2), masks
 
 
-@register("ocr")  # its head, OCRHead, is entered in HEADS below
-class ObjectContext(Recorder, nn.Module):
+@register("ocr")
+class ObjectContext(Recorder, SelfAttentionBlock):
     """OCR's object attention (mmseg ``ObjectAttentionBlock``, scale 1, with ``SpatialGatherModule``):
     the K soft object regions gather region representations from x; each pixel attends over the K regions
     (queries from x and keys from the regions through two 1x1 conv-BN-ReLU each, the value and output
@@ -46,20 +48,12 @@ class ObjectContext(Recorder, nn.Module):
                   "mmseg's only other head")
 
     def __init__(self, channels: int, ocr_channels: int | None = None, num_regions: int | None = 19):
-        super().__init__()
-        ocr_channels = max(1, channels // 2) if ocr_channels is None else ocr_channels
-        if isinstance(ocr_channels, bool) or int(ocr_channels) != ocr_channels or ocr_channels < 1:
-            raise ValueError(f"ocr: ocr_channels must be a positive integer, got {ocr_channels!r}")
-        if num_regions is not None and (isinstance(num_regions, bool) or int(num_regions) != num_regions
-                                        or num_regions < 1):
-            raise ValueError(f"ocr: num_regions must be a positive integer or null, got {num_regions!r}")
-        self.channels, self.ocr_channels = channels, int(ocr_channels)
-        self.region = None if num_regions is None else nn.Conv2d(channels, int(num_regions), 1)
-        c = self.ocr_channels
-        self.query_project = nn.Sequential(conv_bn_relu(channels, c, 1), conv_bn_relu(c, c, 1))
-        self.key_project = nn.Sequential(conv_bn_relu(channels, c, 1), conv_bn_relu(c, c, 1))
-        self.value_project = conv_bn_relu(channels, c, 1)
-        self.out_project = conv_bn_relu(c, channels, 1)
+        ocr_channels = positive_int(max(1, channels // 2) if ocr_channels is None else ocr_channels, "ocr: ocr_channels")
+        num_regions = positive_int(num_regions, "ocr: num_regions", null=True)
+        # mmseg's ObjectAttentionBlock: two conv-BN-ReLU for keys and queries, conv-BN-ReLU value and output
+        super().__init__(channels, channels, ocr_channels, channels, key_query_num_convs=2, value_out_norm=True)
+        self.channels, self.ocr_channels = channels, ocr_channels
+        self.region = None if num_regions is None else nn.Conv2d(channels, num_regions, 1)
         self.bottleneck = conv_bn_relu(2 * channels, channels, 1)
 
     def forward(self, x: torch.Tensor, regions: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -67,17 +61,12 @@ class ObjectContext(Recorder, nn.Module):
             if self.region is None:
                 raise ValueError("ocr: this block has no region estimate of its own; pass the region logits")
             regions = self.region(x)
-        n, _, h, w = x.shape
         context, masks = spatial_gather(x, regions)  # (N, C, K)
-        context = context.unsqueeze(3)  # (N, C, K, 1), mmseg's layout
-        query = self.query_project(x).flatten(2).transpose(1, 2)  # (N, HW, C')
-        key = self.key_project(context).flatten(2)  # (N, C', K)
-        value = self.value_project(context).flatten(2).transpose(1, 2)  # (N, K, C')
-        sim = F.softmax(torch.matmul(query, key) * self.ocr_channels ** -0.5, dim=-1)  # (N, HW, K)
+        # keys and values from the regions as (N, C, K, 1), mmseg's layout; the embeddings are not kept
+        obj, weights = self.attend(x, context.unsqueeze(3))[:2]
         if self.recording:
-            self.record(attention=sim, regions=masks, size=(h, w))
-        obj = torch.matmul(sim, value).transpose(1, 2).reshape(n, -1, h, w)
-        return self.bottleneck(torch.cat([self.out_project(obj), x], dim=1))
+            self.record(attention=weights, regions=masks, size=tuple(x.shape[-2:]))
+        return self.bottleneck(torch.cat([obj, x], dim=1))
 
     def attention_maps(self, y: int, x: int, index: int = 0) -> dict[str, torch.Tensor]:
         """The pixel-region relation of position (y, x): ``gathered``, where it gathers from through the
@@ -90,47 +79,3 @@ class ObjectContext(Recorder, nn.Module):
         for k in torch.argsort(weights, descending=True).tolist():
             maps[f"region_{k}_{weights[k].item():.2f}"] = masks[k]
         return maps
-
-
-class RegionFCN(nn.Module):
-    """mmseg's ``FCNHead`` as the ocrnet recipe configures it (num_convs 1, concat_input False): 3x3
-    conv-BN-ReLU, dropout, classifier. (heads.FCNHead imports this package, so it is not reused here.)"""
-
-    def __init__(self, in_channels: int, num_classes: int, channels: int, dropout: float):
-        super().__init__()
-        self.convs = nn.Sequential(conv_bn_relu(in_channels, channels, 3))
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cls(self.dropout(self.convs(x)))
-
-
-class OCRHead(nn.Module):
-    """OCRNet's decode heads, as mmseg's ocrnet recipe (``CascadeEncoderDecoder``): an FCN on c4
-    (``regions``: one 3x3 conv-BN-ReLU to ``region_channels``, dropout, classifier) predicts the soft
-    object regions; on c5 a 3x3 conv-BN-ReLU to ``channels`` (``bottleneck``), the object context block
-    with those regions, dropout, classifier. Returns {"out": logits, "regions": the region logits}, trained
-    1.0 / 0.4 as mmseg. With the recipe (512 channels, ocr 256, region FCN 256, 19 classes) the part after
-    the region FCN has mmseg's OCRHead parameter count, and the region FCN mmseg's FCNHead one."""
-
-    loss_weights = {"out": 1.0, "regions": 0.4}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 ocr_channels: int = 256, region_channels: int = 256):
-        super().__init__()
-        if len(in_channels) < 2:
-            raise ValueError("ocr head: needs the last two stages (c4 for the regions, c5)")
-        self.regions = RegionFCN(int(in_channels[-2]), num_classes, int(region_channels), dropout)
-        self.bottleneck = conv_bn_relu(int(in_channels[-1]), channels, 3)
-        self.object_context = ObjectContext(channels, ocr_channels=ocr_channels, num_regions=None)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        regions = self.regions(feats[-2])
-        x = self.object_context(self.bottleneck(feats[-1]), regions)
-        return {"out": self.cls(self.dropout(x)), "regions": regions}
-
-
-HEADS["ocr"] = OCRHead

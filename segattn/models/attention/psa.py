@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import classifier, conv_bn_relu
+from ...ops import positive_int, positive_ints
+from ..layers import conv_bn_relu
 from .record import Recorder, spread
 from .registry import register
 
@@ -17,15 +18,7 @@ _PSA_TYPES = ("collect", "distribute", "bi-direction")
 
 
 def _mask_size(mask_size) -> tuple[int, int]:
-    if isinstance(mask_size, int):
-        mask_size = (mask_size, mask_size)
-    if (
-        not isinstance(mask_size, Sequence)
-        or len(mask_size) != 2
-        or any(isinstance(m, bool) or int(m) != m or m < 1 for m in mask_size)
-    ):
-        raise ValueError(f"psa: mask_size must be two positive integers (h, w), got {mask_size!r}")
-    return int(mask_size[0]), int(mask_size[1])
+    return positive_ints(mask_size, "psa: mask_size", length=2, hint=" (h, w)")
 
 
 def psa_mask(mask: torch.Tensor, psa_type: str, mask_size: Sequence[int]) -> torch.Tensor:
@@ -82,46 +75,7 @@ def shrunk_grid(h: int, w: int, shrink_factor: int) -> tuple[int, int, bool]:
     return h // s, w // s, False
 
 
-class PSAHead(nn.Module):
-    """PSANet's head (hszhao/semseg ``PSANet``, mmsegmentation ``PSAHead``) on the last backbone stage.
-
-    The PSA module runs on c5 itself (2048 channels): each branch reduces it to ``channels`` (512)
-    with a 1x1 conv, predicts its over-complete masks, aggregates, and the branches are projected
-    back to c5's width (``proj``, 1024 -> 2048). c5 and that context are concatenated and a 3x3
-    conv (4096 -> ``channels``, the ``bottleneck``) feeds the classifier, after dropout. With the
-    recipe's 19 classes this is mmseg's 33,246,739 parameters.
-
-    ``proj_padding`` (1, as mmseg's ``PSAHead``, whose 1x1 ``proj`` ConvModule is built with
-    ``padding=1``): the projected context is then (h+2) x (w+2), a border of ReLU(BN shift) around
-    it, and the resize back to c5's size blends that border in. The published mmseg models were
-    trained so; 0 is the authors' PSANet (hszhao/semseg), whose projection is unpadded.
-    """
-
-    loss_weights = {"out": 1.0}
-
-    def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, dropout: float = 0.1,
-                 concat_input: bool = True, proj_padding: int = 1, **psa_kwargs):
-        super().__init__()
-        if not concat_input:
-            raise ValueError("psa head: concat_input must be true (PSANet concatenates c5 with its context)")
-        if psa_kwargs.get("inner_channels") not in (None, channels):
-            raise ValueError(f"psa head: the branches reduce to head.channels={channels}; "
-                             f"head.inner_channels={psa_kwargs['inner_channels']} must be null or equal to it")
-        psa_kwargs.pop("inner_channels", None)
-        cin = int(in_channels[-1])
-        self.attention = PointwiseSpatialAttention(cin, inner_channels=channels, fuse=False,
-                                                   proj_padding=proj_padding, **psa_kwargs)
-        self.bottleneck = conv_bn_relu(2 * cin, channels, 3)
-        self.dropout = nn.Dropout2d(dropout)
-        self.cls = classifier(channels, num_classes)
-
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        x = feats[-1]
-        y = self.bottleneck(torch.cat([x, self.attention.context(x)], dim=1))
-        return self.cls(self.dropout(y))
-
-
-@register("psa", head=PSAHead)
+@register("psa")
 class PointwiseSpatialAttention(Recorder, nn.Module):
     """The official ``PSA`` module (hszhao/semseg ``model/psanet.py``, mmseg ``PSAHead``'s body).
 
@@ -139,7 +93,7 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
     (:func:`shrunk_grid`) and resizes the context back.
 
     PSANet concatenates its input with the context (2C channels) and its head goes on with a 3x3
-    conv (:class:`PSAHead`, built with ``fuse=False``). To keep the registry's C -> C contract for
+    conv (``segattn.models.heads.psa.PSAHead``, built with ``fuse=False``). To keep the registry's C -> C contract for
     other uses, the module alone fuses the concatenation back to C with a 1x1 conv+BN+ReLU
     (``fuse``). (The ``compact`` variant of the official code, whose mask is exactly HW x HW for
     one fixed input size, is left out: it ties the model to one crop size.)
@@ -152,6 +106,12 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "mmseg `PSAHead` + mmcv `PSAMask` (its CPU kernel)"
     deviations = "the registered module alone fuses cat(x, context) back to C; `proj_padding: 1` is mmseg's (hszhao/semseg: 0)"
+
+    # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
+    export_static_only = dict.fromkeys(
+        ("torchscript", "exported_program", "onnx"),
+        "PSANet's shrink rule branches on odd/even feature sides and its mask reaches a fixed feature size "
+        "(97x97: inputs up to 792 px at output stride 8)")
 
     def __init__(
         self,
@@ -168,12 +128,10 @@ class PointwiseSpatialAttention(Recorder, nn.Module):
         super().__init__()
         if inner_channels is None:
             inner_channels = max(1, channels // 2)
-        if int(inner_channels) != inner_channels or int(inner_channels) < 1:
-            raise ValueError(f"psa: inner_channels must be a positive integer, got {inner_channels!r}")
+        inner_channels = positive_int(inner_channels, "psa: inner_channels")
         if psa_type not in _PSA_TYPES:
             raise ValueError(f"psa: psa_type must be one of {_PSA_TYPES}, got {psa_type!r}")
-        if int(shrink_factor) != shrink_factor or int(shrink_factor) < 1:
-            raise ValueError(f"psa: shrink_factor must be a positive integer, got {shrink_factor!r}")
+        shrink_factor = positive_int(shrink_factor, "psa: shrink_factor")
         self.mask_size = _mask_size(tuple(mask_size) if not isinstance(mask_size, int) else mask_size)
         if normalization_factor is None:
             normalization_factor = self.mask_size[0] * self.mask_size[1]

@@ -24,10 +24,10 @@ first entry is the main picture:
 - EMA also has ``responsibilities(index)`` (K, H, W), DANet's CAM ``channel_matrix(index)`` (C, C).
 
 No recording holds an (HW x HW) map. The matrix-product mechanisms (non-local, DANet's position
-branch, OC, MHSA) compute their attention with ``fused_attention`` (PyTorch's flash or
+branch, OC, MHSA) compute their attention with ``segattn.ops.fused_attention`` (PyTorch's flash or
 memory-efficient kernel, which never writes the map either), so what they record is the queries
 and keys (C' x HW each, as small as a feature map) and ``attention_maps(y, x)`` computes the one
-row of position (y, x) on demand with ``attention_row``: the same softmax, for the pixels asked
+row of position (y, x) on demand with ``segattn.ops.attention_row``: the same softmax, for the pixels asked
 about. CC records its criss-cross weights ((H + W) x HW per pass); the others record gates or
 maps of one feature map's size. Records stay until ``clear_records`` or the next recording.
 """
@@ -39,57 +39,8 @@ from types import MappingProxyType
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .registry import ATTENTIONS
-
-IMPLS = ("fused", "explicit")
-
-
-def check_impl(name: str, impl: str) -> str:
-    """``impl`` of the matrix-product mechanisms: ``fused`` (the default: no HW x HW tensor, in
-    training or inference) or ``explicit`` (the map as the papers write it: the reference)."""
-    if impl not in IMPLS:
-        raise ValueError(f"{name}: impl must be one of {IMPLS}, got {impl!r}")
-    return impl
-
-
-def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(query key^T * scale) value for (N, L, d) queries, (N, L', d) keys and (N, L', e)
-    values -> (N, L, e), through ``F.scaled_dot_product_attention`` without ever holding L x L'.
-
-    PyTorch's flash kernels (CPU, in float32 and float64, with or without grad; CUDA) need query,
-    key and value of one width and no mask, else it falls back to the math path that writes the
-    whole map. So the widths are matched exactly, without changing the function: a value wider than
-    the keys (DANet: 512 against 64) is cut into e / d heads of width d that share the query and
-    key; a narrower one (non-local ``gaussian``: keys are the C input channels) is padded with
-    zero channels, which contribute zero, and the padding is cut from the output.
-    """
-    n, length, d = query.shape
-    e = value.shape[-1]
-    heads = -(-e // d)  # ceil(e / d) heads of width d (one when e <= d), zero channels to fill
-    if heads * d != e:
-        value = F.pad(value, (0, heads * d - e))
-    v = value.view(n, -1, heads, d).transpose(1, 2)
-    q = query.unsqueeze(1).expand(n, heads, length, d)
-    k = key.unsqueeze(1).expand(n, heads, key.shape[1], d)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    # Looked up at call time, so that the benchmarks' meta-device emulation can stand in for it.
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (N, heads, L, d)
-    out = out.transpose(1, 2).reshape(n, length, heads * d)
-    return out if heads * d == e else out[..., :e]
-
-
-def attention_row(query: torch.Tensor, key: torch.Tensor, position: int, scale: float,
-                  normalise: str = "softmax") -> torch.Tensor:
-    """Row ``position`` of softmax(query key^T * scale) for one image: (L, d) queries, (L', d) keys
-    -> (L',) weights, in float32 at least (what ``attention_maps`` shows). ``normalise="mean"``
-    divides the logits by L' instead (non-local ``dot_product``)."""
-    dtype = torch.promote_types(query.dtype, torch.float32)
-    logits = key.to(dtype) @ query[position].to(dtype)
-    if normalise == "mean":
-        return logits / key.shape[0]
-    return (logits * scale).softmax(dim=0)
 
 
 class Recorder:

@@ -8,14 +8,12 @@ weights are computed and how they are applied.
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import torch.nn as nn
 
+from ...ops import positive_int
+
 ATTENTIONS: dict[str, type[nn.Module]] = {}
-# name -> the decode head class of mechanisms whose paper defines a head of its own (DANet's three
-# classifiers, PSANet's concatenation with c5, ...); the others use heads.AttentionHead.
-HEADS: dict[str, Callable[..., nn.Module]] = {}
 # The gates that the papers insert after the last BN of every residual block (SE-ResNet style).
 BLOCK_ATTENTIONS: list[str] = []
 
@@ -47,10 +45,9 @@ def check_taxonomy(name: str, taxonomy: dict) -> None:
             )
 
 
-def register(name: str, head: Callable[..., nn.Module] | None = None, block: bool = False):
+def register(name: str, block: bool = False):
     """Class decorator: ``@register("cc")`` makes the class buildable as ``build_attention("cc", C)``.
 
-    ``head``: the paper's own decode head for this mechanism (built by ``head=<name>``).
     ``block``: the mechanism can also sit inside every residual block (``backbone.block_attention``).
     Every registered constructor takes ``channels`` first; it is checked here, once for all.
     """
@@ -66,15 +63,11 @@ def register(name: str, head: Callable[..., nn.Module] | None = None, block: boo
 
         @functools.wraps(init)
         def checked_init(self, channels, *args, **kwargs):
-            if isinstance(channels, bool) or int(channels) != channels or int(channels) < 1:
-                raise ValueError(f"{name}: channels must be an integer >= 1, got {channels!r}")
-            init(self, int(channels), *args, **kwargs)
+            init(self, positive_int(channels, f"{name}: channels"), *args, **kwargs)
 
         cls.__init__ = checked_init
         cls.name = name
         ATTENTIONS[name] = cls
-        if head is not None:
-            HEADS[name] = head
         if block:
             BLOCK_ATTENTIONS.append(name)
         return cls

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ...ops import positive_int
 from .record import GatedChannels
 from .registry import register
 
@@ -27,10 +28,8 @@ class SqueezeExcitation(GatedChannels, nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
-        if int(reduction) < 1:
-            raise ValueError(f"se: reduction must be a positive integer, got {reduction}")
         self.channels = int(channels)
-        self.reduction = int(reduction)
+        self.reduction = positive_int(reduction, "se: reduction")
         self.hidden = max(1, self.channels // self.reduction)
         # Biases as in the paper's Eq. 3 and the released Caffe models (W1, W2 with bias terms).
         self.fc = nn.Sequential(

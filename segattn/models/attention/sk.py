@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ...ops import positive_int
 from .record import Recorder
 from .registry import register
 
@@ -42,8 +43,7 @@ class SelectiveKernel(Recorder, nn.Module):
         channels = int(channels)
         if int(branches) < 2:
             raise ValueError(f"sk: branches (the paper's M) must be >= 2 to select between kernels, got {branches}")
-        if int(reduction) < 1 or int(min_dim) < 1:
-            raise ValueError(f"sk: reduction and min_dim must be positive integers, got reduction={reduction}, min_dim={min_dim}")
+        reduction, min_dim = positive_int(reduction, "sk: reduction"), positive_int(min_dim, "sk: min_dim")
         if groups is None:
             groups = 32 if channels % 32 == 0 else 1
         if int(groups) < 1 or channels % int(groups):

@@ -16,11 +16,10 @@ from torch.utils.data import DataLoader
 from ..config import EvalConfig
 from ..data import FolderDataset, build_dataset
 from ..models.inference import default_window, inference_kwargs
-from ..models import build_model_from_config
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
 from .evaluate import evaluate
-from .export import PredictionWriter, check_format
+from .predictions import PredictionWriter, check_format
 from .logging import iou_table, metrics_json, write_json
 from ..viz import write_attention_pictures
 
@@ -75,8 +74,7 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
                          f"(and export_format=labelids|trainids|color) to write the predictions")
 
     device = resolve_device(cfg.device, "device")
-    model = build_model_from_config(train_cfg, num_classes, pretrained=False)
-    model.load_state_dict(ckpt["model"])
+    model, _ = model_from_checkpoint(path, ckpt, num_classes)
     model.to(device)
     # Images keep their own size (the benchmarks score full resolution), so one per batch.
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg.num_workers)
