@@ -13,7 +13,7 @@ from PIL import Image
 from segattn.data.cityscapes import lookup_table
 from segattn.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAINID
 from segattn.engine.checkpoint import load_checkpoint
-from segattn.engine.trainer import load_init_weights
+from segattn.engine.resume import load_init_weights
 from segattn.models import build_model
 
 from conftest import TINY, run_eval, run_train

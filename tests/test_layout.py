@@ -60,3 +60,17 @@ def test_no_module_imports_itself_back():
     for node in sorted(graph):
         visit(node, [])
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_no_file_or_function_too_long_to_read():
+    """Every module under segattn/ stays under 500 lines and every function under 80: what a reader can
+    hold at once (a long one is split where it has parts)."""
+    long_files, long_functions = [], []
+    for name, path in _modules().items():
+        text = open(path).read()
+        if text.count("\n") > 500:
+            long_files.append(f"{name} ({text.count(chr(10))} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long_functions.append(f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long_files and not long_functions, (long_files, long_functions)

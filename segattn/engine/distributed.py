@@ -124,3 +124,15 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """SyncBatchNorm -> BatchNorm2d (same parameters and statistics): PyTorch has no SyncBN on the CPU."""
+    out = module
+    if isinstance(module, torch.nn.SyncBatchNorm):
+        out = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                   module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+    for name, child in module.named_children():
+        out.add_module(name, revert_sync_batchnorm(child))
+    return out

@@ -147,7 +147,7 @@ class StepMemory:
 
 def _build_on_meta(cfg: dict, num_classes: int) -> torch.nn.Module:
     from ..models import build_model_from_config
-    from .trainer import revert_sync_batchnorm
+    from .distributed import revert_sync_batchnorm
 
     try:
         with torch.device("meta"):

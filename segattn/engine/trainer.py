@@ -14,7 +14,6 @@ import os
 import random
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,13 +30,13 @@ from ..data.check import DatasetError
 from ..data.sampler import TrainSampler
 from ..models import build_model_from_config, residual_scales
 from . import distributed
-from .checkpoint import (clean_stale_tmp, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import clean_stale_tmp, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint
 from .evaluate import evaluate
 from .logging import (LogWindow, iou_table, log_hparams, log_residual_scales, log_train, log_validation,
                       metrics_json, write_json)
 from .optim import build_optimizer, build_scheduler
 from .preflight import check_numbers, preflight_checks
+from .resume import find_resume, load_init_weights, restore
 from .stopping import GracefulStop, Interrupted
 from ..viz import log_attention_pictures
 
@@ -69,39 +68,6 @@ def check_writable(run_dir: str) -> None:
                       f"set hydra.run.dir to a writable folder with free space") from None
 
 
-def find_resume(resume, ckpt_dir: str) -> str | None:
-    if resume in (None, False, ""):
-        return None
-    if resume == "auto":
-        last = os.path.join(ckpt_dir, "last.pt")
-        return last if os.path.isfile(last) else None
-    if not os.path.isfile(str(resume)):
-        raise FileNotFoundError(f"resume={resume!r}: no such checkpoint (resume=auto continues this run "
-                                f"directory's checkpoints/last.pt and starts fresh where there is none)")
-    return str(resume)
-
-
-def load_init_weights(model, path: str) -> list[str]:
-    """``model.init_from``: a new run starting from a checkpoint's weights only (fine-tuning: fresh
-    optimizer, schedule and iteration count). Weights whose shape differs -- the classifiers, when the
-    class count changes -- are skipped with a warning; any other mismatch is an error, since
-    fine-tuning half a network silently is worse than stopping. Returns the skipped keys."""
-    weights = load_checkpoint(path)["model"]
-    own = model.state_dict()
-    skipped = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
-    result = model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
-    missing = [k for k in result.missing_keys if k not in skipped]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"model.init_from={path!r} does not fit this model (another head or backbone?): "
-                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
-                         f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}; "
-                         f"to start only the backbone from it, use backbone.pretrained={path}")
-    if skipped:
-        warnings.warn(f"model.init_from={path!r}: {len(skipped)} weights have another shape here and start "
-                      f"fresh: {', '.join(skipped)}", stacklevel=2)
-    return skipped
-
-
 def build_loaders(cfg: dict | TrainConfig, seed: int, start_iter: int, rank: int = 0, world_size: int = 1):
     """The training loader (``start_iter`` micro-batches in, for resume) and the validation loader."""
     cfg = TrainConfig.from_dict(cfg)
@@ -129,18 +95,6 @@ def build_loaders(cfg: dict | TrainConfig, seed: int, start_iter: int, rank: int
     val_loader = DataLoader(val_shard, batch_size=1, shuffle=False, num_workers=workers,
                             generator=torch.Generator().manual_seed(seed))
     return train_set, val_set, train_loader, val_loader
-
-
-def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """SyncBatchNorm -> BatchNorm2d (same parameters and statistics): PyTorch has no SyncBN on the CPU."""
-    out = module
-    if isinstance(module, torch.nn.SyncBatchNorm):
-        out = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                   module.track_running_stats)
-        out.load_state_dict(module.state_dict())
-    for name, child in module.named_children():
-        out.add_module(name, revert_sync_batchnorm(child))
-    return out
 
 
 def sync_bn_wanted(sync_bn, world_size: int, device: torch.device) -> bool:
@@ -194,54 +148,11 @@ def setup_model(cfg: TrainConfig, num_classes: int, device: torch.device, world_
     if sync_bn_wanted(cfg.trainer.sync_bn, world_size, device):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     else:
-        model = revert_sync_batchnorm(model)
+        model = distributed.revert_sync_batchnorm(model)
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
-
-
-def _model_differences(saved: dict, cfg: TrainConfig) -> str:
-    """What the checkpoint's stored config builds differently from ``cfg``: ``head=fcn there, da here``."""
-    own = cfg.to_dict()
-    diffs = []
-    for node in ("head", "backbone", "model", "optimizer"):
-        a, b = saved.get(node) or {}, own.get(node) or {}
-        keys = ["name"] if a.get("name") != b.get("name") else sorted(set(a) | set(b))
-        for key in keys:
-            if key in ("pretrained", "init_from") or a.get(key) == b.get(key) or isinstance(a.get(key), dict):
-                continue
-            name = f"{node}={b.get(key)}" if key == "name" else f"{node}.{key}={b.get(key)}"
-            diffs.append(f"{name} here, {a.get(key)} in the checkpoint")
-    return "; ".join(diffs[:4]) or "its weights have other shapes"
-
-
-def restore(ckpt: dict, path: str, model, optimizer, scheduler, rank: int, world_size: int,
-            num_classes: int, cfg: TrainConfig | None = None) -> float:
-    """Continue from a checkpoint of this run (``resume``): weights, optimizer, schedule and the random
-    streams; returns the best mIoU so far."""
-    if ckpt["config"].get("num_classes", num_classes) != num_classes:
-        raise ValueError(f"resume={path!r} has {ckpt['config'].get('num_classes')} classes, "
-                         f"the dataset {num_classes}")
-    if "optimizer" not in ckpt:
-        raise ValueError(f"resume={path!r} holds the weights only (best.pt keeps no optimizer state); resume from "
-                         f"{os.path.join(os.path.dirname(path), 'last.pt')} or an iter_<N>.pt, or start a new run "
-                         f"from these weights with model.init_from={path}")
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:  # another head, backbone or optimizer
-        differs = _model_differences(ckpt["config"], cfg) if cfg else "its weights have other shapes"
-        raise ValueError(f"resume={path!r} does not fit this run: {differs} "
-                         f"({str(e).splitlines()[0][:160]}). resume continues a run with its own settings; to start "
-                         f"a new run from these weights use model.init_from={path} (the backbone alone: "
-                         f"backbone.pretrained={path})") from None
-    scheduler.load_state_dict(ckpt["scheduler"])
-    # Each rank continues its own random stream (dropout differs per rank), so resume is exact under DDP too.
-    ranks = ckpt.get("rng_ranks") or []
-    set_rng_state(ranks[rank] if len(ranks) == world_size else ckpt["rng"])
-    print(f"resumed from {path} at iteration {int(ckpt['iter'])}", file=sys.stderr)
-    return ckpt.get("best", -1.0)
 
 
 def resolve_class_weights(model: torch.nn.Module, train_set, classes: list[str], rank: int) -> list[float]:
