@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, bmm_flop, sdpa_backward_flop_count, sdpa_flop_count
 from torch.utils.weak import WeakIdKeyDictionary
 
 from segattn.engine.memory import LiveBytes, cpu_emulation  # noqa: F401  (the library's meta-device counter)
@@ -127,11 +127,17 @@ def _sdpa_cpu_backward_flops(grad_out, query, key, value, *args, out_shape=None,
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
+def _baddbmm_inplace_flops(self, batch1, batch2, *args, out_shape=None, **kwargs) -> int:
+    return bmm_flop(batch1, batch2)  # (shapes: FlopCounterMode passes the operands as their shapes)
+
+
 # CPU flash attention is not in FlopCounterMode's table (it would count 0): same formula as the
-# CUDA kernels it does know.
+# CUDA kernels it does know. Neither is the in-place ``baddbmm_`` (the accumulating products of the
+# blocked attention kernel's backward, ``segattn.ops``): counted as the product it computes.
 CUSTOM_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
+    torch.ops.aten.baddbmm_: _baddbmm_inplace_flops,
 }
 
 # FLOPs per element of the largest operand, for the ops FlopCounterMode leaves out. The weights

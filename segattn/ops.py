@@ -5,6 +5,7 @@ config values (so that every bad value gets the same kind of one-line error nami
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 IMPLS = ("fused", "explicit")
+_nothing = contextlib.nullcontext
 
 
 def check_impl(name: str, impl: str) -> str:
@@ -24,17 +26,23 @@ def check_impl(name: str, impl: str) -> str:
 
 def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(query key^T * scale) value for (N, L, d) queries, (N, L', d) keys and (N, L', e)
-    values -> (N, L, e), through ``F.scaled_dot_product_attention`` without ever holding L x L'.
+    values -> (N, L, e), without ever holding L x L'.
 
-    PyTorch's flash kernels (CPU, in float32 and float64, with or without grad; CUDA) need query,
-    key and value of one width and no mask, else it falls back to the math path that writes the
-    whole map. So the widths are matched exactly, without changing the function: a value wider than
-    the keys (DANet: 512 against 64) is cut into e / d heads of width d that share the query and
-    key; a narrower one (non-local ``gaussian``: keys are the C input channels) is padded with
-    zero channels, which contribute zero, and the padding is cut from the output.
+    - A value wider than the keys (DANet: 512 against 64; OCNet: 512 against 256) runs the blocked
+      kernel below, which computes each affinity once per query block and applies it to the whole
+      value: PyTorch's flash kernels need query, key and value of one width, and cutting the value
+      into e / d heads to fit them recomputes the same L x L' logits e / d times (DANet's module:
+      1.7x the matrix-product FLOPs of its explicit form).
+    - Otherwise ``F.scaled_dot_product_attention`` (flash kernels on the CPU, in float32 and float64,
+      with or without grad; CUDA). A narrower value (non-local ``gaussian``: keys are the C input
+      channels) is padded with zero channels, which contribute zero, and the padding is cut off.
+    - While tracing or exporting, also for a wider value: the blocked kernel's loop runs over the
+      number of positions, which a traced or exported graph would fix to the example's size.
     """
     n, length, d = query.shape
     e = value.shape[-1]
+    if e > d and not _tracing():
+        return wide_value_attention(query, key, value, scale)
     heads = -(-e // d)  # ceil(e / d) heads of width d (one when e <= d), zero channels to fill
     if heads * d != e:
         value = F.pad(value, (0, heads * d - e))
@@ -46,6 +54,84 @@ def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (N, heads, L, d)
     out = out.transpose(1, 2).reshape(n, length, heads * d)
     return out if heads * d == e else out[..., :e]
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+# Logits per block of the blocked kernel: its B x L' block is the only map it holds (2^22 elements,
+# 16 MiB in float32, whatever L'): large enough for the matrix products to run at full speed, small
+# enough to stay in cache between the product that makes it, the softmax and the product that
+# applies it (measured at 97x97: 445-row blocks are faster than one whole-map product). At least
+# 256 rows: the CPU's matrix products slow down several times on thinner blocks (27 rows: 10x).
+_BLOCK_ELEMENTS = 1 << 22
+_MIN_ROWS = 256
+
+
+def _query_blocks(length: int, keys: int) -> list[slice]:
+    step = max(1, min(length, max(_MIN_ROWS, _BLOCK_ELEMENTS // max(1, keys))))
+    return [slice(i, min(i + step, length)) for i in range(0, length, step)]
+
+
+def _block_weights(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) of one query block, (N, B, L'), in float32 for half-precision inputs.
+    (Through the softmax kernel, not exp(s - logsumexp): ``exp`` of the very negative logits of a
+    peaked row is over ten times slower on the CPU.)"""
+    s = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
+    return s.softmax(dim=-1, dtype=torch.float32) if s.dtype in (torch.float16, torch.bfloat16) else s.softmax(dim=-1)
+
+
+def _wide_forward(q, k, v, scale):
+    n, length, _ = q.shape
+    out = v.new_empty(n, length, v.shape[-1])
+    for sl in _query_blocks(length, k.shape[1]):
+        out[:, sl] = torch.bmm(_block_weights(q[:, sl], k, scale).to(v.dtype), v)
+    return out
+
+
+class _WideValueAttention(torch.autograd.Function):
+    """Attention with a value wider than its keys that saves only its inputs and its output, and
+    recomputes each query block's weights in backward (as flash attention's backward does): one
+    more q k^T product, instead of an L x L' map kept from forward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        out = _wide_forward(q, k, v, scale)
+        ctx.save_for_backward(q, k, v, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out = ctx.saved_tensors
+        scale, g = ctx.scale, grad.to(v.dtype)
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        # Softmax backward, dS = P * (dP - rowsum(dP * P)), where rowsum(dP * P) = rowsum(dO * O).
+        delta = (g * out).sum(dim=-1, keepdim=True, dtype=torch.promote_types(v.dtype, torch.float32))
+        for sl in _query_blocks(q.shape[1], k.shape[1]):
+            p = _block_weights(q[:, sl], k, scale)
+            dv.baddbmm_(p.to(v.dtype).transpose(1, 2), g[:, sl])
+            ds = torch.bmm(g[:, sl], v.transpose(1, 2)).to(p.dtype).sub_(delta[:, sl]).mul_(p).to(q.dtype)
+            dq[:, sl] = torch.bmm(ds, k).mul_(scale)
+            dk.baddbmm_(ds.transpose(1, 2), q[:, sl], alpha=scale)
+        return dq, dk, dv, None
+
+
+def wide_value_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(query key^T * scale) value a block of queries at a time: each affinity computed once
+    and applied to the whole (wider) value; no L x L' map in forward or backward. Under autocast the
+    inputs are cast as ``F.scaled_dot_product_attention`` would be, and the kernel runs in that dtype."""
+    device = query.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        query, key, value = (t.to(dtype) for t in (query, key, value))
+    dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+    query, key, value = (t.to(dtype) for t in (query, key, value))
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else _nothing():
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+            return _WideValueAttention.apply(query, key, value, scale)
+        return _wide_forward(query, key, value, scale)
 
 
 def attention_row(query: torch.Tensor, key: torch.Tensor, position: int, scale: float,

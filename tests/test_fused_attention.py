@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import segattn.models.attention.cc as cc_module
+from segattn import ops
 from segattn.models.attention import build_attention
 from segattn.models.attention.mhsa import sinusoidal_encoding_2d
 from segattn.models.attention.record import attention_maps, record_attention
@@ -148,7 +149,11 @@ FUSED_NAMES = [("nl", {}), ("nl", dict(mode="gaussian")), ("nl", dict(mode="dot_
 
 @pytest.mark.parametrize("name,kw", FUSED_NAMES, ids=[f"{n}-{'-'.join(map(str, k.values())) or 'default'}"
                                                       for n, k in FUSED_NAMES])
-def test_no_hw_by_hw_tensor_in_training_inference_or_recording(name, kw):
+def test_no_hw_by_hw_tensor_in_training_inference_or_recording(name, kw, monkeypatch):
+    # The blocked kernel of values wider than keys holds one block of query rows at a time (up to
+    # ``_BLOCK_ELEMENTS`` weights; its own test checks that at a large size): here 5 to 22 rows.
+    monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", 4000)
+    monkeypatch.setattr(ops, "_MIN_ROWS", 1)
     # 24 x 30 features: 720 positions (180 in oc_asp's pooled map and in oc_pyramid's 2x2 regions);
     # every legitimate tensor has at most one dimension of 100 or more (channels 16, FFN 64, H + W 54).
     torch.manual_seed(0)
@@ -201,3 +206,108 @@ def test_impl_is_a_head_option_and_checked(name):
     assert impls == {"explicit"}
     with pytest.raises(ValueError, match="impl must be one of"):
         build_attention(name, 16, impl="flash")
+
+
+# ----------------------------------------------------------------------------- values wider than keys
+# DANet's PAM (value 512, keys 64), Pyramid- and ASP-OC (value C, keys C/2): segattn.ops runs them
+# through a blocked kernel that computes each query block's weights once for the whole value.
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few query rows, so that small inputs go through several blocks (the last one short)."""
+    monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(ops, "_MIN_ROWS", 1)
+
+
+def _explicit_attention(q, k, v, scale):
+    return (q @ k.transpose(1, 2) * scale).softmax(dim=-1) @ v
+
+
+@pytest.mark.parametrize("keys,blocks", [(11, 2), (1, 1), (20, 3)])
+def test_wide_value_kernel_is_softmax_attention_and_its_gradient(small_blocks, keys, blocks):
+    torch.manual_seed(0)
+    q = torch.randn(1, 9, 3, dtype=torch.float64, requires_grad=True)  # few inputs: gradcheck is O(inputs)
+    k = torch.randn(1, keys, 3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, keys, 5, dtype=torch.float64, requires_grad=True)
+    assert len(ops._query_blocks(9, keys)) == blocks  # 64 weights a block: 5 rows of 11 keys, 3 of 20
+    out = ops.fused_attention(q, k, v, 0.7)
+    _close(out.detach(), _explicit_attention(q, k, v, 0.7).detach(), "wide value output")
+    assert out.grad_fn is not None and "WideValue" in type(out.grad_fn).__name__  # the blocked kernel ran
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.wide_value_attention(a, b, c, 0.7), (q, k, v))
+    with torch.no_grad():  # inference: the same blocks, no autograd node
+        _close(ops.fused_attention(q, k, v, 0.7), _explicit_attention(q, k, v, 0.7), "no_grad output")
+
+
+def test_wide_value_kernel_computes_each_affinity_once():
+    """At DANet's paper setting (97 x 97 positions, keys 64, value 512), counted on the meta device as
+    benchmarks/ counts: the forward's matrix-product FLOPs are exactly the explicit form's (q k^T once,
+    then the weights times the value), and forward + backward add only the backward's recomputation of
+    q k^T, 3.7 % (value cut into 8 heads for the flash kernel: 1.7x)."""
+    from benchmarks.common import count_flops
+
+    length, d, e = 97 * 97, 64, 512
+
+    def run(kind, backward):
+        q, k, v = (torch.empty(1, length, c, device="meta", requires_grad=True) for c in (d, d, e))
+        out = ops.fused_attention(q, k, v, 1.0) if kind == "fused" else _explicit_attention(q, k, v, 1.0)
+        if backward:
+            out.sum().backward()
+
+    qk = 2 * length * length * d
+    explicit_fwd = qk + 2 * length * length * e
+    assert count_flops(lambda: run("explicit", False)).matmul == explicit_fwd
+    assert count_flops(lambda: run("fused", False)).matmul == explicit_fwd
+    explicit_train = count_flops(lambda: run("explicit", True)).matmul
+    assert count_flops(lambda: run("fused", True)).matmul == explicit_train + qk
+    assert (explicit_train + qk) / explicit_train <= 1.05
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_wide_value_kernel_holds_one_block_of_weights_at_a_time():
+    """On 128 x 128 positions (16,384 keys: the whole map is 268 M weights) neither forward nor backward
+    makes a tensor larger than one block of ``_BLOCK_ELEMENTS`` weights (counted on the meta device)."""
+    length = 128 * 128
+    q, k, v = (torch.empty(1, length, c, device="meta", requires_grad=True) for c in (32, 32, 256))
+    with _LargestTensor() as seen:
+        ops.fused_attention(q, k, v, 1.0).sum().backward()
+    assert length * 256 <= seen.largest <= ops._BLOCK_ELEMENTS, seen.largest
+
+
+def test_wide_value_kernel_under_autocast_matches_float32():
+    """Under CPU autocast (bfloat16) the kernel runs in bfloat16 with float32 softmax, as
+    ``F.scaled_dot_product_attention`` would, and its gradients come back in the inputs' dtype."""
+    torch.manual_seed(0)
+    q, k = (torch.randn(1, 300, 8, requires_grad=True) for _ in range(2))
+    v = torch.randn(1, 300, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ops.fused_attention(q, k, v, 8**-0.5)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), _explicit_attention(q, k, v, 8**-0.5), atol=3e-2, rtol=3e-2)
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.float32 and v.grad.dtype == torch.float32 and bool(q.grad.abs().sum() > 0)
+
+
+def test_export_traces_the_flash_form():
+    """Traced or exported graphs take the head-split flash form (its loop does not depend on the
+    number of positions), with the same outputs."""
+    torch.manual_seed(0)
+    m = build_attention("da", 16).eval()
+    with torch.no_grad():
+        m.pam.gamma.fill_(0.5)
+    x, x2 = torch.randn(1, 16, 6, 7), torch.randn(1, 16, 9, 5)
+    traced = torch.jit.trace(m, (x,), check_trace=False)
+    for inp in (x, x2):
+        torch.testing.assert_close(traced(inp), m(inp), atol=1e-5, rtol=1e-5)
