@@ -45,6 +45,15 @@ RESULTS = os.path.join(REPO, "benchmarks", "results")
 CONF = os.path.join(REPO, "conf")
 MiB = 2**20
 
+
+def results_dir(out: str | None, quick: bool, partial: bool) -> str:
+    """Where a run writes its results: ``out`` when given; else results/ for a full run, and
+    results/quick/ or results/partial/ (both ignored by git) for a quick run or a subset, so that
+    neither ever overwrites the committed full results."""
+    if out:
+        return out
+    return os.path.join(RESULTS, "quick" if quick else "partial" if partial else "")
+
 # ResNet-101-D8 stage channels [c2, c3, c4, c5]; c2 has stride 4, the others stride 8.
 R101_CHANNELS = [256, 512, 1024, 2048]
 

@@ -4,7 +4,10 @@
     python benchmarks/heads.py --quick          # 2 timing rounds, no timm peers (a few minutes on 2 cores)
     python benchmarks/heads.py --device cuda    # measured on the GPU -> results/heads_cuda.md, .csv
     python benchmarks/heads.py --size 65        # 65x65 features (513x513 crops) -> results/heads_s65.md, .csv
-    python benchmarks/heads.py --fused          # fused vs explicit attention (impl=) -> results/fused.md, .csv
+    python benchmarks/heads.py --fused          # fused vs explicit attention: benchmarks/fused.py
+
+A ``--quick`` run writes results/quick/, a run of some ``--heads`` results/partial/: only a full run
+replaces the committed results.
 
 Two levels are measured for every name of ``train.py head=<name>`` (hyper-parameters from
 conf/head/<name>.yaml):
@@ -66,8 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="2 timing rounds, no timm peers")
     p.add_argument("--head-latency", action="store_true", help="also time the whole decode heads (default on CUDA)")
     p.add_argument("--fused", action="store_true",
-                   help="only compare head.impl=fused with impl=explicit for the matrix-product mechanisms")
-    p.add_argument("--out", default=common.RESULTS, help="folder for the result files")
+                   help="only compare head.impl=fused with impl=explicit (benchmarks/fused.py)")
+    p.add_argument("--out", default=None, help="folder for the result files (default: results/, or results/quick/ "
+                                               "or results/partial/ for a quick run or some heads)")
     return p.parse_args(argv)
 
 
@@ -335,9 +339,10 @@ def results_intro(rows: list[dict], args, device: torch.device) -> list[str]:
 def write_results(rows: list[dict], times: dict[str, float], args, extras: dict | None) -> list[str]:
     device = torch.device(args.device)
     suffix = ("_cuda" if device.type == "cuda" else "") + ("" if args.size == 97 else f"_s{args.size}")
-    os.makedirs(args.out, exist_ok=True)
-    md_path = os.path.join(args.out, f"heads{suffix}.md")
-    csv_path = os.path.join(args.out, f"heads{suffix}.csv")
+    out = common.results_dir(args.out, quick=args.quick, partial=args.heads is not None)
+    os.makedirs(out, exist_ok=True)
+    md_path = os.path.join(out, f"heads{suffix}.md")
+    csv_path = os.path.join(out, f"heads{suffix}.csv")
     have_peers = any(k.startswith("timm:") for k in times)
     lines = results_intro(rows, args, device) + [common.markdown_table(*results_table(rows, times)), ""]
     if not have_peers:
@@ -377,9 +382,11 @@ def impl_note(rows) -> str:
     fused = [r["name"] for r in rows if common.head_config(r["name"]).get("impl") == "fused"]
     if not fused:
         return ""
-    return (f"{', '.join(fused)} are measured at their default `impl: fused` (`F.scaled_dot_product_attention`; "
-            "cc's passes as a custom autograd function that saves only its input and recomputes in backward): "
-            "no HW x HW map is stored. fused.md compares "
+    from benchmarks.fused import FUSED
+
+    return (f"{', '.join(fused)} are measured at their default `impl: fused` (`F.scaled_dot_product_attention`, or "
+            "segattn's blocked kernel where the value is wider than the keys; cc's passes as a custom autograd function "
+            "that saves only its input and recomputes in backward): no HW x HW map is stored. fused.md compares "
             f"{', '.join(n for n in FUSED if n in fused)} with their explicit forms (`impl=explicit`, the maps as the "
             "papers write them); nl's and cc's are also measured here, for CCNet's comparison below.")
 
@@ -592,89 +599,14 @@ def main(argv=None) -> dict:
         return run(args)
 
 
-# The mechanisms with ``impl`` (fused attention / recomputing criss-cross vs the explicit maps).
-FUSED = ["nl", "da", "oc", "oc_pyramid", "oc_asp", "mhsa", "cc"]
-CC_NL_MEMORY = 1 / 11  # CCNet's claim: 11x less memory than the non-local block
-
-
-def fused_comparison(args) -> dict:
-    """Each mechanism of ``FUSED`` on 1 x 512 x S x S (conf/head hyper-parameters) with impl=fused
-    and impl=explicit: activation memory (meta device, as heads.md) and CPU forward latency."""
-    device = torch.device(args.device)
-    names = common.parse_names(args.heads, FUSED)
-    if "cc" in names and "nl" not in names:
-        names.append("nl")  # the cc / nl ratio needs it
-    size, rows, cases = args.size, [], {}
-    for name in names:
-        row = {"mechanism": name}
-        for impl in ("fused", "explicit"):
-            torch.manual_seed(0)
-            mem_device = "meta" if device.type == "cpu" else device
-            mem = common.activation_memory(common.build_mechanism(name, 512, impl=impl),
-                                           lambda: [stage_like(size, mem_device)], mem_device)
-            row.update({f"{impl}_{k}_mib": v / MiB for k, v in mem.items()})
-            torch.manual_seed(0)
-            m = common.build_mechanism(name, 512, impl=impl).to(device).eval()
-            x = torch.randn(1, 512, size, size, device=device)
-            cases[f"{name}/{impl}"] = (lambda m=m, x=x: _no_grad(m, x))
-        rows.append(row)
-    times = common.time_interleaved(cases, args.rounds, args.warmup, device)
-    for row in rows:
-        for impl in ("fused", "explicit"):
-            row[f"{impl}_fwd_ms"] = 1000 * times[f"{row['mechanism']}/{impl}"]
-    keys = ["fwd_mib", "saved_mib", "train_mib", "fwd_ms"]
-    headers = ["mechanism"] + [f"{impl}_{k}" for k in keys for impl in ("fused", "explicit")]
-    tag = "" if device.type == "cpu" else "_cuda"
-    paths = [common.write_csv(os.path.join(args.out, f"fused{tag}.csv"), headers,
-                              [[r["mechanism"]] + [round(r[h], 2) for h in headers[1:]] for r in rows])]
-    by = {r["mechanism"]: r for r in rows}
-    table = common.markdown_table(
-        ["mechanism", "fwd MiB fused / explicit", "train MiB fused / explicit", "saved MiB fused / explicit",
-         "fwd ms fused / explicit"],
-        [[r["mechanism"]] + [f"{fmt(r[f'fused_{k}'], 1)} / {fmt(r[f'explicit_{k}'], 1)}"
-                             for k in ("fwd_mib", "train_mib", "saved_mib", "fwd_ms")] for r in rows],
-        align="l" + "r" * 4)
-    lines = [
-        f"# Fused vs explicit attention at {size}x{size} features (1 x 512 x {size} x {size})", "",
-        f"Produced by `python benchmarks/heads.py --fused` on: {common.machine_line(device)}.", "",
-        "- Each registered module with the hyper-parameters of conf/head/<name>.yaml, once with `impl=fused` "
-        "(the default: `F.scaled_dot_product_attention` for nl/da/oc/mhsa, nl's `dot_product` by associativity, "
-        "cc's pass as a custom autograd function that saves only its input) and once with `impl=explicit` (the "
-        "attention maps as the papers write them).",
-        "- Memory (MiB) as in heads.md: **fwd** = inference peak (eval, no_grad); **train** = peak of forward + "
-        "backward (input requiring grad, BatchNorm frozen, parameter gradients included); **saved** = bytes "
-        "autograd keeps (a custom function's own saved inputs are the pass inputs, which exist anyway). Counted on "
-        "the meta device, with the kernel the CPU picks.",
-        f"- Latency: eval forward under no_grad, median of {args.rounds} interleaved rounds after {args.warmup} "
-        f"warm-up, {torch.get_num_threads()} thread(s).", "", table, ""]
-    if "cc" in by and "nl" in by:
-        cc, nl = by["cc"], by["nl"]
-        ratio = cc["fused_train_mib"] / nl["explicit_train_mib"]
-        lines += [
-            "## CCNet's memory claim", "",
-            f"Training peak (forward + backward): cc (fused, recurrence 2) {fmt(cc['fused_train_mib'], 1)} MiB "
-            f"against the explicit non-local block's {fmt(nl['explicit_train_mib'], 1)} MiB: 1/"
-            f"{fmt(1 / ratio, 1)} (target 1/{round(1 / CC_NL_MEMORY)}: {'met' if ratio <= CC_NL_MEMORY else 'not met'}); "
-            f"explicit cc {fmt(cc['explicit_train_mib'], 1)} MiB (1/{fmt(nl['explicit_train_mib'] / cc['explicit_train_mib'], 1)}). "
-            f"Against the fused non-local block ({fmt(nl['fused_train_mib'], 1)} MiB) the criss-cross module keeps "
-            f"{fmt(cc['fused_train_mib'] / nl['fused_train_mib'], 2)}x its memory. Forward time, cc fused "
-            f"{fmt(cc['fused_fwd_ms'], 0)} ms vs explicit {fmt(cc['explicit_fwd_ms'], 0)} ms.", ""]
-    paths.append(common.write_atomic(os.path.join(args.out, f"fused{tag}.md"), "\n".join(lines)))
-    for p in paths:
-        print(f"wrote {os.path.relpath(p)}")
-    return {"rows": rows, "times": times, "paths": paths}
-
-
-def stage_like(size: int, device) -> torch.Tensor:
-    shape = (1, 512, size, size)
-    return torch.empty(shape, device=device) if torch.device(device).type == "meta" else torch.randn(shape, device=device)
-
-
 def run(args) -> dict:
     if args.fused:
-        if args.rounds is None:
-            args.rounds = 2 if args.quick else 3
-        return fused_comparison(args)
+        from benchmarks import fused
+
+        argv = ["--size", str(args.size), "--device", args.device, "--warmup", str(args.warmup)]
+        argv += (["--heads", args.heads] if args.heads else []) + (["--quick"] if args.quick else [])
+        argv += (["--rounds", str(args.rounds)] if args.rounds else []) + (["--out", args.out] if args.out else [])
+        return fused.run(fused.parse_args(argv))
     args.args_device = args.device
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -47,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=None, help="timing rounds per size (default 3, --quick 2)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--quick", action="store_true", help=f"sizes {','.join(map(str, QUICK_SIZES))}, 2 rounds")
-    p.add_argument("--out", default=common.RESULTS, help="folder for the result files")
+    p.add_argument("--out", default=None, help="folder for the result files (default: results/, or results/quick/ "
+                                               "or results/partial/ for a quick run or other sizes, heads or widths)")
     return p.parse_args(argv)
 
 
@@ -145,7 +146,10 @@ def plot(rows: list[dict], names: list[str], path: str, title: str) -> str | Non
 def write_results(rows, names, args) -> list[str]:
     device = torch.device(args.device)
     suffix = "_cuda" if device.type == "cuda" else ""
-    base = os.path.join(args.out, f"scaling{suffix}")
+    partial = args.heads is not None or args.sizes is not None or args.channels != 512
+    out = common.results_dir(args.out, quick=args.quick, partial=partial)
+    os.makedirs(out, exist_ok=True)
+    base = os.path.join(out, f"scaling{suffix}")
     where = "CUDA" if device.type == "cuda" else "CPU"
     sizes = sorted({r["size"] for r in rows})
     title = (f"Global mechanisms on 1 x {args.channels} x S x S, S = {sizes[0]}..{sizes[-1]} ({where}; "

@@ -53,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every configuration")
     p.add_argument("--peak-sizes", default="1024,2048,3072", help="square matmul sizes for the peak measurement")
     p.add_argument("--quick", action="store_true", help="3 timed steps, 1 warm-up, no profile")
-    p.add_argument("--out", default=common.RESULTS, help="folder for the result files")
+    p.add_argument("--out", default=None, help="folder for the result files (default: results/, or results/quick/ "
+                                               "or results/partial/ for a quick run or other configurations)")
     return p.parse_args(argv)
 
 
@@ -222,9 +223,12 @@ def why(r: dict, seconds: dict[str, float], peak: float) -> list[str]:
 
 
 def write_results(results: list[dict], peak: float, args) -> list[str]:
-    os.makedirs(args.out, exist_ok=True)
-    md_path = os.path.join(args.out, "train_speed.md")
-    csv_path = os.path.join(args.out, "train_speed.csv")
+    partial = (args.configs != "default,r50" or args.head != "cc" or args.overrides or args.root or args.dataset
+               or args.workers is not None or args.steps is not None)
+    out = common.results_dir(args.out, quick=args.quick, partial=bool(partial))
+    os.makedirs(out, exist_ok=True)
+    md_path = os.path.join(out, "train_speed.md")
+    csv_path = os.path.join(out, "train_speed.csv")
     rows = []
     for r in results:
         mfu = r["model_flops_per_s"] / peak

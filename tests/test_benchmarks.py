@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import common, heads, scaling, train_speed
+from benchmarks import common, fused, heads, scaling, train_speed
 from segattn.models.attention import build_attention
 
 
@@ -69,3 +69,29 @@ def test_train_speed_benchmark_tiny(tmp_path, tiny_root):
     assert r["batch"] == 2 and r["step_flops"] > 0 and 0 <= r["data_share"] <= 1 and r["images_per_s"] > 0
     assert "| default | resnet18 + fcn | 32x32 |" in open(tmp_path / "train_speed.md").read()
 
+
+
+def test_quick_and_partial_runs_never_overwrite_the_full_results(tmp_path, monkeypatch):
+    """Without --out, a --quick run writes results/quick/ and a run of some heads results/partial/:
+    only a full run writes the committed results/ files."""
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+    assert common.results_dir(None, quick=False, partial=False) == os.path.join(str(tmp_path), "")
+    assert common.results_dir("elsewhere", quick=True, partial=True) == "elsewhere"
+    heads.main(["--size", "8", "--heads", "fcn", "--rounds", "1", "--warmup", "0"])
+    fused.main(["--size", "6", "--heads", "da", "--quick", "--rounds", "1", "--warmup", "0", "--threads", "1"])
+    scaling.main(["--quick", "--sizes", "4,6", "--heads", "gc", "--channels", "8", "--rounds", "1", "--warmup", "0"])
+    assert sorted(os.listdir(tmp_path)) == ["partial", "quick"]
+    assert sorted(os.listdir(tmp_path / "quick")) == ["fused.csv", "fused.md", "scaling.csv", "scaling.md", "scaling.png"]
+    assert sorted(os.listdir(tmp_path / "partial")) == ["heads_s8.csv", "heads_s8.md"]
+
+
+def test_fused_benchmark_tiny(tmp_path):
+    """The blocked kernel's row: forward FLOPs equal to the explicit form's, and the value cut into
+    heads (what ran before) shown beside with its surplus."""
+    out = fused.main(["--size", "6", "--heads", "da", "--rounds", "1", "--warmup", "0", "--threads", "1",
+                      "--out", str(tmp_path)])
+    md = open(tmp_path / "fused.md").read()
+    assert "| module `da` | 1.000x (yes) |" in md and "DA head step vs mmseg's DAHead" in md
+    pam = out["kernels"][0]
+    assert pam["blocked_fwd_gflops"] == pam["explicit_fwd_gflops"] < pam["head_split_fwd_gflops"]
+    assert {r["mechanism"] for r in _rows(tmp_path / "fused.csv")} == {"da"}
