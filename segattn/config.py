@@ -183,6 +183,8 @@ class EvalInferenceConfig(ConfigNode):
     scales: Optional[List[float]] = None
     flip: Optional[bool] = None
     base_scale: Optional[List[int]] = None
+    window_batch: Optional[int] = None
+    batch_size: Optional[int] = None
 
 
 @dataclass

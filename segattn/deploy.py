@@ -32,7 +32,9 @@ from .engine.checkpoint import model_from_checkpoint
 from .io import atomic_write
 from .ops import size_hw
 from .models.heads import head_facts, head_names
-from .models.inference import default_window, inference_kwargs, one_pass
+from .models.inference import KEYS, default_window, image_batch, inference_kwargs, one_pass
+
+LIST_BATCH = 4  # images of one size per forward pass in predict(list), unless inference.batch_size says
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}
 
@@ -102,14 +104,17 @@ class Predictor(nn.Module):
         """The keyword arguments of ``Segmentor.predict``: the checkpoint's ``dataset.inference`` with
         ``inference`` on top (a mode name such as ``"slide"``, or a dict of ``inference.*`` keys).
         A slide without a window uses the training crop, windows 2/3 of it apart."""
+        return inference_kwargs(self._inference_node(inference))
+
+    def _inference_node(self, inference=None) -> dict:
         if isinstance(inference, str):
             inference = {"mode": inference}
         elif inference is not None and not isinstance(inference, dict):
             raise TypeError(f"inference={inference!r}: expected a mode name ('whole', 'slide') or a dict of "
-                            f"inference keys (mode, crop_size, stride, scales, flip, base_scale)")
-        kwargs = dict(self.inference)
-        kwargs.update({k: v for k, v in (inference or {}).items() if v is not None})
-        return inference_kwargs(default_window(kwargs, self.crop_size))
+                            f"inference keys ({', '.join(KEYS)})")
+        node = dict(self.inference)
+        node.update({k: v for k, v in (inference or {}).items() if v is not None})
+        return default_window(node, self.crop_size)
 
     def _rgb(self, image, where: str) -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
@@ -125,27 +130,39 @@ class Predictor(nn.Module):
     def predict(self, image_or_list, inference=None, output: str = "mask"):
         """Class ids ``(H, W)`` int64 at the image's size (``output="mask"``), or class probabilities
         ``(K, H, W)`` float32 (``output="probs"``), for one image (a numpy array: H x W x 3 RGB, H x W gray
-        or H x W x 4 RGBA, uint8 or float in [0, 1]; a PIL image; a path); a list of images gives a list.
-        ``inference`` overrides the checkpoint's settings: a mode (``"whole"``, ``"slide"``) or a dict
-        (``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``base_scale``), as eval.py's
-        ``inference.*``."""
+        or H x W x 4 RGBA, uint8 or float in [0, 1]; a PIL image; a path); a list of images gives a list,
+        predicted ``inference.batch_size`` images of one size at a time (default 4; the same numbers as one
+        by one). ``inference`` overrides the checkpoint's settings: a mode (``"whole"``, ``"slide"``) or a
+        dict (``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``base_scale``, ``window_batch``,
+        ``batch_size``), as eval.py's ``inference.*``."""
         if output not in ("mask", "probs"):
             raise ValueError(f"output={output!r}; expected 'mask' or 'probs'")
-        kwargs = self.settings(inference)
+        node = self._inference_node(inference)
+        kwargs = inference_kwargs(node)
+        batch = image_batch(node) if node.get("batch_size") is not None else LIST_BATCH
         passes = len(kwargs.get("scales") or [1.0]) * (2 if kwargs.get("flip") else 1)
         single = not isinstance(image_or_list, (list, tuple))
         images = [image_or_list] if single else list(image_or_list)
         self.model.eval()
         results = []
+        pending: list[torch.Tensor] = []
+
+        def flush():
+            scores = self.model.predict(torch.stack(pending).to(self.device), **kwargs)
+            for s in scores:
+                if output == "mask":
+                    results.append(s.argmax(0).cpu().numpy().astype(np.int64))
+                else:  # one pass gives logits, several give averaged probabilities already
+                    results.append((s.softmax(0) if passes == 1 else s).float().cpu().numpy())
+            pending.clear()
+
         for i, image in enumerate(images):
-            rgb = self._rgb(image, "image" if single else f"image {i}")
-            x = self.transform(image=rgb)["image"][None].to(self.device)
-            scores = self.model.predict(x, **kwargs)[0]
-            if output == "mask":
-                results.append(scores.argmax(0).cpu().numpy().astype(np.int64))
-            else:  # one pass gives logits, several give averaged probabilities already
-                probs = scores.softmax(0) if passes == 1 else scores
-                results.append(probs.float().cpu().numpy())
+            x = self.transform(image=self._rgb(image, "image" if single else f"image {i}"))["image"]
+            if pending and (x.shape != pending[0].shape or len(pending) == batch):
+                flush()
+            pending.append(x)
+        if pending:
+            flush()
         return results[0] if single else results
 
 

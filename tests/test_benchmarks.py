@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import common, fused, heads, scaling, train_speed
+from benchmarks import common, fused, heads, inference, scaling, train_speed
 from segattn.models.attention import build_attention
 
 
@@ -80,8 +80,11 @@ def test_quick_and_partial_runs_never_overwrite_the_full_results(tmp_path, monke
     heads.main(["--size", "8", "--heads", "fcn", "--rounds", "1", "--warmup", "0"])
     fused.main(["--size", "6", "--heads", "da", "--quick", "--rounds", "1", "--warmup", "0", "--threads", "1"])
     scaling.main(["--quick", "--sizes", "4,6", "--heads", "gc", "--channels", "8", "--rounds", "1", "--warmup", "0"])
+    out = inference.main(["--quick", "--heads", "fcn", "--warmup", "0", "--threads", "1"])
+    assert [(r["mode"], r["ratio"] > 0) for r in out["rows"]] == [("whole", True), ("slide", True)]
     assert sorted(os.listdir(tmp_path)) == ["partial", "quick"]
-    assert sorted(os.listdir(tmp_path / "quick")) == ["fused.csv", "fused.md", "scaling.csv", "scaling.md", "scaling.png"]
+    assert sorted(os.listdir(tmp_path / "quick")) == ["fused.csv", "fused.md", "inference.csv", "inference.md",
+                                                      "scaling.csv", "scaling.md", "scaling.png"]
     assert sorted(os.listdir(tmp_path / "partial")) == ["heads_s8.csv", "heads_s8.md"]
 
 

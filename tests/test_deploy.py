@@ -48,7 +48,7 @@ def test_load_is_an_eval_module_with_classes_and_palette(predictor, checkpoint):
     assert isinstance(predictor, torch.nn.Module) and not predictor.training
     assert predictor.classes == list(ckpt["config"]["classes"])
     assert predictor.palette.shape == (len(predictor.classes), 3) and predictor.palette.dtype == np.uint8
-    assert predictor.settings() == {"mode": "whole", "scales": [1.0], "flip": False}
+    assert predictor.settings() == {"mode": "whole", "scales": [1.0], "flip": False, "window_batch": 4}
 
 
 def test_predict_matches_the_evaluation_path(predictor, trained_run):

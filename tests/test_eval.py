@@ -42,7 +42,7 @@ def test_eval_modes_come_from_overrides(trained_run, tmp_path):
     slide = _eval(trained_run, tmp_path / "s", "inference.mode=slide", "inference.crop_size=[64,64]",
                   "inference.stride=[48,48]")
     assert slide["inference"] == {"mode": "slide", "crop_size": [64, 64], "stride": [48, 48], "scales": [1.0],
-                                  "flip": False, "base_scale": None}
+                                  "flip": False, "base_scale": None, "window_batch": 4, "batch_size": 4}
     ms = _eval(trained_run, tmp_path / "m", "inference.scales=[0.5,1.0]", "inference.flip=true")
     assert ms["inference"]["scales"] == [0.5, 1.0] and ms["inference"]["flip"] is True
     for r in (slide, ms):

@@ -11,14 +11,13 @@ import os
 import sys
 import warnings
 
-from torch.utils.data import DataLoader
 
 from ..config import EvalConfig
 from ..data import FolderDataset, build_dataset
 from ..models.inference import default_window, inference_kwargs
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
-from .evaluate import evaluate
+from .evaluate import evaluate, val_loader
 from .predictions import PredictionWriter, check_format
 from .logging import iou_table, metrics_json, write_json
 from ..viz import write_attention_pictures
@@ -76,8 +75,8 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     device = resolve_device(cfg.device, "device")
     model, _ = model_from_checkpoint(path, ckpt, num_classes)
     model.to(device)
-    # Images keep their own size (the benchmarks score full resolution), so one per batch.
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg.num_workers)
+    # Images keep their own size (the benchmarks score full resolution); inference.batch_size of one size at a time.
+    loader = val_loader(dataset, inference, cfg.num_workers)
     writer = PredictionWriter(export_dir, fmt, dataset) if export_dir else None
     metrics, _ = evaluate(model, loader, num_classes, device, progress=cfg.progress,
                           inference=inference, on_prediction=writer)

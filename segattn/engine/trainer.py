@@ -31,7 +31,7 @@ from ..data.sampler import TrainSampler
 from ..models import build_model_from_config, residual_scales
 from . import distributed
 from .checkpoint import clean_stale_tmp, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint
-from .evaluate import evaluate
+from .evaluate import evaluate, val_loader as make_val_loader
 from .logging import (LogWindow, iou_table, log_hparams, log_residual_scales, log_train, log_validation,
                       metrics_json, write_json)
 from .optim import build_optimizer, build_scheduler
@@ -88,12 +88,12 @@ def build_loaders(cfg: dict | TrainConfig, seed: int, start_iter: int, rank: int
     train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
                               drop_last=True, worker_init_fn=seed_worker, persistent_workers=workers > 0,
                               pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))
-    # Validation images keep their own size (full resolution), so one per batch. Under DDP each rank
-    # predicts every world_size-th image (no padding, so no image counts twice) and the confusion
-    # matrices are summed: the mIoU equals the single-process one.
+    # Validation images keep their own size (full resolution); those of one size are predicted
+    # dataset.inference.batch_size at a time. Under DDP each rank predicts every world_size-th image (no
+    # padding, so no image counts twice) and the confusion matrices are summed: the mIoU equals the
+    # single-process one.
     val_shard = val_set if world_size == 1 else Subset(val_set, range(rank, len(val_set), world_size))
-    val_loader = DataLoader(val_shard, batch_size=1, shuffle=False, num_workers=workers,
-                            generator=torch.Generator().manual_seed(seed))
+    val_loader = make_val_loader(val_shard, d.get("inference"), workers, generator=torch.Generator().manual_seed(seed))
     return train_set, val_set, train_loader, val_loader
 
 

@@ -15,6 +15,11 @@ accumulator before the next pass starts, so there are never the logits of all sc
 ``base_scale`` ``[long, short]`` first resizes the image, keeping its aspect ratio, to fit within
 ``long`` x ``short`` (mmsegmentation's test ``Resize(scale=(2048, 512), keep_ratio=True)`` for
 ADE20K); ``scales`` multiply that size. The scores always come back at the input's resolution.
+
+Batching, without changing a number (every layer works per image in eval mode): ``window_batch``
+slide windows go through the model in one batch (default 4), and ``batch_size`` images of one size
+are predicted together by validation, eval.py and ``segattn.load(...).predict(list)`` (default 1:
+full-resolution whole images are large; the embedded dataset's validation uses 4).
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops import size_hw
+from ..ops import positive_int, size_hw
 
 MODES = ("whole", "slide")
-KEYS = ("mode", "crop_size", "stride", "scales", "flip", "base_scale")
+KEYS = ("mode", "crop_size", "stride", "scales", "flip", "base_scale", "window_batch", "batch_size")
+WINDOW_BATCH = 4
 
 
 def default_window(node: dict, train_crop=None) -> dict:
@@ -40,11 +46,16 @@ def default_window(node: dict, train_crop=None) -> dict:
 
 
 def inference_kwargs(node: dict | None) -> dict:
-    """The ``inference`` config node as keyword arguments of ``infer`` / ``Segmentor.predict``."""
+    """The ``inference`` config node as keyword arguments of ``infer`` / ``Segmentor.predict``
+    (all but ``batch_size``, which the caller batches by: see :func:`image_batch`)."""
     node = dict(node or {})
     unknown = sorted(set(node) - set(KEYS))
     if unknown:
         raise ValueError(f"inference.{unknown[0]} is not a known key; known: {', '.join(KEYS)}")
+    for key in ("window_batch", "batch_size"):
+        if node.get(key) is not None:
+            positive_int(node[key], f"inference.{key}", hint=" (images per forward pass)")
+    node.pop("batch_size", None)
     if node.get("mode") is not None and node["mode"] not in MODES:
         raise ValueError(f"inference.mode={node['mode']!r}; expected one of {', '.join(MODES)}")
     if node.get("mode") == "slide":  # checked here, before a model is built or an image read
@@ -59,6 +70,12 @@ def inference_kwargs(node: dict | None) -> dict:
     return {k: v for k, v in node.items() if v is not None}
 
 
+def image_batch(node: dict | None) -> int:
+    """``inference.batch_size``: how many images of one size are predicted in one batch (default 1)."""
+    value = (node or {}).get("batch_size")
+    return 1 if value is None else positive_int(value, "inference.batch_size", hint=" (images per forward pass)")
+
+
 def _pair(value, key: str) -> tuple[int, int]:
     return size_hw(value, f"inference.{key}")
 
@@ -69,30 +86,38 @@ def _logits(model, images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def slide(model, images: torch.Tensor, crop_size, stride) -> torch.Tensor:
+def slide(model, images: torch.Tensor, crop_size, stride, window_batch: int = WINDOW_BATCH) -> torch.Tensor:
     """Logits averaged over overlapping windows (mmsegmentation's ``slide_inference``).
 
     The last window of a row or column is shifted back to end at the border rather than padded, and
-    an image smaller than the crop is one window of its own size, so every window is real pixels.
+    an image smaller than the crop is one window of its own size, so every window is real pixels and
+    all have one size: the windows of all N images go through the model ``window_batch`` at a time
+    (in all: each forward takes max(1, window_batch // N) window positions of every image).
     """
     h_crop, w_crop = _pair(crop_size, "crop_size")
     h_stride, w_stride = _pair(stride, "stride")
     if h_stride > h_crop or w_stride > w_crop:
         raise ValueError(f"inference.stride={list(stride)} is larger than inference.crop_size={list(crop_size)}: "
                          f"pixels between windows would get no prediction")
+    window_batch = positive_int(window_batch, "inference.window_batch")
     n, _, h, w = images.shape
     rows = max(h - h_crop + h_stride - 1, 0) // h_stride + 1
     cols = max(w - w_crop + w_stride - 1, 0) // w_stride + 1
-    logits = None
-    count = images.new_zeros(1, 1, h, w)
+    boxes = []
     for r in range(rows):
         for c in range(cols):
             y2, x2 = min(r * h_stride + h_crop, h), min(c * w_stride + w_crop, w)
-            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
-            window = _logits(model, images[:, :, y1:y2, x1:x2])
-            if logits is None:
-                logits = images.new_zeros(n, window.shape[1], h, w)
-            logits[:, :, y1:y2, x1:x2] += window
+            boxes.append((max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2))
+    logits = None
+    count = images.new_zeros(1, 1, h, w)
+    step = max(1, window_batch // n)
+    for i in range(0, len(boxes), step):
+        group = boxes[i:i + step]
+        windows = _logits(model, torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in group]))
+        if logits is None:
+            logits = images.new_zeros(n, windows.shape[1], h, w)
+        for j, (y1, y2, x1, x2) in enumerate(group):
+            logits[:, :, y1:y2, x1:x2] += windows[j * n:(j + 1) * n]
             count[:, :, y1:y2, x1:x2] += 1
     return logits / count
 
@@ -107,19 +132,20 @@ def fit_to_scale(h: int, w: int, base_scale) -> tuple[int, int]:
     return int(h * f + 0.5), int(w * f + 0.5)
 
 
-def one_pass(model, images: torch.Tensor, mode: str, crop_size=None, stride=None) -> torch.Tensor:
+def one_pass(model, images: torch.Tensor, mode: str, crop_size=None, stride=None,
+             window_batch: int = WINDOW_BATCH) -> torch.Tensor:
     if mode == "whole":
         return _logits(model, images)
     if mode == "slide":
         if crop_size is None or stride is None:
             raise ValueError("inference.mode=slide needs inference.crop_size and inference.stride ([H, W] each)")
-        return slide(model, images, crop_size, stride)
+        return slide(model, images, crop_size, stride, window_batch)
     raise ValueError(f"inference.mode={mode!r}; expected one of {', '.join(MODES)}")
 
 
 @torch.no_grad()
 def infer(model, images: torch.Tensor, mode: str = "whole", crop_size=None, stride=None, scales=None,
-          flip: bool = False, base_scale=None) -> torch.Tensor:
+          flip: bool = False, base_scale=None, window_batch: int = WINDOW_BATCH) -> torch.Tensor:
     """Class scores (N, K, H, W) at the resolution of ``images`` (N, 3, H, W); see the module docstring."""
     if mode not in MODES:
         raise ValueError(f"inference.mode={mode!r}; expected one of {', '.join(MODES)}")
@@ -135,7 +161,7 @@ def infer(model, images: torch.Tensor, mode: str = "whole", crop_size=None, stri
         size = (max(1, int(bh * s + 0.5)), max(1, int(bw * s + 0.5)))
         x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         for flipped in flips:
-            scores = one_pass(model, x.flip(-1) if flipped else x, mode, crop_size, stride)
+            scores = one_pass(model, x.flip(-1) if flipped else x, mode, crop_size, stride, window_batch)
             if flipped:
                 scores = scores.flip(-1)
             if scores.shape[-2:] != (h, w):

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import positive_int
-from .inference import infer
+from .inference import WINDOW_BATCH, infer
 
 if TYPE_CHECKING:  # the wrapped model (factory.py wraps it; segmentor.py does not import this module)
     from .segmentor import Segmentor
@@ -154,9 +154,9 @@ class ScaleAttention(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, mode: str = "whole", crop_size=None, stride=None, scales=None,
-                flip: bool = False, base_scale=None) -> torch.Tensor:
+                flip: bool = False, base_scale=None, window_batch: int = WINDOW_BATCH) -> torch.Tensor:
         """As :meth:`Segmentor.predict` (every inference mode), with the merged output as the logits."""
-        return infer(self, images, mode, crop_size, stride, scales, flip, base_scale)
+        return infer(self, images, mode, crop_size, stride, scales, flip, base_scale, window_batch)
 
 
 def wrap(segmentor: "Segmentor", cfg: dict | None) -> nn.Module:

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import ResNet
-from .inference import infer
+from .inference import WINDOW_BATCH, infer
 from .losses import SegmentationLoss
 
 
@@ -72,10 +72,10 @@ class Segmentor(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, mode: str = "whole", crop_size=None, stride=None, scales=None,
-                flip: bool = False, base_scale=None) -> torch.Tensor:
+                flip: bool = False, base_scale=None, window_batch: int = WINDOW_BATCH) -> torch.Tensor:
         """Class scores at the input's resolution (``segattn.models.inference.infer``): the logits of one
         ``whole`` or ``slide`` pass, or softmax probabilities averaged over ``scales`` and ``flip``."""
-        return infer(self, images, mode, crop_size, stride, scales, flip, base_scale)
+        return infer(self, images, mode, crop_size, stride, scales, flip, base_scale, window_batch)
 
 
 def zero_initialised(module: nn.Module) -> tuple[str, ...]:
