@@ -32,7 +32,9 @@ TINY = [
 
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
-    torch.set_num_threads(2)
+    # `make test` runs two pytest-xdist workers, one core's thread each (two OpenMP threads per worker
+    # would wait on each other's descheduled partner); a plain `pytest` process uses both cores.
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
