@@ -36,6 +36,7 @@ from .logging import (LogWindow, iou_table, log_hparams, log_residual_scales, lo
                       metrics_json, write_json)
 from .optim import build_optimizer, build_scheduler
 from .preflight import check_numbers, preflight_checks
+from .weights import save_weights
 from .resume import find_resume, load_init_weights, restore
 from .stopping import GracefulStop, Interrupted
 from ..viz import log_attention_pictures
@@ -299,7 +300,8 @@ def save(run: Run, name: str, step: int, metrics: dict | None = None) -> None:
     """``checkpoints/<name>``. Called by every rank at the same iterations: the random states of all
     ranks are gathered, so a resumed run continues each rank's stream. With ``metrics`` (``best.pt``)
     only what evaluation and fine-tuning need is kept: weights, config, iteration and those metrics,
-    not the optimizer state (as large as the weights again with SGD momentum, twice with AdamW)."""
+    not the optimizer state (as large as the weights again with SGD momentum, twice with AdamW), and
+    the same weights go to ``best.safetensors`` with ``best.json`` (``segattn.engine.weights``)."""
     rngs = distributed.all_gather_object(rng_state())
     if run.main_process:
         config = dict(run.cfg.to_dict(), num_classes=len(run.classes), classes=list(run.classes))
@@ -310,6 +312,9 @@ def save(run: Run, name: str, step: int, metrics: dict | None = None) -> None:
             ckpt.update(optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs[0],
                         rng_ranks=rngs)
         save_checkpoint(ckpt, os.path.join(run.ckpt_dir, name))
+        if metrics is not None:  # and best.safetensors + best.json: the same weights, loadable without pickle
+            save_weights(os.path.join(run.ckpt_dir, name), ckpt["model"],
+                         {k: ckpt[k] for k in ("config", "iter", "best", "metrics")})
 
 
 def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False) -> dict | None:
@@ -350,7 +355,8 @@ def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False)
 
 def where_things_are(run: Run) -> str:
     """The lines printed when a run ends: its files and how to look at them (only files that exist)."""
-    ckpts = [f"{run.ckpt_dir}/{n}" for n in ("best.pt", "last.pt") if os.path.isfile(os.path.join(run.ckpt_dir, n))]
+    ckpts = [f"{run.ckpt_dir}/{n}" for n in ("best.pt", "best.safetensors", "last.pt")
+             if os.path.isfile(os.path.join(run.ckpt_dir, n))]
     lines = [f"checkpoints: {', '.join(ckpts) or 'none'}"]
     for label, name in (("metrics:", "metrics.json"), ("log:", "train.log")):
         if os.path.isfile(os.path.join(run.run_dir, name)):
