@@ -15,18 +15,25 @@ from ..io import atomic_write
 from ..viz import confusion_image, prediction_grid
 
 
-def iou_table(metrics: dict, classes) -> str:
-    """A plain-text table: class, IoU, Acc, then mIoU / mAcc / aAcc."""
+def iou_table(metrics: dict, classes, full: bool = False) -> str:
+    """A plain-text table: class, IoU, Acc, then mIoU / mAcc / aAcc; ``full`` (eval.py) adds each
+    class's Dice (F1) and Precision (Acc is its recall) and their means."""
     width = max(12, *(len(c) for c in classes))
 
     def pct(v):
         return "   nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
 
-    lines = [f"{'class':<{width}}    IoU    Acc", "-" * (width + 14)]
-    for name, iou, acc in zip(classes, metrics["IoU"], metrics["Acc"]):
-        lines.append(f"{name:<{width}} {pct(iou)} {pct(acc)}")
-    lines.append("-" * (width + 14))
+    full = full and "Dice" in metrics
+    header = f"{'class':<{width}}    IoU    Acc" + ("   Dice   Prec" if full else "")
+    lines = [header, "-" * len(header)]
+    for i, (name, iou, acc) in enumerate(zip(classes, metrics["IoU"], metrics["Acc"])):
+        extra = f" {pct(metrics['Dice'][i])} {pct(metrics['Precision'][i])}" if full else ""
+        lines.append(f"{name:<{width}} {pct(iou)} {pct(acc)}{extra}")
+    lines.append("-" * len(header))
     lines.append(f"mIoU {pct(metrics['mIoU'])}  mAcc {pct(metrics['mAcc'])}  aAcc {pct(metrics['aAcc'])}")
+    if full:
+        lines.append(f"mDice {pct(metrics['mDice'])}  mPrecision {pct(metrics['mPrecision'])}  "
+                     f"mRecall {pct(metrics['mRecall'])}  (Acc is the recall)")
     return "\n".join(lines)
 
 
@@ -36,10 +43,26 @@ def metrics_json(metrics: dict, classes, **extra) -> dict:
         return None if isinstance(v, float) and math.isnan(v) else v
 
     out = {k: clean(metrics[k]) for k in ("mIoU", "mAcc", "aAcc")}
-    out["IoU"] = {c: clean(v) for c, v in zip(classes, metrics["IoU"])}
-    out["Acc"] = {c: clean(v) for c, v in zip(classes, metrics["Acc"])}
+    out.update({k: clean(metrics[k]) for k in ("mDice", "mPrecision", "mRecall") if k in metrics})
+    for key in ("IoU", "Acc", "Dice", "Precision", "Recall"):
+        if key in metrics:
+            out[key] = {c: clean(v) for c, v in zip(classes, metrics[key])}
     out.update(extra)
     return out
+
+
+def confusion_csv(confusion, classes) -> str:
+    """The confusion matrix as CSV: a header of the predicted classes, one row per ground-truth class
+    (its name first), pixel counts."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["ground truth \\ prediction", *classes])
+    for name, row in zip(classes, confusion.tolist()):
+        w.writerow([name, *(int(v) for v in row)])
+    return buf.getvalue()
 
 
 def write_json(obj, path: str) -> None:
