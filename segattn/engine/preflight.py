@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig, TrainerConfig
-from ..data.check import check_dataset
+from ..data.check import check_dataset, class_pixels
 from .logging import write_json
 from .memory import check_training_memory
 
@@ -49,6 +49,8 @@ def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set, 
         n = check_dataset({"train": train_set, "val": val_set}, workers=t.num_workers,
                           progress=t.progress, report=os.path.join(run_dir, "dataset_check.txt"))
         print(f"dataset.check: all {n} samples of the train and val splits can be used", file=sys.stderr)
+        print(f"dataset.check: labelled pixels per class\n{class_pixels({'train': train_set, 'val': val_set})}",
+              file=sys.stderr)
     if device is not None and t.check_memory and cfg.dataset.get("crop_size"):
         check_training_memory(cfg.to_dict(), len(train_set.classes), device, processes)
     # best.safetensors holds the weights once more, beside the checkpoints
