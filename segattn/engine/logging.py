@@ -1,5 +1,6 @@
 """What users read: the per-class table on the console, metrics JSON, scalars and pictures in
-TensorBoard. The pictures are drawn by ``segattn.viz``, where every renderer lives."""
+TensorBoard (and the other trackers of ``logger``; each ``writer`` here is a
+``segattn.engine.trackers.Tracker``). The pictures are drawn by ``segattn.viz``, where every renderer lives."""
 
 from __future__ import annotations
 
@@ -180,13 +181,8 @@ def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
 
 
 def log_hparams(writer, cfg: dict | TrainConfig, metrics: dict, step: int) -> None:
-    """The run's hyper-parameters with its final mIoU, for TensorBoard's HParams tab.
-
-    Written into the run's own event file (``add_hparams`` would open a sub-run), so the HParams
-    tab lists one session per run directory next to its scalars.
-    """
-    from torch.utils.tensorboard.summary import hparams
-
+    """The run's hyper-parameters with its final mIoU (TensorBoard's HParams tab; ``writer``: a
+    ``segattn.engine.trackers.Tracker``)."""
     cfg = TrainConfig.from_dict(cfg)
     crop = cfg.dataset.get("crop_size")
     hp = {
@@ -203,7 +199,4 @@ def log_hparams(writer, cfg: dict | TrainConfig, metrics: dict, step: int) -> No
         "scale_attention": "/".join(map(str, cfg.model.scale_attention.scales or [])) or "none",
         "seed": int(cfg.seed),
     }
-    miou = float(metrics["mIoU"])
-    for summary in hparams(hp, {"hparams/mIoU": miou}):
-        writer.file_writer.add_summary(summary, step)
-    writer.add_scalar("hparams/mIoU", miou, step)
+    writer.add_hparams(hp, {"hparams/mIoU": float(metrics["mIoU"])}, step)

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..config import TrainConfig
@@ -36,6 +35,7 @@ from .logging import (LogWindow, iou_table, log_hparams, log_residual_scales, lo
                       metrics_json, write_json)
 from .optim import build_optimizer, build_scheduler
 from .preflight import check_numbers, preflight_checks
+from .trackers import Trackers, build_trackers, tracker_names
 from .weights import save_weights
 from .resume import find_resume, load_init_weights, restore
 from .stopping import GracefulStop, Interrupted
@@ -131,7 +131,7 @@ class Run:
     val_set: torch.utils.data.Dataset
     classes: list[str]
     start_iter: int
-    writer: SummaryWriter | None
+    writer: Trackers | None  # logger's experiment trackers (main process only)
     best: float = -1.0
 
     @property
@@ -228,7 +228,7 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
     dtype = amp_dtype(t.amp)
     return Run(cfg, run_dir, ckpt_dir, rank, world_size, device, model, net, optimizer, scheduler,
                torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dtype, train_loader,
-               val_loader, val_set, classes, start_iter, SummaryWriter(run_dir) if rank == 0 else None, best)
+               val_loader, val_set, classes, start_iter, build_trackers(run_dir, cfg) if rank == 0 else None, best)
 
 
 class Step(NamedTuple):
@@ -361,7 +361,8 @@ def where_things_are(run: Run) -> str:
     for label, name in (("metrics:", "metrics.json"), ("log:", "train.log")):
         if os.path.isfile(os.path.join(run.run_dir, name)):
             lines.append(f"{label:<12} {run.run_dir}/{name}")
-    lines.append(f"TensorBoard: tensorboard --logdir {run.run_dir}")
+    if run.writer is not None and run.writer.where():  # TensorBoard, MLflow: how to look
+        lines.append(run.writer.where())
     return "\n".join(lines)
 
 
@@ -412,6 +413,7 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
     ``run_dir``; returns the last validation metrics (as in ``metrics.json``)."""
     cfg = TrainConfig.from_dict(cfg)
     check_numbers(cfg)  # a batch of 0 or a negative learning rate: the key named, before anything is built
+    tracker_names(cfg.logger)  # an unknown tracker, or one whose package is missing: before anything is built
     t = cfg.trainer
     # From here on SIGINT / SIGTERM finish the current iteration, write last.pt and stop (Interrupted).
     try:
