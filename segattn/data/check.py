@@ -148,7 +148,7 @@ def class_pixels(splits: dict) -> str:
     names = list(next(iter(splits.values())).classes)
     counts = {split: dataset.class_pixel_counts() for split, dataset in splits.items() if dataset.has_masks}
     width = max(12, *(len(n) for n in names))
-    lines = [f"{'class':<{width}}" + "".join(f" {split + ' pixels':>22}" for split in counts)]
+    lines = [f"{'class':<{width}}" + "".join(f" {split + ' pixels':>23}" for split in counts)]
     for k, name in enumerate(names):
         cells = [f"{int(c[k]):>13,} ({100 * c[k] / max(c.sum(), 1):5.1f} %)" for c in counts.values()]
         lines.append(f"{name:<{width}} " + " ".join(cells))
