@@ -152,6 +152,13 @@ class VisualizeConfig(ConfigNode):
 
 
 @dataclass
+class MlflowConfig(ConfigNode):
+    """``logger=[...,mlflow]``: where the MLflow run goes (segattn/engine/trackers.py)."""
+    tracking_uri: Optional[str] = None  # null: the local file store <run dir>/mlruns (no server)
+    experiment: str = "segattn"
+
+
+@dataclass
 class TrainConfig(ConfigNode):
     """conf/train.yaml."""
     backbone: Dict[str, Any] = field(default_factory=dict)
@@ -163,6 +170,8 @@ class TrainConfig(ConfigNode):
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
+    logger: Any = field(default_factory=lambda: ["tensorboard"])  # experiment trackers: tensorboard, mlflow
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = 0
     resume: Optional[str] = None
 

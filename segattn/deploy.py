@@ -167,8 +167,9 @@ class Predictor(nn.Module):
 
 
 def load(path: str, device="cpu") -> Predictor:
-    """The trained model in the segattn checkpoint ``path``, in eval mode on ``device`` (see
-    :class:`Predictor`). Refuses files segattn did not write, with the messages eval.py gives."""
+    """The trained model in the segattn checkpoint ``path`` (a ``.pt`` checkpoint, or the
+    ``best.safetensors`` weights a run writes, which load without unpickling), in eval mode on ``device``
+    (see :class:`Predictor`). Refuses files segattn did not write, with the messages eval.py gives."""
     model, ckpt = model_from_checkpoint(path)
     cfg = ckpt["config"]
     dataset = cfg.get("dataset") or {}

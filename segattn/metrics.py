@@ -9,12 +9,15 @@ import torch.distributed as dist
 
 
 class ConfusionMatrix:
-    """``update(pred, target)`` accumulates; ``compute()`` returns mIoU, mAcc, aAcc, IoU, Acc.
+    """``update(pred, target)`` accumulates; ``compute()`` returns mIoU, mAcc, aAcc, IoU, Acc and the
+    per-class Dice (F1), Precision and Recall with their means mDice, mPrecision, mRecall.
 
     Rows are ground truth, columns predictions. Pixels whose target is ``ignore_index`` (or any
     value outside ``[0, num_classes)``) are skipped. mIoU is the nan-mean over classes of the
     dataset-level matrix: a class absent from both prediction and ground truth has IoU NaN and
-    does not count, unlike a mean of per-image IoUs.
+    does not count, unlike a mean of per-image IoUs. Every figure comes from the one matrix
+    (mmsegmentation's IoU, Dice and F-score metrics; torchmetrics' ``MulticlassJaccardIndex``,
+    ``MulticlassF1Score``, ... with ``average=None``/``"macro"`` agree, tests/test_metrics_full.py).
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
@@ -41,8 +44,11 @@ class ConfusionMatrix:
         tp = h.diag()
         gt = h.sum(1)
         union = gt + h.sum(0) - tp
+        pred = h.sum(0)
         iou = tp / union  # 0/0 -> NaN for classes absent everywhere
-        acc = tp / gt
+        acc = tp / gt  # the class's recall: NaN without ground-truth pixels
+        precision = tp / pred  # NaN for a class never predicted
+        dice = 2 * tp / (gt + pred)  # F1, the harmonic mean of precision and recall
         total = h.sum()
 
         def nanmean(t):
@@ -55,4 +61,10 @@ class ConfusionMatrix:
             "aAcc": (tp.sum() / total).item() if total > 0 else math.nan,
             "IoU": iou.tolist(),
             "Acc": acc.tolist(),
+            "mDice": nanmean(dice),
+            "mPrecision": nanmean(precision),
+            "mRecall": nanmean(acc),
+            "Dice": dice.tolist(),
+            "Precision": precision.tolist(),
+            "Recall": acc.tolist(),
         }

@@ -309,7 +309,8 @@ def test_sigkill_during_a_checkpoint_write_loses_nothing(trained_run, tiny_root,
     after = load_checkpoint(last)  # the previous checkpoint: intact and loadable
     assert after["iter"] == before["iter"] == 4
     assert all(torch.equal(after["model"][k], before["model"][k]) for k in before["model"])
-    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["best.pt", "last.pt", "last.pt.tmp"]
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["best.json", "best.pt", "best.safetensors",
+                                                                   "last.pt", "last.pt.tmp"]
 
     # The next start removes the half-written file and resume=auto continues from the intact one.
     capfd.readouterr()

@@ -43,7 +43,8 @@ def test_ddp_rank0_alone_creates_the_run_directory(ddp_run):
     runs = glob.glob(os.path.join(cwd, "outputs", "*", "*"))
     assert len(runs) == 1, runs
     run = runs[0]
-    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["best.pt", "iter_2.pt", "iter_4.pt", "last.pt"]
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["best.json", "best.pt", "best.safetensors",
+                                                                   "iter_2.pt", "iter_4.pt", "last.pt"]
     assert os.path.isdir(os.path.join(run, ".hydra")) and os.path.isfile(os.path.join(run, "metrics.json"))
     # Only rank 0 reports: one line per validation, one final table.
     assert proc.stdout.count("iter 2: val mIoU") == 1 and proc.stdout.count("mAcc") == 1, proc.stdout

@@ -27,7 +27,7 @@ __all__ = ["ADE20KDataset", "CityscapesDataset", "FolderDataset", "SegmentationD
 def build_dataset(name: str, root: str, split: str | None, transform=None, **options):
     """The dataset ``name`` (mini, cityscapes, ade20k, folder) at ``root``; the embedded one is generated
     if missing. ``options`` are the dataset config's other keys: ``folder`` reads ``classes``,
-    ``image_dir``, ``mask_dir`` (null: images only) and ``mask_suffix``; the rest are ignored here."""
+    ``image_dir``, ``mask_dir`` (null: images only), ``mask_suffix`` and ``ignore_index``; the rest are ignored here."""
     if name not in DATASETS:
         raise ValueError(f"dataset.name={name!r} is not a known dataset; choices: {', '.join(DATASETS)}")
     if name == "mini":
@@ -36,7 +36,8 @@ def build_dataset(name: str, root: str, split: str | None, transform=None, **opt
         image_dir, mask_dir = options.get("image_dir", "images"), options.get("mask_dir", "masks")
         return FolderDataset(os.path.join(root, image_dir, split or ""),
                              os.path.join(root, mask_dir, split or "") if mask_dir else None,
-                             options.get("classes"), transform, options.get("mask_suffix", ".png"))
+                             options.get("classes"), transform, options.get("mask_suffix", ".png"),
+                             options.get("ignore_index"))
     return DATASETS[name](root, split, transform)
 
 

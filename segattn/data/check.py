@@ -139,3 +139,23 @@ def check_dataset(splits: dict, workers: int = 0, progress: bool = False, report
 def valid_values(lut: np.ndarray) -> str:
     """The file values a lookup table accepts, as ranges."""
     return value_ranges(np.flatnonzero(lut >= 0))
+
+
+def class_pixels(splits: dict) -> str:
+    """``dataset.check``'s second part: labelled pixels per class in each split (count and share), then
+    the classes a split never shows, by name. A class never seen in training cannot be learnt, and one
+    never seen in validation has no IoU (NaN, left out of the mIoU): both are easy to miss in a mean."""
+    names = list(next(iter(splits.values())).classes)
+    counts = {split: dataset.class_pixel_counts() for split, dataset in splits.items() if dataset.has_masks}
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'class':<{width}}" + "".join(f" {split + ' pixels':>23}" for split in counts)]
+    for k, name in enumerate(names):
+        cells = [f"{int(c[k]):>13,} ({100 * c[k] / max(c.sum(), 1):5.1f} %)" for c in counts.values()]
+        lines.append(f"{name:<{width}} " + " ".join(cells))
+    for split, c in counts.items():
+        never = [n for n, v in zip(names, c) if v == 0]
+        if never:
+            lines.append(f"never seen in {split}: {', '.join(never)} ({len(never)} of {len(names)} classes)")
+        else:
+            lines.append(f"every class is seen in {split}")
+    return "\n".join(lines)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
+
+import cv2
+import numpy as np
 
 from .base import SegmentationDataset, label_table
 from .check import missing_masks
+
+# How many masks, spread over the split, are read when the dataset is built to look for 0/255 masks.
+SAMPLED_MASKS = 16
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -27,10 +34,13 @@ class FolderDataset(SegmentationDataset):
     """``FolderDataset(images, masks, classes)``: image files under ``images`` (recursively; or the one
     image file ``images`` names), each with
     ``<masks>/<same relative path, mask_suffix>``. Without ``masks`` the images are predicted only
-    (``has_masks`` False). ``classes`` names the mask values 0..K-1 (required with masks)."""
+    (``has_masks`` False). ``classes`` names the mask values 0..K-1 (required with masks); 255 means
+    "ignore". ``ignore_index``: another mask value to ignore as well; when it is left unset (None), masks
+    holding only 0 and 255 (binary masks saved as black and white images) are warned about, since
+    their 255 would be ignored and only class 0 learnt."""
 
     def __init__(self, images: str, masks: str | None = None, classes=None, transform=None,
-                 mask_suffix: str = ".png"):
+                 mask_suffix: str = ".png", ignore_index: int | None = None):
         single = os.path.isfile(images)  # one picture (eval.py images=photo.jpg): its folder holds it
         if single and not images.lower().endswith(IMAGE_EXTENSIONS):
             raise ValueError(f"images={images!r} is a file but not an image ({', '.join(IMAGE_EXTENSIONS)}); "
@@ -55,10 +65,43 @@ class FolderDataset(SegmentationDataset):
             missing = [(p, m) for p, m in zip(files, mask_files) if not os.path.isfile(m)]
             if missing:
                 raise missing_masks(missing, LAYOUT)
-        lut = label_table(num_classes=len(self.classes))  # the masks hold train ids
+        if ignore_index is not None and not (len(self.classes) <= int(ignore_index) <= 255):
+            raise ValueError(f"dataset.ignore_index={ignore_index!r}: expected a mask value in "
+                             f"{len(self.classes)}..255, above the class values 0..{len(self.classes) - 1}")
+        # the masks hold train ids; 255 (and ignore_index) mean "ignore"
+        lut = label_table(num_classes=len(self.classes), ignored=[] if ignore_index is None else [int(ignore_index)])
         super().__init__(files, mask_files, [lut] * len(files), transform)
         self.masks_root = masks
+        if masks is not None and ignore_index is None:
+            warn_binary_255(mask_files, self.classes, masks)
 
     def prediction_name(self, path: str) -> str:
         """The image's path relative to the image folder, without extension (sub-folders kept)."""
         return os.path.splitext(os.path.relpath(path, self.image_root))[0]
+
+
+def warn_binary_255(mask_files: list[str], classes, where: str) -> bool:
+    """Warn when the masks (a sample of ``SAMPLED_MASKS`` spread over the split) hold only 0 and 255.
+
+    That is how a binary mask saved as a black and white image looks, and 255 is the ignore value of
+    every segmentation dataset format here: such a dataset trains on class 0 alone, with no error, and
+    its foreground is never learnt. Returns whether it warned."""
+    picked = mask_files[::max(1, len(mask_files) // SAMPLED_MASKS)][:SAMPLED_MASKS]
+    seen = set()
+    for path in picked:
+        mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if mask is None or mask.dtype != np.uint8 or mask.ndim != 2:
+            return False  # unreadable or of another kind: the loader names it
+        seen |= set(np.unique(mask).tolist())
+        if not seen <= {0, 255}:
+            return False
+    if seen != {0, 255}:
+        return False
+    warnings.warn(
+        f"the masks in {where!r} hold only the values 0 and 255 ({len(picked)} read, e.g. {picked[0]}): 255 "
+        f"means 'ignore', so training learns class 0 ({classes[0]!r}) alone and never "
+        f"{', '.join(repr(c) for c in classes[1:]) or 'another class'}. If these are binary masks saved as "
+        f"black and white images, store 1 for the foreground (e.g. mask = (mask == 255).astype(np.uint8)); "
+        f"if 255 does mark pixels to ignore, say so with dataset.ignore_index=255 (this warning then stops).",
+        stacklevel=3)
+    return True

@@ -1,4 +1,5 @@
-"""Checkpoints: written to ``<name>.pt.tmp`` and renamed, loaded with ``weights_only=True`` only."""
+"""Checkpoints: written to ``<name>.pt.tmp`` and renamed, loaded with ``weights_only=True`` only; the
+best model's weights also as safetensors (``segattn.engine.weights``), which load without unpickling."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from ..io import atomic_write
 from ..models import build_model_from_config
+from .weights import is_safetensors, load_weights
 
 REQUIRED_KEYS = ("model", "iter", "config")
 
@@ -57,9 +59,12 @@ def save_checkpoint(state: dict, path: str) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load one of our checkpoints; ``weights_only=True`` so a crafted pickle cannot run code."""
+    """Load one of our checkpoints: a ``.pt`` with ``weights_only=True`` (a crafted pickle cannot run code),
+    or the ``best.safetensors`` weights a run writes, which are not unpickled at all."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint={path!r}: no such file")
+    if is_safetensors(path):
+        return load_weights(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused a Python object: never a segattn checkpoint

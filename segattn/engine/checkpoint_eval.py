@@ -19,8 +19,9 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
 from .evaluate import evaluate, val_loader
 from .predictions import PredictionWriter, check_format
-from .logging import iou_table, metrics_json, write_json
-from ..viz import write_attention_pictures
+from .logging import confusion_csv, iou_table, metrics_json, write_json
+from ..io import atomic_write
+from ..viz import confusion_image, save_png, write_attention_pictures
 
 
 def _set(node: dict | None) -> dict:
@@ -93,8 +94,9 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     if writer is not None:
         info["export"] = {"dir": os.path.abspath(export_dir), "format": fmt, "files": writer.written}
     if dataset.has_masks:
+        info["confusion_matrix"] = write_confusion(metrics["confusion"], classes, run_dir)
         result = metrics_json(metrics, classes, **info)
-        print(iou_table(metrics, classes))
+        print(iou_table(metrics, classes, full=True))
     else:
         result = info
     if writer is not None:
@@ -102,3 +104,13 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     write_json(result, os.path.join(run_dir, "eval.json"))
     print(f"wrote {os.path.join(run_dir, 'eval.json')}", file=sys.stderr)
     return result
+
+
+def write_confusion(confusion, classes, run_dir: str) -> dict:
+    """``confusion_matrix.csv`` (pixel counts, rows ground truth, columns prediction, class names on both)
+    and ``confusion_matrix.png`` (the picture TensorBoard shows during training) in ``run_dir``."""
+    csv_path, png_path = (os.path.join(run_dir, f"confusion_matrix.{ext}") for ext in ("csv", "png"))
+    with atomic_write(csv_path, "w") as f:
+        f.write(confusion_csv(confusion, classes))
+    save_png(confusion_image(confusion, class_names=classes), png_path)
+    return {"csv": os.path.abspath(csv_path), "png": os.path.abspath(png_path)}

@@ -1,5 +1,6 @@
 """What users read: the per-class table on the console, metrics JSON, scalars and pictures in
-TensorBoard. The pictures are drawn by ``segattn.viz``, where every renderer lives."""
+TensorBoard (and the other trackers of ``logger``; each ``writer`` here is a
+``segattn.engine.trackers.Tracker``). The pictures are drawn by ``segattn.viz``, where every renderer lives."""
 
 from __future__ import annotations
 
@@ -15,18 +16,25 @@ from ..io import atomic_write
 from ..viz import confusion_image, prediction_grid
 
 
-def iou_table(metrics: dict, classes) -> str:
-    """A plain-text table: class, IoU, Acc, then mIoU / mAcc / aAcc."""
+def iou_table(metrics: dict, classes, full: bool = False) -> str:
+    """A plain-text table: class, IoU, Acc, then mIoU / mAcc / aAcc; ``full`` (eval.py) adds each
+    class's Dice (F1) and Precision (Acc is its recall) and their means."""
     width = max(12, *(len(c) for c in classes))
 
     def pct(v):
         return "   nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
 
-    lines = [f"{'class':<{width}}    IoU    Acc", "-" * (width + 14)]
-    for name, iou, acc in zip(classes, metrics["IoU"], metrics["Acc"]):
-        lines.append(f"{name:<{width}} {pct(iou)} {pct(acc)}")
-    lines.append("-" * (width + 14))
+    full = full and "Dice" in metrics
+    header = f"{'class':<{width}}    IoU    Acc" + ("   Dice   Prec" if full else "")
+    lines = [header, "-" * len(header)]
+    for i, (name, iou, acc) in enumerate(zip(classes, metrics["IoU"], metrics["Acc"])):
+        extra = f" {pct(metrics['Dice'][i])} {pct(metrics['Precision'][i])}" if full else ""
+        lines.append(f"{name:<{width}} {pct(iou)} {pct(acc)}{extra}")
+    lines.append("-" * len(header))
     lines.append(f"mIoU {pct(metrics['mIoU'])}  mAcc {pct(metrics['mAcc'])}  aAcc {pct(metrics['aAcc'])}")
+    if full:
+        lines.append(f"mDice {pct(metrics['mDice'])}  mPrecision {pct(metrics['mPrecision'])}  "
+                     f"mRecall {pct(metrics['mRecall'])}  (Acc is the recall)")
     return "\n".join(lines)
 
 
@@ -36,10 +44,26 @@ def metrics_json(metrics: dict, classes, **extra) -> dict:
         return None if isinstance(v, float) and math.isnan(v) else v
 
     out = {k: clean(metrics[k]) for k in ("mIoU", "mAcc", "aAcc")}
-    out["IoU"] = {c: clean(v) for c, v in zip(classes, metrics["IoU"])}
-    out["Acc"] = {c: clean(v) for c, v in zip(classes, metrics["Acc"])}
+    out.update({k: clean(metrics[k]) for k in ("mDice", "mPrecision", "mRecall") if k in metrics})
+    for key in ("IoU", "Acc", "Dice", "Precision", "Recall"):
+        if key in metrics:
+            out[key] = {c: clean(v) for c, v in zip(classes, metrics[key])}
     out.update(extra)
     return out
+
+
+def confusion_csv(confusion, classes) -> str:
+    """The confusion matrix as CSV: a header of the predicted classes, one row per ground-truth class
+    (its name first), pixel counts."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["ground truth \\ prediction", *classes])
+    for name, row in zip(classes, confusion.tolist()):
+        w.writerow([name, *(int(v) for v in row)])
+    return buf.getvalue()
 
 
 def write_json(obj, path: str) -> None:
@@ -157,13 +181,8 @@ def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
 
 
 def log_hparams(writer, cfg: dict | TrainConfig, metrics: dict, step: int) -> None:
-    """The run's hyper-parameters with its final mIoU, for TensorBoard's HParams tab.
-
-    Written into the run's own event file (``add_hparams`` would open a sub-run), so the HParams
-    tab lists one session per run directory next to its scalars.
-    """
-    from torch.utils.tensorboard.summary import hparams
-
+    """The run's hyper-parameters with its final mIoU (TensorBoard's HParams tab; ``writer``: a
+    ``segattn.engine.trackers.Tracker``)."""
     cfg = TrainConfig.from_dict(cfg)
     crop = cfg.dataset.get("crop_size")
     hp = {
@@ -180,7 +199,4 @@ def log_hparams(writer, cfg: dict | TrainConfig, metrics: dict, step: int) -> No
         "scale_attention": "/".join(map(str, cfg.model.scale_attention.scales or [])) or "none",
         "seed": int(cfg.seed),
     }
-    miou = float(metrics["mIoU"])
-    for summary in hparams(hp, {"hparams/mIoU": miou}):
-        writer.file_writer.add_summary(summary, step)
-    writer.add_scalar("hparams/mIoU", miou, step)
+    writer.add_hparams(hp, {"hparams/mIoU": float(metrics["mIoU"])}, step)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig, TrainerConfig
-from ..data.check import check_dataset
+from ..data.check import check_dataset, class_pixels
 from .logging import write_json
 from .memory import check_training_memory
 
@@ -49,9 +49,13 @@ def preflight_checks(cfg: dict | TrainConfig, run_dir: str, train_set, val_set, 
         n = check_dataset({"train": train_set, "val": val_set}, workers=t.num_workers,
                           progress=t.progress, report=os.path.join(run_dir, "dataset_check.txt"))
         print(f"dataset.check: all {n} samples of the train and val splits can be used", file=sys.stderr)
+        print(f"dataset.check: labelled pixels per class\n{class_pixels({'train': train_set, 'val': val_set})}",
+              file=sys.stderr)
     if device is not None and t.check_memory and cfg.dataset.get("crop_size"):
         check_training_memory(cfg.to_dict(), len(train_set.classes), device, processes)
-    check_free_space(run_dir, checkpoint_bytes(model, cfg.optimizer.name), checkpoint_copies(t))
+    # best.safetensors holds the weights once more, beside the checkpoints
+    weights = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    check_free_space(run_dir, checkpoint_bytes(model, cfg.optimizer.name), checkpoint_copies(t), weights)
     return write_run_info(run_dir, cfg)
 
 
@@ -144,12 +148,14 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def check_free_space(run_dir: str, checkpoint_size: int, copies: int) -> None:
+def check_free_space(run_dir: str, checkpoint_size: int, copies: int, extra: int = 0) -> None:
     """Fail now, not at the first checkpoint hours from now, when the disk cannot hold the run's
-    checkpoints. Checkpoints already in ``run_dir`` (a resumed run) are replaced, so they count as space."""
+    checkpoints (and ``extra`` bytes more: ``best.safetensors``). Checkpoints already in ``run_dir`` (a
+    resumed run) are replaced, so they count as space."""
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    existing = sum(os.path.getsize(f) for f in glob.glob(os.path.join(ckpt_dir, "*.pt")))
-    need = max(0, checkpoint_size * copies - existing) + MARGIN_BYTES
+    existing = sum(os.path.getsize(f) for f in glob.glob(os.path.join(ckpt_dir, "*.pt"))
+                   + glob.glob(os.path.join(ckpt_dir, "*.safetensors")))
+    need = max(0, checkpoint_size * copies + extra - existing) + MARGIN_BYTES
     free = shutil.disk_usage(run_dir).free
     if free < need:
         raise OSError(

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..config import TrainConfig
@@ -36,6 +35,8 @@ from .logging import (LogWindow, iou_table, log_hparams, log_residual_scales, lo
                       metrics_json, write_json)
 from .optim import build_optimizer, build_scheduler
 from .preflight import check_numbers, preflight_checks
+from .trackers import Trackers, build_trackers, tracker_names
+from .weights import save_weights
 from .resume import find_resume, load_init_weights, restore
 from .stopping import GracefulStop, Interrupted
 from ..viz import log_attention_pictures
@@ -130,7 +131,7 @@ class Run:
     val_set: torch.utils.data.Dataset
     classes: list[str]
     start_iter: int
-    writer: SummaryWriter | None
+    writer: Trackers | None  # logger's experiment trackers (main process only)
     best: float = -1.0
 
     @property
@@ -227,7 +228,7 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
     dtype = amp_dtype(t.amp)
     return Run(cfg, run_dir, ckpt_dir, rank, world_size, device, model, net, optimizer, scheduler,
                torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dtype, train_loader,
-               val_loader, val_set, classes, start_iter, SummaryWriter(run_dir) if rank == 0 else None, best)
+               val_loader, val_set, classes, start_iter, build_trackers(run_dir, cfg) if rank == 0 else None, best)
 
 
 class Step(NamedTuple):
@@ -299,7 +300,8 @@ def save(run: Run, name: str, step: int, metrics: dict | None = None) -> None:
     """``checkpoints/<name>``. Called by every rank at the same iterations: the random states of all
     ranks are gathered, so a resumed run continues each rank's stream. With ``metrics`` (``best.pt``)
     only what evaluation and fine-tuning need is kept: weights, config, iteration and those metrics,
-    not the optimizer state (as large as the weights again with SGD momentum, twice with AdamW)."""
+    not the optimizer state (as large as the weights again with SGD momentum, twice with AdamW), and
+    the same weights go to ``best.safetensors`` with ``best.json`` (``segattn.engine.weights``)."""
     rngs = distributed.all_gather_object(rng_state())
     if run.main_process:
         config = dict(run.cfg.to_dict(), num_classes=len(run.classes), classes=list(run.classes))
@@ -310,6 +312,9 @@ def save(run: Run, name: str, step: int, metrics: dict | None = None) -> None:
             ckpt.update(optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs[0],
                         rng_ranks=rngs)
         save_checkpoint(ckpt, os.path.join(run.ckpt_dir, name))
+        if metrics is not None:  # and best.safetensors + best.json: the same weights, loadable without pickle
+            save_weights(os.path.join(run.ckpt_dir, name), ckpt["model"],
+                         {k: ckpt[k] for k in ("config", "iter", "best", "metrics")})
 
 
 def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False) -> dict | None:
@@ -350,12 +355,14 @@ def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False)
 
 def where_things_are(run: Run) -> str:
     """The lines printed when a run ends: its files and how to look at them (only files that exist)."""
-    ckpts = [f"{run.ckpt_dir}/{n}" for n in ("best.pt", "last.pt") if os.path.isfile(os.path.join(run.ckpt_dir, n))]
+    ckpts = [f"{run.ckpt_dir}/{n}" for n in ("best.pt", "best.safetensors", "last.pt")
+             if os.path.isfile(os.path.join(run.ckpt_dir, n))]
     lines = [f"checkpoints: {', '.join(ckpts) or 'none'}"]
     for label, name in (("metrics:", "metrics.json"), ("log:", "train.log")):
         if os.path.isfile(os.path.join(run.run_dir, name)):
             lines.append(f"{label:<12} {run.run_dir}/{name}")
-    lines.append(f"TensorBoard: tensorboard --logdir {run.run_dir}")
+    if run.writer is not None and run.writer.where():  # TensorBoard, MLflow: how to look
+        lines.append(run.writer.where())
     return "\n".join(lines)
 
 
@@ -406,6 +413,7 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
     ``run_dir``; returns the last validation metrics (as in ``metrics.json``)."""
     cfg = TrainConfig.from_dict(cfg)
     check_numbers(cfg)  # a batch of 0 or a negative learning rate: the key named, before anything is built
+    tracker_names(cfg.logger)  # an unknown tracker, or one whose package is missing: before anything is built
     t = cfg.trainer
     # From here on SIGINT / SIGTERM finish the current iteration, write last.pt and stop (Interrupted).
     try:

@@ -24,17 +24,25 @@ def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | N
     ``init`` (``model.init``): the heads' start, ``mmseg`` (the published recipes') or ``pytorch``
     (``segattn.models.layers.apply_init``); the backbone is not touched (it is torchvision's start)."""
     bb_cfg = dict(backbone)
-    bb_cfg.pop("name", None)
+    name = bb_cfg.pop("name", None)
     attention_name = bb_cfg.pop("block_attention", None)
     attention_kwargs = bb_cfg.pop("block_attention_kwargs", None)
-    if callable(attention_name):  # library use: a ``channels -> nn.Module`` factory of one's own
+    if name == "timm":  # a timm encoder (segattn/models/timm_backbone.py); its blocks are timm's own
+        if attention_name or attention_kwargs:
+            raise ValueError(f"backbone.block_attention={attention_name} needs backbone=resnet*: timm's blocks "
+                             f"have no place for it")
+        from .timm_backbone import build_timm_backbone
+
+        bb = build_timm_backbone(bb_cfg)
+    elif callable(attention_name):  # library use: a ``channels -> nn.Module`` factory of one's own
         bb_cfg["block_attention"] = attention_name
     elif attention_name:
         widths = block_widths(bb_cfg.get("depth", 50), bb_cfg.get("width", 64))
         bb_cfg["block_attention"] = block_attention(attention_name, attention_kwargs, widths)
     elif attention_kwargs:
         raise ValueError(f"backbone.block_attention_kwargs={attention_kwargs} is set but backbone.block_attention is null")
-    bb = ResNet(**bb_cfg)
+    if name != "timm":
+        bb = ResNet(**bb_cfg)
     head_module = apply_init(build_head(head, bb.channels, num_classes), init)
     head_module.residual_scale_names = zero_initialised(head_module)
     aux = dict(aux_head or {})

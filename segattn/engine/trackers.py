@@ -1,0 +1,192 @@
+"""Experiment trackers: where the training loop's scalars, pictures and hyper-parameters go.
+
+The loop logs through one small interface, :class:`Tracker` (``add_scalar``, ``add_image``,
+``add_hparams``, ``close``: TensorBoard's ``SummaryWriter`` names, so the logging functions read as
+before), and ``logger`` in conf/train.yaml lists the backends that receive every call:
+
+- ``tensorboard`` (the default): event files in the run directory, exactly as before;
+- ``mlflow``: a run in an MLflow tracking store, by default a local folder ``<run dir>/mlruns`` (no
+  server): the flattened config as params, every scalar as a metric at its step (per-class IoU
+  included), every picture as a PNG artifact ``<tag>/step_<N>.png``.
+
+Another backend (W&B in offline mode, say) is one class here with these four methods and an entry in
+``TRACKERS``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from ..config import TrainConfig
+
+
+class Tracker:
+    """What the training loop calls. ``image``: an (H, W, 3) uint8 array (``dataformats="HWC"``)."""
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        raise NotImplementedError
+
+    def add_image(self, tag: str, image: np.ndarray, step: int, dataformats: str = "HWC") -> None:
+        raise NotImplementedError
+
+    def add_hparams(self, hparams: dict, metrics: dict, step: int) -> None:
+        """The run's hyper-parameters with its final metrics, once, when the run finishes."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def where(self) -> str:
+        """One line for the end of the run: where to look at what was logged."""
+        return ""
+
+
+class TensorBoardTracker(Tracker):
+    """Event files in the run directory (the run directory is the log dir)."""
+
+    def __init__(self, run_dir: str, cfg: TrainConfig):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.writer = SummaryWriter(run_dir)
+
+    def add_scalar(self, tag, value, step):
+        self.writer.add_scalar(tag, value, step)
+
+    def add_image(self, tag, image, step, dataformats="HWC"):
+        self.writer.add_image(tag, image, step, dataformats=dataformats)
+
+    def add_hparams(self, hparams, metrics, step):
+        # Written into the run's own event file (SummaryWriter.add_hparams would open a sub-run), so
+        # the HParams tab lists one session per run directory next to its scalars.
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        for summary in hparams_summary(hparams, metrics):
+            self.writer.file_writer.add_summary(summary, step)
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self):
+        self.writer.close()
+
+    def where(self):
+        return f"TensorBoard: tensorboard --logdir {self.run_dir}"
+
+
+def _flatten(node, prefix: str = "") -> dict[str, str]:
+    """``{"trainer": {"max_iters": 80}}`` -> ``{"trainer.max_iters": "80"}`` (MLflow params are strings)."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: str(node)[:6000]}  # MLflow's longest param value
+
+
+class MLflowTracker(Tracker):
+    """A run in an MLflow tracking store (``mlflow.tracking_uri``; default the local folder
+    ``<run dir>/mlruns``), experiment ``mlflow.experiment``, named after the run directory."""
+
+    def __init__(self, run_dir: str, cfg: TrainConfig):
+        from mlflow.tracking import MlflowClient
+
+        uri = cfg.mlflow.tracking_uri or os.path.join(os.path.abspath(run_dir), "mlruns")
+        if "://" not in uri and not uri.startswith("file:"):  # a folder: MLflow's local file store
+            uri = "file:" + os.path.abspath(uri)
+        if uri.startswith("file:"):
+            # MLflow 3 keeps the file store in maintenance and refuses it unless asked; it is the store
+            # that needs no server and no database, which is what a training run on any machine has.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(cfg.mlflow.experiment)
+        experiment = found.experiment_id if found else self.client.create_experiment(cfg.mlflow.experiment)
+        run = self.client.create_run(experiment, run_name=os.path.basename(os.path.abspath(run_dir)),
+                                     tags={"segattn.run_dir": os.path.abspath(run_dir)})
+        self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in _flatten(cfg.to_dict()).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    @staticmethod
+    def _key(tag: str) -> str:
+        # MLflow names: letters, digits, _ - . / and spaces
+        return re.sub(r"[^\w\-. /]", "_", tag)
+
+    def add_scalar(self, tag, value, step):
+        self.client.log_metric(self.run_id, self._key(tag), float(value), step=int(step))
+
+    def add_image(self, tag, image, step, dataformats="HWC"):
+        if dataformats != "HWC":
+            raise ValueError(f"MLflowTracker.add_image: dataformats={dataformats!r}; the loop logs HWC images")
+        self.client.log_image(self.run_id, np.ascontiguousarray(image), f"{self._key(tag)}/step_{int(step):06d}.png")
+
+    def add_hparams(self, hparams, metrics, step):
+        for key, value in metrics.items():
+            self.add_scalar(key, value, step)
+
+    def close(self):
+        self.client.set_terminated(self.run_id)
+
+    def where(self):
+        return f"MLflow:      mlflow ui --backend-store-uri {self.uri}  (run {self.run_id})"
+
+
+TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker}
+# The package each backend needs, and the extra that installs it.
+PACKAGES = {"mlflow": ("mlflow", "pip install -e '.[mlflow]' (mlflow-skinny)")}
+
+
+def tracker_names(logger) -> list[str]:
+    """``logger`` (a list of names, or one name) checked: a known backend whose package is installed.
+    Raises ValueError naming the key; called before the run builds anything."""
+    names = [logger] if isinstance(logger, str) else list(logger or [])
+    for name in names:
+        if name not in TRACKERS:
+            raise ValueError(f"logger={names}: {name!r} is not a known experiment tracker; choices: "
+                             f"{', '.join(TRACKERS)} (e.g. 'logger=[tensorboard,mlflow]')")
+        if name in PACKAGES:
+            import importlib.util
+
+            module, install = PACKAGES[name]
+            if importlib.util.find_spec(module) is None:
+                raise ValueError(f"logger={names}: {name} needs the {module} package, which is not installed: "
+                                 f"{install}")
+    return list(dict.fromkeys(names))
+
+
+class Trackers(Tracker):
+    """Every configured backend behind the one interface: each call goes to each of them."""
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
+
+    def add_scalar(self, tag, value, step):
+        for t in self.trackers:
+            t.add_scalar(tag, value, step)
+
+    def add_image(self, tag, image, step, dataformats="HWC"):
+        for t in self.trackers:
+            t.add_image(tag, image, step, dataformats=dataformats)
+
+    def add_hparams(self, hparams, metrics, step):
+        for t in self.trackers:
+            t.add_hparams(hparams, metrics, step)
+
+    def close(self):
+        for t in self.trackers:
+            t.close()
+
+    def where(self):
+        return "\n".join(line for line in (t.where() for t in self.trackers) if line)
+
+
+def build_trackers(run_dir: str, cfg: dict | TrainConfig) -> Trackers:
+    """The backends ``cfg.logger`` names, writing for the run in ``run_dir``."""
+    cfg = TrainConfig.from_dict(cfg)
+    return Trackers([TRACKERS[name](run_dir, cfg) for name in tracker_names(cfg.logger)])
