@@ -63,12 +63,8 @@ class DynamicMultiScale(Recorder, nn.Module):
     deviations = "the registered module alone fuses cat(x, DCM outputs) back to C"
 
     # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
-    export_static_only = {
-        "onnx": "ONNX has no adaptive average pooling: the exporter fixes DMNet's k x k pooling windows for the "
-                "export size",
-        "exported_program": "the filters are one grouped convolution with a group per image and channel, whose "
-                            "group count torch.export cannot leave free with the batch",
-    }
+    export_static_only = {"onnx": "ONNX has no adaptive average pooling, and a convolution's group count (one per "
+                                  "image and channel here) is fixed: the exporter fixes both for the export size"}
 
     def __init__(self, channels: int, filter_sizes: Sequence[int] = (1, 3, 5, 7), inner_channels: int | None = None,
                  fusion: bool = False, fuse: bool = True):
