@@ -22,8 +22,9 @@ class BAM(Recorder, nn.Module):
     PyTorch's default initialisation, as that code.
 
     Two differences from the authors' code, both to the paper: its pooling ``avg_pool2d(x, H)`` is
-    square, so on a map wider than tall it pools H x H windows (and then fails in the FC), where the
-    paper's is global; and it combines the branches as sigmoid(M_c * M_s), where the paper's Eq. 2 sums
+    square, so on a map wider than tall it averages the leftmost H x H window only (or, from 2H wide on,
+    feeds its FC too many values and fails) and on a taller map fails, where the paper's pooling is
+    global; and it combines the branches as sigmoid(M_c * M_s), where the paper's Eq. 2 sums
     them (as External-Attention-pytorch's ``BAMBlock`` does). ``combine="product"`` gives the authors'
     combination.
     """
@@ -34,7 +35,7 @@ class BAM(Recorder, nn.Module):
     paper = "BAM: Bottleneck Attention Module (2018)"
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "Jongchan/attention-module `BAM` (MODELS/bam.py)"
-    deviations = ("global average pooling (the authors' pools H x H windows, wrong on non-square maps); the "
+    deviations = ("global average pooling (the authors' pools H x H windows: wrong or failing on non-square maps); the "
                   "branches summed as the paper's Eq. 2 (the authors' code multiplies them: combine=product)")
 
     def __init__(self, channels: int, reduction: int = 16, num_layers: int = 1, dilation_conv_num: int = 2,
