@@ -1010,3 +1010,249 @@ class OCRNetCascade(nn.Module):
     def forward(self, inputs):
         regions = self.fcn(inputs)
         return self.ocr(inputs, regions), regions
+
+
+# ---- EncNet -----------------------------------------------------------------------------------------
+class Encoding(nn.Module):
+    """Follows mmseg/models/utils/encoding.py: the expanded (N, HW, K, C) residuals, as written there."""
+
+    def __init__(self, channels, num_codes):
+        super().__init__()
+        self.channels, self.num_codes = channels, num_codes
+        std = 1.0 / ((num_codes * channels) ** 0.5)
+        self.codewords = nn.Parameter(torch.empty(num_codes, channels, dtype=torch.float).uniform_(-std, std))
+        self.scale = nn.Parameter(torch.empty(num_codes, dtype=torch.float).uniform_(-1, 0))
+
+    @staticmethod
+    def scaled_l2(x, codewords, scale):
+        num_codes, channels = codewords.size()
+        batch_size = x.size(0)
+        reshaped_scale = scale.view((1, 1, num_codes))
+        expanded_x = x.unsqueeze(2).expand((batch_size, x.size(1), num_codes, channels))
+        reshaped_codewords = codewords.view((1, 1, num_codes, channels))
+        return reshaped_scale * (expanded_x - reshaped_codewords).pow(2).sum(dim=3)
+
+    @staticmethod
+    def aggregate(assignment_weights, x, codewords):
+        num_codes, channels = codewords.size()
+        reshaped_codewords = codewords.view((1, 1, num_codes, channels))
+        batch_size = x.size(0)
+        expanded_x = x.unsqueeze(2).expand((batch_size, x.size(1), num_codes, channels))
+        return (assignment_weights.unsqueeze(3) * (expanded_x - reshaped_codewords)).sum(dim=1)
+
+    def forward(self, x):
+        assert x.dim() == 4 and x.size(1) == self.channels
+        batch_size = x.size(0)
+        x = x.view(batch_size, self.channels, -1).transpose(1, 2).contiguous()
+        assignment_weights = F.softmax(self.scaled_l2(x, self.codewords, self.scale), dim=2)
+        return self.aggregate(assignment_weights, x, self.codewords)
+
+
+class EncModule(nn.Module):
+    """Follows EncModule in mmseg/models/decode_heads/enc_head.py (the head's BN turned into BN1d)."""
+
+    def __init__(self, in_channels, num_codes):
+        super().__init__()
+        self.encoding_project = ConvModule(in_channels, in_channels, 1)
+        self.encoding = nn.Sequential(Encoding(channels=in_channels, num_codes=num_codes), nn.BatchNorm1d(num_codes),
+                                      nn.ReLU(inplace=True))
+        self.fc = nn.Sequential(nn.Linear(in_channels, in_channels), nn.Sigmoid())
+
+    def forward(self, x):
+        encoding_projection = self.encoding_project(x)
+        encoding_feat = self.encoding(encoding_projection).mean(dim=1)
+        batch_size, channels, _, _ = x.size()
+        gamma = self.fc(encoding_feat)
+        y = gamma.view(batch_size, channels, 1, 1)
+        output = F.relu_(x + x * y)
+        return encoding_feat, output
+
+
+class EncHead(BaseDecodeHead):
+    """Follows EncHead in mmseg/models/decode_heads/enc_head.py (input_transform='multiple_select'):
+    bottleneck on the last input, optional laterals (resized, then fused), EncModule, cls_seg, se_layer;
+    ``se_loss`` is its loss_by_feat's SE term (one-hot presence by histc, sigmoid BCE, weight 0.2)."""
+
+    def __init__(self, num_codes=32, use_se_loss=True, add_lateral=False, se_loss_weight=0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.use_se_loss, self.add_lateral, self.se_loss_weight = use_se_loss, add_lateral, se_loss_weight
+        self.bottleneck = ConvModule(self.in_channels[-1], self.channels, 3, padding=1)
+        if add_lateral:
+            self.lateral_convs = nn.ModuleList(ConvModule(c, self.channels, 1) for c in self.in_channels[:-1])
+            self.fusion = ConvModule(len(self.in_channels) * self.channels, self.channels, 3, padding=1)
+        self.enc_module = EncModule(self.channels, num_codes=num_codes)
+        if use_se_loss:
+            self.se_layer = nn.Linear(self.channels, self.num_classes)
+
+    def _transform_inputs(self, inputs):
+        return [inputs[i] for i in self.in_index]
+
+    def forward(self, inputs):
+        inputs = self._transform_inputs(inputs)
+        feat = self.bottleneck(inputs[-1])
+        if self.add_lateral:
+            laterals = [resize(lateral_conv(inputs[i]), size=feat.shape[2:], mode="bilinear",
+                               align_corners=self.align_corners) for i, lateral_conv in enumerate(self.lateral_convs)]
+            feat = self.fusion(torch.cat([feat, *laterals], 1))
+        encode_feat, output = self.enc_module(feat)
+        output = self.cls_seg(output)
+        if self.use_se_loss:
+            return output, self.se_layer(encode_feat)
+        return output
+
+    @staticmethod
+    def _convert_to_onehot_labels(seg_label, num_classes):
+        batch_size = seg_label.size(0)
+        onehot_labels = seg_label.new_zeros((batch_size, num_classes))
+        for i in range(batch_size):
+            hist = seg_label[i].float().histc(bins=num_classes, min=0, max=num_classes - 1)
+            onehot_labels[i] = hist > 0
+        return onehot_labels
+
+    def se_loss(self, se_seg_logit, seg_label):
+        """mmseg's CrossEntropyLoss(use_sigmoid=True, loss_weight=0.2): mean BCE over images and classes."""
+        target = self._convert_to_onehot_labels(seg_label, self.num_classes)
+        return self.se_loss_weight * F.binary_cross_entropy_with_logits(se_seg_logit, target.to(se_seg_logit.dtype))
+
+
+# ---- DMNet ------------------------------------------------------------------------------------------
+class DCM(nn.Module):
+    """Follows DCM in mmseg/models/decode_heads/dm_head.py."""
+
+    def __init__(self, filter_size, fusion, in_channels, channels):
+        super().__init__()
+        self.filter_size, self.fusion = filter_size, fusion
+        self.filter_gen_conv = nn.Conv2d(in_channels, channels, 1, 1, 0)
+        self.input_redu_conv = ConvModule(in_channels, channels, 1)
+        self.norm = nn.BatchNorm2d(channels)
+        self.activate = nn.ReLU(inplace=True)
+        if fusion:
+            self.fusion_conv = ConvModule(channels, channels, 1)
+
+    def forward(self, x):
+        generated_filter = self.filter_gen_conv(F.adaptive_avg_pool2d(x, self.filter_size))
+        x = self.input_redu_conv(x)
+        b, c, h, w = x.shape
+        x = x.view(1, b * c, h, w)
+        generated_filter = generated_filter.view(b * c, 1, self.filter_size, self.filter_size)
+        pad = (self.filter_size - 1) // 2
+        if (self.filter_size - 1) % 2 == 0:
+            p2d = (pad, pad, pad, pad)
+        else:
+            p2d = (pad + 1, pad, pad + 1, pad)
+        x = F.pad(input=x, pad=p2d, mode="constant", value=0)
+        output = F.conv2d(input=x, weight=generated_filter, groups=b * c)
+        output = output.view(b, c, h, w)
+        output = self.activate(self.norm(output))
+        if self.fusion:
+            output = self.fusion_conv(output)
+        return output
+
+
+class DMHead(BaseDecodeHead):
+    """Follows DMHead in mmseg/models/decode_heads/dm_head.py."""
+
+    def __init__(self, filter_sizes=(1, 3, 5, 7), fusion=False, **kwargs):
+        super().__init__(**kwargs)
+        self.dcm_modules = nn.ModuleList(DCM(k, fusion, self.in_channels, self.channels) for k in filter_sizes)
+        self.bottleneck = ConvModule(self.in_channels + len(filter_sizes) * self.channels, self.channels, 3, padding=1)
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        dcm_outs = [x]
+        for dcm_module in self.dcm_modules:
+            dcm_outs.append(dcm_module(x))
+        output = self.bottleneck(torch.cat(dcm_outs, dim=1))
+        return self.cls_seg(output)
+
+
+# ---- Hamburger ---------------------------------------------------------------------------------------
+class NMF2D(nn.Module):
+    """Follows Matrix_Decomposition_2D_Base + NMF2D in mmseg/models/decode_heads/ham_head.py (rand_init=True).
+    ``one_step``: Enjoy-Hamburger's ``@torch.no_grad()`` on local_inference (the paper's one-step gradient);
+    mmseg has none. The bases are cast to the input's dtype (mmseg's are float32 only)."""
+
+    def __init__(self, MD_S=1, MD_R=64, train_steps=6, eval_steps=7, inv_t=100, rand_init=True, one_step=False):  # noqa: N803
+        super().__init__()
+        self.S, self.R = MD_S, MD_R
+        self.train_steps, self.eval_steps = train_steps, eval_steps
+        self.inv_t = 1  # NMF2D overrides it
+        self.rand_init, self.one_step = rand_init, one_step
+
+    def _build_bases(self, B, S, D, R, device=None):  # noqa: N803
+        bases = torch.rand((B * S, D, R)).to(device)
+        return F.normalize(bases, dim=1)
+
+    def local_step(self, x, bases, coef):
+        numerator = torch.bmm(x.transpose(1, 2), bases)
+        denominator = coef.bmm(bases.transpose(1, 2).bmm(bases))
+        coef = coef * numerator / (denominator + 1e-6)
+        numerator = torch.bmm(x, coef)
+        denominator = bases.bmm(coef.transpose(1, 2).bmm(coef))
+        bases = bases * numerator / (denominator + 1e-6)
+        return bases, coef
+
+    def local_inference(self, x, bases):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.one_step):
+            coef = torch.bmm(x.transpose(1, 2), bases)
+            coef = F.softmax(self.inv_t * coef, dim=-1)
+            steps = self.train_steps if self.training else self.eval_steps
+            for _ in range(steps):
+                bases, coef = self.local_step(x, bases, coef)
+        return bases, coef
+
+    def compute_coef(self, x, bases, coef):
+        numerator = torch.bmm(x.transpose(1, 2), bases)
+        denominator = coef.bmm(bases.transpose(1, 2).bmm(bases))
+        return coef * numerator / (denominator + 1e-6)
+
+    def forward(self, x):
+        B, C, H, W = x.shape  # noqa: N806
+        D = C // self.S  # noqa: N806
+        N = H * W  # noqa: N806
+        x = x.view(B * self.S, D, N)
+        bases = self._build_bases(B, self.S, D, self.R, device=x.device).to(x.dtype)
+        bases, coef = self.local_inference(x, bases)
+        coef = self.compute_coef(x, bases, coef)
+        x = torch.bmm(bases, coef.transpose(1, 2))
+        return x.view(B, C, H, W)
+
+
+class Hamburger(nn.Module):
+    """Follows Hamburger in mmseg/models/decode_heads/ham_head.py (norm: BN here)."""
+
+    def __init__(self, ham_channels=512, ham_kwargs=None, one_step=False):
+        super().__init__()
+        self.ham_in = ConvModule(ham_channels, ham_channels, 1, norm=False, act=False)
+        self.ham = NMF2D(**(ham_kwargs or {}), one_step=one_step)
+        self.ham_out = ConvModule(ham_channels, ham_channels, 1, act=False)
+
+    def forward(self, x):
+        enjoy = self.ham_in(x)
+        enjoy = F.relu(enjoy, inplace=True)
+        enjoy = self.ham(enjoy)
+        enjoy = self.ham_out(enjoy)
+        return F.relu(x + enjoy, inplace=True)
+
+
+class LightHamHead(BaseDecodeHead):
+    """Follows LightHamHead in mmseg/models/decode_heads/ham_head.py (input_transform='multiple_select':
+    ``in_index`` a list; every input resized to the first's size and concatenated)."""
+
+    def __init__(self, ham_channels=512, ham_kwargs=None, one_step=False, **kwargs):
+        super().__init__(**kwargs)
+        self.ham_channels = ham_channels
+        self.squeeze = ConvModule(sum(self.in_channels), ham_channels, 1)
+        self.hamburger = Hamburger(ham_channels, ham_kwargs, one_step=one_step)
+        self.align = ConvModule(ham_channels, self.channels, 1)
+
+    def _transform_inputs(self, inputs):
+        return [inputs[i] for i in self.in_index]
+
+    def forward(self, inputs):
+        inputs = self._transform_inputs(inputs)
+        inputs = [resize(level, size=inputs[0].shape[2:], mode="bilinear", align_corners=self.align_corners)
+                  for level in inputs]
+        x = self.squeeze(torch.cat(inputs, dim=1))
+        x = self.hamburger(x)
+        return self.cls_seg(self.align(x))

@@ -24,6 +24,12 @@ Sources (repository / path):
 - DANet       junfu1115/DANet              encoding/nn/da_att.py (= encoding/nn/attention.py)
 - CoordAtt    houqb/CoordAttention         coordatt.py
 - Axial       csrhddlam/axial-deeplab      lib/models/axialnet.py (AxialAttention)
+- EANet       MenghaoGuo/EANet             model_torch.py (External_attention, the EANet head)
+- PSA         xmu-xiaoma666/External-Attention-pytorch  model/attention/PolarizedSelfAttention.py
+- Triplet     landskape-ai/triplet-attention  MODELS/triplet_attention.py
+- BAM         Jongchan/attention-module    MODELS/bam.py
+- SimAM       ZjjConan/SimAM               networks/attentions/simam_module.py
+- SA-Net      wofmanaf/SA-Net              models/sa_resnet.py (sa_layer)
 """
 
 from __future__ import annotations
@@ -931,3 +937,271 @@ class AxialAttention(nn.Module):
         else:
             output = output.permute(0, 2, 3, 1)
         return output
+
+
+# ==================================================================================================
+# EANet (MenghaoGuo/EANet, model_torch.py); norm_layer = BatchNorm2d (the repo's SyncBN, momentum 0.1)
+# ==================================================================================================
+class ConvBNReLU(nn.Module):
+    def __init__(self, c_in, c_out, kernel_size, stride, padding, dilation):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=kernel_size, stride=stride, padding=padding,
+                              dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
+
+
+class External_attention(nn.Module):  # noqa: N801 (official name)
+    def __init__(self, c, k=64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 1)
+        self.k = k
+        self.linear_0 = nn.Conv1d(c, self.k, 1, bias=False)
+        self.linear_1 = nn.Conv1d(self.k, c, 1, bias=False)
+        self.linear_1.weight.data = self.linear_0.weight.data.permute(1, 0, 2)
+        self.conv2 = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        idn = x
+        x = self.conv1(x)
+        b, c, h, w = x.size()
+        x = x.view(b, c, h * w)
+        attn = self.linear_0(x)
+        attn = F.softmax(attn, dim=-1)
+        attn = attn / (1e-9 + attn.sum(dim=1, keepdim=True))
+        x = self.linear_1(attn)
+        x = x.view(b, c, h, w)
+        x = self.conv2(x)
+        x = x + idn
+        return F.relu(x)
+
+
+class EANetHead(nn.Module):
+    """EANet's forward after the extractor: fc0, linu, fc1 (+ Dropout2d), fc2 (logits at feature size)."""
+
+    def __init__(self, c_in, c, c_out, n_classes, k=64):
+        super().__init__()
+        self.fc0 = ConvBNReLU(c_in, c, 3, 1, 1, 1)
+        self.linu = External_attention(c, k)
+        self.fc1 = nn.Sequential(ConvBNReLU(c, c_out, 3, 1, 1, 1), nn.Dropout2d(p=0.1))
+        self.fc2 = nn.Conv2d(c_out, n_classes, 1)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(self.linu(self.fc0(x))))
+
+
+# ==================================================================================================
+# Polarized self-attention (External-Attention-pytorch, model/attention/PolarizedSelfAttention.py)
+# ==================================================================================================
+class ParallelPolarizedSelfAttention(nn.Module):
+    def __init__(self, channel=512):
+        super().__init__()
+        self.ch_wv = nn.Conv2d(channel, channel // 2, kernel_size=(1, 1))
+        self.ch_wq = nn.Conv2d(channel, 1, kernel_size=(1, 1))
+        self.softmax_channel = nn.Softmax(1)
+        self.softmax_spatial = nn.Softmax(-1)
+        self.ch_wz = nn.Conv2d(channel // 2, channel, kernel_size=(1, 1))
+        self.ln = nn.LayerNorm(channel)
+        self.sigmoid = nn.Sigmoid()
+        self.sp_wv = nn.Conv2d(channel, channel // 2, kernel_size=(1, 1))
+        self.sp_wq = nn.Conv2d(channel, channel // 2, kernel_size=(1, 1))
+        self.agp = nn.AdaptiveAvgPool2d((1, 1))
+
+    def channel_weight(self, x):
+        b, c, h, w = x.size()
+        channel_wv = self.ch_wv(x)
+        channel_wq = self.ch_wq(x)
+        channel_wv = channel_wv.reshape(b, c // 2, -1)
+        channel_wq = channel_wq.reshape(b, -1, 1)
+        channel_wq = self.softmax_channel(channel_wq)
+        channel_wz = torch.matmul(channel_wv, channel_wq).unsqueeze(-1)
+        return self.sigmoid(self.ln(self.ch_wz(channel_wz).reshape(b, c, 1).permute(0, 2, 1))).permute(0, 2, 1).reshape(
+            b, c, 1, 1)
+
+    def spatial_weight(self, x):
+        b, c, h, w = x.size()
+        spatial_wv = self.sp_wv(x)
+        spatial_wq = self.sp_wq(x)
+        spatial_wq = self.agp(spatial_wq)
+        spatial_wv = spatial_wv.reshape(b, c // 2, -1)
+        spatial_wq = spatial_wq.permute(0, 2, 3, 1).reshape(b, 1, c // 2)
+        spatial_wq = self.softmax_spatial(spatial_wq)
+        spatial_wz = torch.matmul(spatial_wq, spatial_wv)
+        return self.sigmoid(spatial_wz.reshape(b, 1, h, w))
+
+    def forward(self, x):
+        channel_out = self.channel_weight(x) * x
+        spatial_out = self.spatial_weight(x) * x
+        return spatial_out + channel_out
+
+
+class SequentialPolarizedSelfAttention(ParallelPolarizedSelfAttention):
+    def forward(self, x):
+        channel_out = self.channel_weight(x) * x
+        return self.spatial_weight(channel_out) * channel_out
+
+
+# ==================================================================================================
+# Triplet attention (landskape-ai/triplet-attention, MODELS/triplet_attention.py); BasicConv as CBAM's
+# ==================================================================================================
+class ZPool(nn.Module):
+    def forward(self, x):
+        return torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
+
+
+class AttentionGate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        kernel_size = 7
+        self.compress = ZPool()
+        self.conv = BasicConv(2, 1, kernel_size, stride=1, padding=(kernel_size - 1) // 2, relu=False)
+
+    def forward(self, x):
+        x_compress = self.compress(x)
+        x_out = self.conv(x_compress)
+        scale = torch.sigmoid_(x_out)
+        return x * scale
+
+
+class TripletAttention(nn.Module):
+    def __init__(self, no_spatial=False):
+        super().__init__()
+        self.cw = AttentionGate()
+        self.hc = AttentionGate()
+        self.no_spatial = no_spatial
+        if not no_spatial:
+            self.hw = AttentionGate()
+
+    def forward(self, x):
+        x_perm1 = x.permute(0, 2, 1, 3).contiguous()
+        x_out1 = self.cw(x_perm1)
+        x_out11 = x_out1.permute(0, 2, 1, 3).contiguous()
+        x_perm2 = x.permute(0, 3, 2, 1).contiguous()
+        x_out2 = self.hc(x_perm2)
+        x_out21 = x_out2.permute(0, 3, 2, 1).contiguous()
+        if not self.no_spatial:
+            x_out = self.hw(x)
+            x_out = 1 / 3 * (x_out + x_out11 + x_out21)
+        else:
+            x_out = 1 / 2 * (x_out11 + x_out21)
+        return x_out
+
+
+# ==================================================================================================
+# BAM (Jongchan/attention-module, MODELS/bam.py). The file's ``self.gate_activation = gate_activation``
+# (a name defined nowhere: a NameError) is left out. ``global_pool`` / ``combine``: the two places
+# where ours follows the paper instead (defaults: the official code).
+# ==================================================================================================
+class BAMChannelGate(nn.Module):
+    def __init__(self, gate_channel, reduction_ratio=16, num_layers=1, global_pool=False):
+        super().__init__()
+        self.global_pool = global_pool
+        self.gate_c = nn.Sequential()
+        self.gate_c.add_module("flatten", Flatten())
+        gate_channels = [gate_channel]
+        gate_channels += [gate_channel // reduction_ratio] * num_layers
+        gate_channels += [gate_channel]
+        for i in range(len(gate_channels) - 2):
+            self.gate_c.add_module("gate_c_fc_%d" % i, nn.Linear(gate_channels[i], gate_channels[i + 1]))
+            self.gate_c.add_module("gate_c_bn_%d" % (i + 1), nn.BatchNorm1d(gate_channels[i + 1]))
+            self.gate_c.add_module("gate_c_relu_%d" % (i + 1), nn.ReLU())
+        self.gate_c.add_module("gate_c_fc_final", nn.Linear(gate_channels[-2], gate_channels[-1]))
+
+    def forward(self, in_tensor):
+        if self.global_pool:
+            avg_pool = F.adaptive_avg_pool2d(in_tensor, 1)
+        else:
+            avg_pool = F.avg_pool2d(in_tensor, in_tensor.size(2), stride=in_tensor.size(2))
+        return self.gate_c(avg_pool).unsqueeze(2).unsqueeze(3).expand_as(in_tensor)
+
+
+class BAMSpatialGate(nn.Module):
+    def __init__(self, gate_channel, reduction_ratio=16, dilation_conv_num=2, dilation_val=4):
+        super().__init__()
+        self.gate_s = nn.Sequential()
+        self.gate_s.add_module("gate_s_conv_reduce0", nn.Conv2d(gate_channel, gate_channel // reduction_ratio,
+                                                                kernel_size=1))
+        self.gate_s.add_module("gate_s_bn_reduce0", nn.BatchNorm2d(gate_channel // reduction_ratio))
+        self.gate_s.add_module("gate_s_relu_reduce0", nn.ReLU())
+        for i in range(dilation_conv_num):
+            self.gate_s.add_module("gate_s_conv_di_%d" % i, nn.Conv2d(
+                gate_channel // reduction_ratio, gate_channel // reduction_ratio, kernel_size=3,
+                padding=dilation_val, dilation=dilation_val))
+            self.gate_s.add_module("gate_s_bn_di_%d" % i, nn.BatchNorm2d(gate_channel // reduction_ratio))
+            self.gate_s.add_module("gate_s_relu_di_%d" % i, nn.ReLU())
+        self.gate_s.add_module("gate_s_conv_final", nn.Conv2d(gate_channel // reduction_ratio, 1, kernel_size=1))
+
+    def forward(self, in_tensor):
+        return self.gate_s(in_tensor).expand_as(in_tensor)
+
+
+class BAM(nn.Module):
+    def __init__(self, gate_channel, reduction_ratio=16, global_pool=False, combine="product"):
+        super().__init__()
+        self.combine = combine
+        self.channel_att = BAMChannelGate(gate_channel, reduction_ratio, global_pool=global_pool)
+        self.spatial_att = BAMSpatialGate(gate_channel, reduction_ratio)
+
+    def forward(self, in_tensor):
+        if self.combine == "product":
+            att = 1 + torch.sigmoid(self.channel_att(in_tensor) * self.spatial_att(in_tensor))
+        else:
+            att = 1 + torch.sigmoid(self.channel_att(in_tensor) + self.spatial_att(in_tensor))
+        return att * in_tensor
+
+
+# ==================================================================================================
+# SimAM (ZjjConan/SimAM, networks/attentions/simam_module.py)
+# ==================================================================================================
+class simam_module(torch.nn.Module):  # noqa: N801 (official name)
+    def __init__(self, channels=None, e_lambda=1e-4):
+        super().__init__()
+        self.activaton = nn.Sigmoid()
+        self.e_lambda = e_lambda
+
+    def forward(self, x):
+        b, c, h, w = x.size()
+        n = w * h - 1
+        x_minus_mu_square = (x - x.mean(dim=[2, 3], keepdim=True)).pow(2)
+        y = x_minus_mu_square / (4 * (x_minus_mu_square.sum(dim=[2, 3], keepdim=True) / n + self.e_lambda)) + 0.5
+        return x * self.activaton(y)
+
+
+# ==================================================================================================
+# Shuffle attention (wofmanaf/SA-Net, models/sa_resnet.py)
+# ==================================================================================================
+class sa_layer(nn.Module):  # noqa: N801 (official name)
+    def __init__(self, channel, groups=64):
+        super().__init__()
+        self.groups = groups
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.cweight = nn.Parameter(torch.zeros(1, channel // (2 * groups), 1, 1))
+        self.cbias = nn.Parameter(torch.ones(1, channel // (2 * groups), 1, 1))
+        self.sweight = nn.Parameter(torch.zeros(1, channel // (2 * groups), 1, 1))
+        self.sbias = nn.Parameter(torch.ones(1, channel // (2 * groups), 1, 1))
+        self.sigmoid = nn.Sigmoid()
+        self.gn = nn.GroupNorm(channel // (2 * groups), channel // (2 * groups))
+
+    @staticmethod
+    def channel_shuffle(x, groups):
+        b, c, h, w = x.shape
+        x = x.reshape(b, groups, -1, h, w)
+        x = x.permute(0, 2, 1, 3, 4)
+        return x.reshape(b, -1, h, w)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        x = x.reshape(b * self.groups, -1, h, w)
+        x_0, x_1 = x.chunk(2, dim=1)
+        xn = self.avg_pool(x_0)
+        xn = self.cweight * xn + self.cbias
+        xn = x_0 * self.sigmoid(xn)
+        xs = self.gn(x_1)
+        xs = self.sweight * xs + self.sbias
+        xs = x_1 * self.sigmoid(xs)
+        out = torch.cat([xn, xs], dim=1)
+        out = out.reshape(b, -1, h, w)
+        return self.channel_shuffle(out, 2)

@@ -19,7 +19,9 @@ from conftest import TINY, run_train
 TINY_BB = dict(name="resnet18", depth=18, output_stride=8, width=8)
 # Narrow test widths: SGE needs groups dividing 8; SE/CBAM reduction 1 so that a 1-unit hidden
 # layer (8 // 16 -> 1) that happens to be dead under ReLU does not leave a parameter without gradient.
-TINY_KW = {"sge": {"groups": 8}, "se": {"reduction": 1}, "cbam": {"reduction": 1}}
+# BAM likewise (reduction 1); shuffle attention needs 2 * groups dividing 8.
+TINY_KW = {"sge": {"groups": 8}, "se": {"reduction": 1}, "cbam": {"reduction": 1}, "bam": {"reduction": 1},
+           "shuffle": {"groups": 4}}
 
 
 def _tv_file(tmp_path, depth=18):
@@ -28,6 +30,11 @@ def _tv_file(tmp_path, depth=18):
     path = tmp_path / f"resnet{depth}.pth"
     torch.save(tv.state_dict(), path)
     return tv, str(path)
+
+
+def _parameter_free(name: str) -> bool:
+    """A gate with neither parameters nor buffers (SimAM) adds nothing to a state dict."""
+    return not ATTENTIONS[name](64).state_dict()
 
 
 def _blocks(net):
@@ -47,9 +54,9 @@ def test_torchvision_weights_load_with_block_attention(name, tmp_path):
     for k, v in tv.state_dict().items():
         if not k.startswith("fc."):
             assert torch.equal(ours[k], v), k
-    # Exactly the attention modules are new.
+    # Exactly the attention modules are new (none for a parameter-free gate: SimAM).
     new = {k for k in ours if k not in tv.state_dict()}
-    assert new and all(".attention." in k for k in new)
+    assert (new or _parameter_free(name)) and all(".attention." in k for k in new)
 
 
 def test_attention_modules_keep_their_own_initialisation(tmp_path):
@@ -149,7 +156,7 @@ def test_every_parameter_is_trained(name):
     assert torch.isfinite(loss)
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not no_grad
-    assert any(".attention." in n for n, _ in model.named_parameters())
+    assert any(".attention." in n for n, _ in model.named_parameters()) or _parameter_free(name)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 23), (33, 47)])
@@ -189,7 +196,7 @@ def test_train_py_with_block_attention(name, tiny_root, tmp_path):
                f"backbone.block_attention={name}", *extra, f"hydra.run.dir={run_dir}"])
     assert 0.0 <= json.load(open(os.path.join(run_dir, "metrics.json")))["mIoU"] <= 1.0
     ckpt = load_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"))
-    assert any(k.startswith("backbone.layer4.1.attention.") for k in ckpt["model"])
+    assert any(k.startswith("backbone.layer4.1.attention.") for k in ckpt["model"]) or _parameter_free(name)
     assert ckpt["config"]["backbone"]["block_attention"] == name
     # What eval.py does: rebuild from the stored config and load.
     cfg = ckpt["config"]

@@ -16,6 +16,7 @@ produces (>= 1e-3, see test_the_comparison_can_fail).
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -323,7 +324,7 @@ def test_the_comparison_can_fail():
 # --------------------------------------------------------------------------------------------------
 # the heads' declared facts (mmseg_params), checked against the reference heads below (ocr: its own test)
 MMSEG_COUNTS = {name: head_facts(name).mmseg_params
-                for name in ("fcn", "nl", "da", "cc", "gc", "ema", "psa", "dnl", "isa", "apc", "ann")}
+                for name in ("fcn", "nl", "da", "cc", "gc", "ema", "psa", "dnl", "isa", "apc", "ann", "enc", "dm", "ham")}
 
 
 def _compose(overrides):
@@ -360,6 +361,14 @@ def _reference_recipe_head(name: str) -> nn.Module:
     if name == "ann":  # configs/_base_/models/ann_r50-d8.py: in_index [2, 3], c4 and c5
         full["in_channels"] = [1024, 2048]
         return ref.ANNHead(project_channels=256, query_scales=(1,), key_pool_scales=(1, 3, 6, 8), **full)
+    if name == "enc":  # configs/_base_/models/encnet_r50-d8.py: in_index (1, 2, 3), no laterals
+        full.update(in_channels=[512, 1024, 2048], in_index=(1, 2, 3))
+        return ref.EncHead(num_codes=32, use_se_loss=True, add_lateral=False, **full)
+    if name == "dm":
+        return ref.DMHead(filter_sizes=(1, 3, 5, 7), fusion=False, **full)
+    if name == "ham":  # LightHamHead on c5 alone at the recipe's widths, NMF2D's defaults
+        full.update(in_channels=[2048], in_index=[3])
+        return ref.LightHamHead(ham_channels=512, ham_kwargs=dict(MD_S=1, MD_R=64, train_steps=6, eval_steps=7), **full)
     raise KeyError(name)
 
 
@@ -537,3 +546,202 @@ def test_ocr_recipe_head_has_mmsegs_parameter_count():
 def test_every_declared_mmseg_count_is_checked_against_a_reference():
     declared = {name for name in head_names() if head_facts(name).mmseg_params is not None}
     assert declared == set(MMSEG_COUNTS) | {"ocr"}
+
+
+# --------------------------------------------------------------------------------------------------
+# EncNet, DMNet, Hamburger: modules with parameters randomise() has no rule for (Linear, BN1d,
+# codewords), and training-mode comparisons (BN batch statistics, NMF's training steps)
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def randomise_all(module: nn.Module, seed: int = 1) -> None:
+    """randomise's scales for every floating parameter and buffer, by shape: weights N(0, 1/fan_in), norm
+    scales and running variances U(0.5, 1.5), biases and running means N(0, 0.2^2); EncNet's codewords
+    N(0, 1) and smoothing factors -U(0.02, 0.12) (soft assignments, not one-hot, at 16 channels)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in list(module.named_parameters()) + list(module.named_buffers()):
+        if not p.is_floating_point():
+            continue
+        last = name.rsplit(".", 1)[-1]
+        if last == "codewords":
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+        elif last == "scale":
+            p.copy_(-(0.02 + 0.1 * torch.rand(p.shape, generator=g, dtype=p.dtype)))
+        elif last in ("bias", "running_mean"):
+            p.copy_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        elif last == "running_var" or p.dim() == 1:
+            p.copy_(0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype))
+        else:
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / p[0].numel() ** 0.5)
+
+
+def pair_all(name: str, reference: nn.Module, rules, **cfg):
+    ours = build_head(head_cfg(name, **cfg), IN_CH, NUM_CLASSES).double()
+    reference = reference.double()
+    randomise_all(ours)
+    copy_into(reference, ours, rules)
+    return ours, reference
+
+
+def both(ours, theirs, train: bool):
+    for head in (ours, theirs):
+        head.train(train)
+        head.dropout.eval()  # Dropout2d draws its own masks; everything else trains
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def enc_rules(add_lateral: bool):
+    rules = [("cls.", "conv_seg."), ("se_layer.", "se_layer.")] + cbr("bottleneck", "bottleneck")
+    rules += cbr("attention.encoding_project", "enc_module.encoding_project")
+    rules += [("attention.encoding.", "enc_module.encoding.0."), ("attention.encoding_norm.", "enc_module.encoding.1."),
+              ("attention.fc.", "enc_module.fc.0.")]
+    if add_lateral:
+        rules += cbr("lateral_convs.0", "lateral_convs.0") + cbr("lateral_convs.1", "lateral_convs.1")
+        rules += cbr("fusion", "fusion")
+    return rules
+
+
+@pytest.mark.parametrize("add_lateral, train", [(False, False), (False, True), (True, False), (True, True)])
+def test_enc_matches_mmseg(add_lateral, train):
+    theirs = ref.EncHead(num_codes=8, add_lateral=add_lateral, in_channels=IN_CH[1:], in_index=(1, 2, 3), channels=16,
+                         num_classes=NUM_CLASSES)
+    ours, theirs = pair_all("enc", theirs, enc_rules(add_lateral), channels=16, num_codes=8, add_lateral=add_lateral)
+    both(ours, theirs, train)
+    x = feats(7, 10)
+    with torch.no_grad():
+        a, (b, se) = ours(x), theirs(x)
+    assert set(a) == {"out", "se"} and a["se"].shape == (2, NUM_CLASSES)
+    torch.testing.assert_close(a["out"], b, **TOL)
+    torch.testing.assert_close(a["se"], se, **TOL)
+    # the soft assignments are soft: no codeword takes every position (a one-hot test would not see the scale)
+    assignments = ours.attention.encoding.assignments(torch.randn(1, 70, 16, dtype=torch.float64))
+    assert assignments.max() < 0.99
+    if train:  # batch statistics moved both sides' running averages alike, the BN1d over the codewords too
+        torch.testing.assert_close(ours.attention.encoding_norm.running_var, theirs.enc_module.encoding[1].running_var,
+                                   **TOL)
+        torch.testing.assert_close(ours.bottleneck[1].running_mean, theirs.bottleneck.bn.running_mean, **TOL)
+
+
+def test_enc_se_loss_is_mmsegs_and_the_hand_computation():
+    from segattn.models.segmentor import Segmentor
+
+    theirs = ref.EncHead(num_codes=8, in_channels=IN_CH[1:], in_index=(1, 2, 3), channels=16, num_classes=NUM_CLASSES)
+    ours, theirs = pair_all("enc", theirs, enc_rules(False), channels=16, num_codes=8)
+    assert ours.loss_weights == {"out": 1.0, "se": 0.2} and ours.presence_keys == {"se"}
+    segmentor = Segmentor(None, ours, NUM_CLASSES)
+    g = torch.Generator().manual_seed(2)
+    target = torch.randint(0, 3, (2, 14, 20), generator=g)  # classes 0-2 only: 3 and 4 absent
+    target[0, :7] = 255  # ignored pixels count for no class
+    target[1][target[1] == 1] = 255  # class 1 absent from image 1 except as ignore
+    with torch.no_grad():
+        out = ours.eval()(feats(7, 10))
+        total, parts = segmentor.loss(out, target)
+    mmseg = theirs.se_loss(out["se"], target)
+    torch.testing.assert_close(0.2 * parts["se"], mmseg, **TOL)
+    # by hand: presence from the labels, then BCE with logits averaged over images and classes
+    present = torch.zeros(2, NUM_CLASSES, dtype=torch.float64)
+    for i in range(2):
+        for k in range(NUM_CLASSES):
+            present[i, k] = float((target[i] == k).any())
+    assert present[1, 1] == 0 and present[:, 3:].sum() == 0
+    logits = out["se"]
+    by_hand = sum(math.log1p(math.exp(-l)) if t else math.log1p(math.exp(l))
+                  for l, t in zip(logits.flatten().tolist(), present.flatten().tolist())) / present.numel()
+    assert abs(parts["se"].item() - by_hand) < 1e-10
+    assert abs(total.item() - parts["out"].item() - 0.2 * by_hand) < 1e-8
+
+
+def dm_rules(filter_sizes, fusion):
+    rules = [("cls.", "conv_seg.")] + cbr("bottleneck", "bottleneck")
+    for i in range(len(filter_sizes)):
+        ours, theirs = f"attention.dcm_modules.{i}", f"dcm_modules.{i}"
+        rules += [(f"{ours}.filter_gen_conv.", f"{theirs}.filter_gen_conv."), (f"{ours}.norm.", f"{theirs}.norm.")]
+        rules += cbr(f"{ours}.input_redu_conv", f"{theirs}.input_redu_conv")
+        if fusion:
+            rules += cbr(f"{ours}.fusion_conv", f"{theirs}.fusion_conv")
+    return rules
+
+
+@pytest.mark.parametrize("size, sizes, fusion, train", [((7, 10), (1, 3, 5, 7), False, False),
+                                                        ((9, 5), (1, 2, 4, 7), True, False),
+                                                        ((7, 10), (1, 3, 5, 7), False, True)])
+def test_dm_matches_mmseg(size, sizes, fusion, train):
+    # even filter sizes pad one more row / column before than after; 7 > 5 pools a 5-wide map up (adaptive)
+    theirs = ref.DMHead(filter_sizes=sizes, fusion=fusion, **base())
+    ours, theirs = pair_all("dm", theirs, dm_rules(sizes, fusion), channels=16, filter_sizes=list(sizes), fusion=fusion)
+    both(ours, theirs, train)
+    x = feats(*size)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    torch.testing.assert_close(a, b, **TOL)
+    if train:
+        torch.testing.assert_close(ours.attention.dcm_modules[3].norm.running_var, theirs.dcm_modules[3].norm.running_var,
+                                   **TOL)
+
+
+def ham_rules():
+    return ([("cls.", "conv_seg."), ("attention.ham_in.", "hamburger.ham_in.conv.")] + cbr("squeeze", "squeeze")
+            + cbr("attention.ham_out", "hamburger.ham_out") + cbr("align", "align"))
+
+
+def ham_pair(spatial=1, one_step=True, steps=(6, 7)):
+    kwargs = dict(MD_S=spatial, MD_R=4, train_steps=steps[0], eval_steps=steps[1])
+    theirs = ref.LightHamHead(ham_channels=16, ham_kwargs=kwargs, one_step=one_step, in_channels=[IN_CH[-1]],
+                              in_index=[3], channels=12, num_classes=NUM_CLASSES)
+    return pair_all("ham", theirs, ham_rules(), channels=12, ham_channels=16, spatial=spatial, rank=4,
+                    train_steps=steps[0], eval_steps=steps[1])
+
+
+def seeded(module, x, seed=0):
+    torch.manual_seed(seed)  # the same random bases on both sides (mmseg's rand_init)
+    return module(x)
+
+
+@pytest.mark.parametrize("spatial, train", [(1, False), (2, False), (1, True)])
+def test_ham_matches_mmseg(spatial, train):
+    ours, theirs = ham_pair(spatial)
+    both(ours, theirs, train)
+    x = feats(7, 10)
+    with torch.no_grad():
+        a, b = seeded(ours, x), seeded(theirs, x)
+    torch.testing.assert_close(a, b, **TOL)
+    if train:
+        torch.testing.assert_close(ours.attention.ham_out[1].running_mean, theirs.hamburger.ham_out.bn.running_mean,
+                                   **TOL)
+    with torch.no_grad():
+        assert max_diff(a, seeded(theirs, x, seed=1)) > 1e-8  # the bases matter: other ones would be seen
+
+
+def test_ham_step_counts_are_mmsegs():
+    # eval 7 and training 6 updates: a reference with the two swapped differs in both modes
+    ours, _ = ham_pair()
+    for train in (False, True):
+        _, swapped = ham_pair(steps=(7, 6))
+        _, same = ham_pair()
+        both(ours, swapped, train), both(ours, same, train)
+        x = feats(7, 10)
+        with torch.no_grad():
+            a = seeded(ours, x)
+            assert max_diff(a, seeded(same, x)) < 1e-10 and max_diff(a, seeded(swapped, x)) > 1e-8
+
+
+def test_ham_one_step_gradient():
+    """Training gradients equal the reference's with Enjoy-Hamburger's no_grad NMF iterations (the paper's
+    one-step gradient) and differ from mmseg's, which back-propagates through every step."""
+    ours, one_step = ham_pair(one_step=True)
+    _, unrolled = ham_pair(one_step=False)
+    x = feats(7, 10)
+    for head in (ours, one_step, unrolled):
+        both(head, head, True)
+        head.zero_grad()
+        seeded(head, x).square().sum().backward()
+    names = [name for name, _ in ours.named_parameters()]
+    theirs = [translate(name, ham_rules()) for name in names]
+    grads = [torch.cat([dict(head.named_parameters())[n].grad.flatten() for n in keys])
+             for head, keys in ((ours, names), (one_step, theirs), (unrolled, theirs))]
+    torch.testing.assert_close(grads[0], grads[1], **TOL)
+    assert max_diff(grads[0], grads[2]) > 1e-6

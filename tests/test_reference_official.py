@@ -460,3 +460,165 @@ def test_axial_equals_the_authors_at_kernel_size_and_clips_beyond_the_span():
     torch.testing.assert_close(emb[:, 0, 14], ours.height_block.relative[:, 0])
     with pytest.raises(ValueError, match="even width"):
         build_attention("axial", 24, groups=8)
+
+
+# --------------------------------------------------------------------------------------------------
+# External attention (MenghaoGuo/EANet), polarized self-attention (External-Attention-pytorch), triplet
+# attention, BAM, SimAM, shuffle attention (the authors' modules)
+# --------------------------------------------------------------------------------------------------
+def _tie_memories(module) -> None:
+    """The authors' External_attention keeps linear_1 = linear_0^T (shared storage): give ours the same."""
+    with torch.no_grad():
+        module.linear_1.weight.copy_(module.linear_0.weight.permute(1, 0, 2))
+
+
+def _train_both(ours, ref, x):
+    ours.train(), ref.train()
+    with torch.no_grad():
+        a, b = ours(x), ref(x)
+    torch.testing.assert_close(a, b, **TOL)
+    for (name, p), q in zip(ours.named_buffers(), ref.buffers()):
+        if p.is_floating_point():
+            torch.testing.assert_close(p, q, **TOL, msg=name)
+    return a
+
+
+EA_MAP = {"conv1": "conv1", "linear_0": "linear_0", "linear_1": "linear_1", "conv2": "conv2"}
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_external_attention_matches_the_authors_module(train):
+    c = 16
+    ours = build_attention("external", c, memory_units=6).double()
+    _randomise(ours)
+    _tie_memories(ours)
+    ref = R.External_attention(c, k=6).double()
+    _copy(ours, ref, EA_MAP)
+    ours.eval(), ref.eval()
+    x = _x(c)
+    if train:
+        _train_both(ours, ref, x)
+    else:
+        _check(ours, ref, x)
+
+
+def test_external_attention_starts_tied_and_learns_two_memories():
+    ours = build_attention("external", 16, memory_units=6)
+    torch.testing.assert_close(ours.linear_1.weight, ours.linear_0.weight.permute(1, 0, 2), rtol=0, atol=0)
+    assert abs(ours.linear_0.weight.std().item() - (2 / 16) ** 0.5) < 0.1  # N(0, 2 / C), the authors' last draw
+    # The authors' two memories are one storage: an SGD step keeps them transposes of each other; ours do not.
+    ref = R.External_attention(16, k=6)
+    for module in (ours, ref):
+        opt = torch.optim.SGD(module.parameters(), lr=0.5)
+        module(torch.randn(2, 16, 5, 7)).square().mean().backward()
+        opt.step()
+    torch.testing.assert_close(ref.linear_1.weight, ref.linear_0.weight.permute(1, 0, 2), rtol=0, atol=0)
+    assert (ours.linear_1.weight - ours.linear_0.weight.permute(1, 0, 2)).abs().max() > 1e-4
+
+
+def test_external_head_matches_eanet():
+    from segattn.models.heads import build_head
+
+    ours = build_head(dict(name="external", channels=16, out_channels=8, memory_units=6), [8, 16, 32, 24], 5).double()
+    _randomise(ours)
+    _tie_memories(ours.attention)
+    ref = R.EANetHead(24, 16, 8, 5, k=6).double()
+    m = {"fc0.0": "fc0.conv", "fc0.1": "fc0.bn", "fc1.0": "fc1.0.conv", "fc1.1": "fc1.0.bn", "cls": "fc2",
+         **{f"attention.{k}": f"linu.{v}" for k, v in EA_MAP.items()}}
+    _copy(ours, ref, m)
+    ours.eval(), ref.eval()
+    feat = _x(24, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(ours([None, None, None, feat]), ref(feat), **TOL)
+
+
+@pytest.mark.parametrize("layout", ["parallel", "sequential"])
+def test_polarized_matches_external_attention_pytorch(layout):
+    c = 16
+    ours = build_attention("polarized", c, layout=layout)
+    ref = (R.ParallelPolarizedSelfAttention if layout == "parallel" else R.SequentialPolarizedSelfAttention)(c)
+    names = ("ch_wv", "ch_wq", "ch_wz", "ln", "sp_wv", "sp_wq")
+    ours, ref = _pair(ours, ref, {n: n for n in names})
+    _check(ours, ref, _x(c))
+
+
+TRIPLET_MAP = {f"{b}.{part}": f"{b}.conv.{part}" for b in ("cw", "hc", "hw") for part in ("conv", "bn")}
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_triplet_matches_the_official_module(train):
+    c = 12
+    ours = build_attention("triplet", c)
+    ref = R.TripletAttention()
+    ours, ref = _pair(ours, ref, TRIPLET_MAP)
+    x = _x(c)
+    if train:
+        _train_both(ours, ref, x)
+    else:
+        _check(ours, ref, x)
+    ours, ref = _pair(build_attention("triplet", c, no_spatial=True), R.TripletAttention(no_spatial=True),
+                      {k: v for k, v in TRIPLET_MAP.items() if not k.startswith("hw")})
+    _check(ours, ref, x)
+
+
+BAM_MAP = {"channel_gate.0": "channel_att.gate_c.gate_c_fc_0", "channel_gate.1": "channel_att.gate_c.gate_c_bn_1",
+           "channel_gate.3": "channel_att.gate_c.gate_c_fc_final",
+           "spatial_gate.0": "spatial_att.gate_s.gate_s_conv_reduce0",
+           "spatial_gate.1": "spatial_att.gate_s.gate_s_bn_reduce0",
+           "spatial_gate.3": "spatial_att.gate_s.gate_s_conv_di_0", "spatial_gate.4": "spatial_att.gate_s.gate_s_bn_di_0",
+           "spatial_gate.6": "spatial_att.gate_s.gate_s_conv_di_1", "spatial_gate.7": "spatial_att.gate_s.gate_s_bn_di_1",
+           "spatial_gate.9": "spatial_att.gate_s.gate_s_conv_final"}
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_bam_with_the_authors_product_matches_their_module_on_square_maps(train):
+    c = 32
+    ours, ref = _pair(build_attention("bam", c, combine="product"), R.BAM(c), BAM_MAP)
+    x = torch.randn(2, c, 9, 9, dtype=torch.float64)
+    if train:
+        _train_both(ours, ref, x)
+    else:
+        _check(ours, ref, x)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_bam_is_the_papers_on_non_square_maps(train):
+    """The paper's sum and global pooling (the authors' module with those two changes). The authors' own
+    pools H x H windows: on 7 x 11 it averages the left 7 x 7 only, on 7 x 15 it gives its FC two windows'
+    worth of inputs (an error), and on 11 x 7 it has no window at all (an error)."""
+    c = 32
+    ours, ref = _pair(build_attention("bam", c), R.BAM(c, global_pool=True, combine="sum"), BAM_MAP)
+    x = _x(c)
+    if train:
+        _train_both(ours, ref, x)
+    else:
+        _check(ours, ref, x)
+    official = R.BAM(c, combine="sum").double().eval()
+    official.load_state_dict(ref.state_dict())
+    ref.eval()
+    with torch.no_grad():
+        assert (official(x) - ref(x)).abs().max() > 1e-3  # the left 7 x 7 only
+        torch.testing.assert_close(official(x[..., :7]), ref(x[..., :7]), **TOL)  # square: the same
+    for hw in ((7, 15), (11, 7)):
+        with pytest.raises(RuntimeError):
+            official(torch.randn(2, c, *hw, dtype=torch.float64))
+
+
+def test_simam_matches_the_official_module_and_is_finite_on_1x1():
+    c = 8
+    ours, ref = build_attention("simam", c).double(), R.simam_module(c).double()
+    _check(ours, ref, _x(c))
+    x = torch.randn(2, c, 1, 1, dtype=torch.float64)
+    assert torch.isnan(ref(x)).all()  # 0 / 0 in the official code
+    torch.testing.assert_close(ours(x), x * torch.sigmoid(torch.tensor(0.5, dtype=torch.float64)), **TOL)
+
+
+@pytest.mark.parametrize("c, groups", [(32, 4), (16, 2), (64, 8)])
+def test_shuffle_matches_sa_net(c, groups):
+    ours = build_attention("shuffle", c, groups=groups)
+    ref = R.sa_layer(c, groups=groups)
+    names = ("cweight", "cbias", "sweight", "sbias", "gn")
+    ours, ref = _pair(ours, ref, {n: n for n in names})
+    _check(ours, ref, _x(c))
+    with pytest.raises(ValueError, match="multiple of 2 \\* groups"):
+        build_attention("shuffle", 24, groups=8)

@@ -6,7 +6,11 @@ last convolution's BatchNorm, before the sum with the identity branch (``backbon
 ``Bottleneck`` do this with the ``block_attention`` callable built here). The modules are the
 registered mechanisms of ``segattn.models.attention``, built with their own defaults, which are the
 papers' backbone settings (SE/CBAM reduction 16, ECA's adaptive kernel size per block width,
-SGE 64 groups, GC ratio 1/4 channel-add).
+SGE 64 groups, GC ratio 1/4 channel-add; BAM r = 16, d = 4; triplet 7x7 gates; SimAM lambda 1e-4; polarized
+self-attention's parallel layout). Shuffle attention is the exception: its default is 8 groups (see
+``ShuffleAttention``), SA-ResNet's 64 is ``backbone.block_attention_kwargs.groups=64`` on a ResNet of width 64.
+BAM is a gate too, but its paper puts it only at the four stage bottlenecks; here it sits in every block, like
+the others.
 
 How each starts (they keep their own initialisation: ``ResNet`` skips its Kaiming init for every
 module under ``.attention``), which matters when the plain parts come from torchvision weights:
@@ -15,7 +19,8 @@ module under ``.attention``), which matters when the plain parts come from torch
   block adds nothing and computes exactly the plain torchvision block.
 - ``sge``: the per-group scale is 0 and the shift 1 (official code), so at init the block's
   residual branch is multiplied by the constant sigmoid(1) ~ 0.73.
-- ``se``, ``eca``, ``cbam``: PyTorch's default initialisation, as the official code (none of the
+- ``shuffle``: scales 0 and shifts 1 (official code): at init every gate is the constant sigmoid(1).
+- ``se``, ``eca``, ``cbam``, ``bam``, ``triplet``, ``polarized``: PyTorch's default initialisation, as the official code (none of the
   papers prescribes a special one); the gates start near 0.5 and depend on the input, so the
   residual branch starts at roughly half its torchvision value and fine-tuning adapts it.
 
@@ -81,6 +86,17 @@ def block_attention(name: str, kwargs: dict | None = None,
                 f"backbone.block_attention=sge: groups={groups} does not divide the block widths {bad} "
                 f"(this backbone's blocks have {sorted(set(widths))} channels); the paper uses 64 groups in every "
                 f"block (backbone.width=64); set backbone.block_attention_kwargs.groups to a divisor of {min(widths)}"
+            )
+
+    if name == "shuffle" and widths:
+        # SA-ResNet: every block's channels are cut into the same G groups of two halves each.
+        groups = int(kwargs.get("groups", inspect.signature(cls).parameters["groups"].default))
+        bad = [w for w in widths if w % (2 * groups)]
+        if bad:
+            raise ValueError(
+                f"backbone.block_attention=shuffle: 2 * groups = {2 * groups} does not divide the block widths {bad} "
+                f"(this backbone's blocks have {sorted(set(widths))} channels; each group is split in two halves); "
+                f"set backbone.block_attention_kwargs.groups to a divisor of {min(widths) // 2}"
             )
 
     def make(channels: int) -> nn.Module:
