@@ -19,8 +19,10 @@ data: setup
 train: setup
 	$(PY) train.py
 
+# Two worker processes, one per core of the 2-core machines the suite is sized for (pytest-xdist);
+# `.venv/bin/python -m pytest` alone runs it in one process.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 clean:
 	rm -rf outputs multirun data/mini_cityscapes

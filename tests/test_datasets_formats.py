@@ -45,10 +45,11 @@ class PixelModel(nn.Module):
         super().__init__()
         torch.manual_seed(1)
         self.conv = nn.Conv2d(3, k, 1)
-        self.sizes = []
+        self.sizes, self.batches = [], []
 
     def forward(self, x):
         self.sizes.append(tuple(x.shape[-2:]))
+        self.batches.append(x.shape[0])
         return {"out": self.conv(x)}
 
 
@@ -71,10 +72,14 @@ def test_slide_on_an_image_smaller_than_the_crop(model):
 def test_slide_windows_cover_and_average_every_pixel():
     m = PixelModel()
     x = torch.randn(1, 3, 37, 50)
-    out = infer(m, x, "slide", crop_size=[16, 20], stride=[10, 13])
+    out = infer(m, x, "slide", crop_size=[16, 20], stride=[10, 13], window_batch=1)
     assert torch.allclose(out, m.conv(x), atol=1e-6)  # averaging identical per-pixel logits changes nothing
     # Windows: rows start 0, 10, 20, then 21 (shifted back to end at the border); every window full size.
-    assert m.sizes == [(16, 20)] * (4 * 4)
+    assert m.sizes == [(16, 20)] * (4 * 4) and m.batches == [1] * 16
+    m.sizes, m.batches = [], []
+    # By default 4 windows go through the model together: the same 16 windows, the same logits.
+    assert torch.allclose(infer(m, x, "slide", crop_size=[16, 20], stride=[10, 13]), out, atol=1e-6)
+    assert m.sizes == [(16, 20)] * 4 and m.batches == [4] * 4
 
 
 def test_slide_averages_overlapping_windows(model):
