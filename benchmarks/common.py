@@ -46,6 +46,18 @@ CONF = os.path.join(REPO, "conf")
 MiB = 2**20
 
 
+def add_run_args(p, quick: str, rounds: str = "default 3, --quick 1", threads: str = "all cores") -> None:
+    """The options every side-by-side timing script takes: --device, --threads, --rounds, --warmup,
+    --quick (``quick`` says what it leaves out) and --out (see :func:`results_dir`)."""
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, default=None, help=f"torch CPU threads (default: {threads})")
+    p.add_argument("--rounds", type=int, default=None, help=f"timing rounds (median; {rounds})")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--out", default=None, help="folder for the result files (default: results/, or results/quick/ "
+                                               "or results/partial/ for a quick run or a subset)")
+
+
 def results_dir(out: str | None, quick: bool, partial: bool) -> str:
     """Where a run writes its results: ``out`` when given; else results/ for a full run, and
     results/quick/ or results/partial/ (both ignored by git) for a quick run or a subset, so that

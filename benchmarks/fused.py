@@ -50,13 +50,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=97, help="feature size S (S x S; 97 = 769x769 crops at output stride 8)")
     p.add_argument("--heads", default=None, help=f"comma-separated, of {','.join(FUSED)} (default: all)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--rounds", type=int, default=None, help="timing rounds (median; default 3, --quick 1)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--quick", action="store_true", help="1 timing round, no DA head step")
-    p.add_argument("--out", default=None, help="folder for the result files (default: results/, or results/quick/ "
-                                               "or results/partial/ for a quick run or some mechanisms)")
+    common.add_run_args(p, quick="1 timing round, no DA head step")
     return p.parse_args(argv)
 
 
