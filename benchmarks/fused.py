@@ -164,7 +164,9 @@ def da_head_cases(size, device, cases) -> None:
     """segattn's DA head and mmseg's DAHead (tests/reference_mmseg.py), the same widths and weights' shapes."""
     from tests import reference_mmseg as ref
 
-    feats = [t.to(device) for t in common_stage_inputs(size, device)]
+    from benchmarks.heads import stage_inputs
+
+    feats = stage_inputs(size, device)
     torch.manual_seed(0)
     ours = common.train_mode(common.build_decode_head("da", common.R101_CHANNELS, 19).to(device))
     torch.manual_seed(0)
@@ -172,12 +174,6 @@ def da_head_cases(size, device, cases) -> None:
     theirs = common.train_mode(theirs.to(device))
     cases["da head/segattn"] = lambda: _head_step(ours, feats)
     cases["da head/mmseg"] = lambda: _head_step(theirs, feats)
-
-
-def common_stage_inputs(size, device):
-    c2 = 2 * (size - 1) + 1
-    shapes = [(1, common.R101_CHANNELS[0], c2, c2)] + [(1, c, size, size) for c in common.R101_CHANNELS[1:]]
-    return [torch.randn(s, device=device) for s in shapes]
 
 
 def _head_step(head, feats):

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 IMPLS = ("fused", "explicit")
-_nothing = contextlib.nullcontext
 
 
 def check_impl(name: str, impl: str) -> str:
@@ -123,12 +122,13 @@ def wide_value_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     and applied to the whole (wider) value; no L x L' map in forward or backward. Under autocast the
     inputs are cast as ``F.scaled_dot_product_attention`` would be, and the kernel runs in that dtype."""
     device = query.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+    autocast = torch.amp.is_autocast_available(device)  # (not on the meta device the estimates run on)
+    if autocast and torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
-        query, key, value = (t.to(dtype) for t in (query, key, value))
-    dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+    else:
+        dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
     query, key, value = (t.to(dtype) for t in (query, key, value))
-    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else _nothing():
+    with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
         if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
             return _WideValueAttention.apply(query, key, value, scale)
         return _wide_forward(query, key, value, scale)

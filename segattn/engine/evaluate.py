@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..metrics import ConfusionMatrix
-from ..models.inference import inference_kwargs
+from ..models.inference import image_batch, inference_kwargs
 
 
 def same_size_batches(batch):
@@ -66,9 +67,5 @@ def evaluate(model, loader, num_classes: int, device="cpu", progress: bool = Fal
 def val_loader(dataset, inference: dict | None, num_workers: int, **kwargs):
     """The loader of validation and eval.py: images at their own size, ``inference.batch_size`` at a
     time (as lists: :func:`same_size_batches` stacks the runs of one size)."""
-    from torch.utils.data import DataLoader
-
-    from ..models.inference import image_batch
-
     return DataLoader(dataset, batch_size=image_batch(inference), shuffle=False, num_workers=num_workers,
                       collate_fn=list, **kwargs)

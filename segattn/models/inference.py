@@ -18,8 +18,8 @@ ADE20K); ``scales`` multiply that size. The scores always come back at the input
 
 Batching, without changing a number (every layer works per image in eval mode): ``window_batch``
 slide windows go through the model in one batch (default 4), and ``batch_size`` images of one size
-are predicted together by validation, eval.py and ``segattn.load(...).predict(list)`` (default 1:
-full-resolution whole images are large; the embedded dataset's validation uses 4).
+are predicted together by validation and eval.py (default 1; the dataset configs set it: the embedded
+dataset 4, Cityscapes 2) and by ``segattn.load(...).predict(list)`` (default 4).
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def inference_kwargs(node: dict | None) -> dict:
     unknown = sorted(set(node) - set(KEYS))
     if unknown:
         raise ValueError(f"inference.{unknown[0]} is not a known key; known: {', '.join(KEYS)}")
-    for key in ("window_batch", "batch_size"):
-        if node.get(key) is not None:
-            positive_int(node[key], f"inference.{key}", hint=" (images per forward pass)")
+    if node.get("window_batch") is not None:
+        positive_int(node["window_batch"], "inference.window_batch", hint=" (windows per forward pass)")
+    image_batch(node)  # checks inference.batch_size
     node.pop("batch_size", None)
     if node.get("mode") is not None and node["mode"] not in MODES:
         raise ValueError(f"inference.mode={node['mode']!r}; expected one of {', '.join(MODES)}")
