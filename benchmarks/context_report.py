@@ -9,7 +9,7 @@ import os
 
 from benchmarks import common
 from benchmarks import context_tasks as tasks
-from segattn.stats import mean_ci, p_text, welch_p
+from segattn.stats import mean_ci, p_text, welch_p, wilson_ci
 
 ALPHA = 0.05
 # The committed cells of 2026-12-03 were trained several per worker process, before each cell got a fresh
@@ -38,15 +38,37 @@ def family(head: str) -> str:
     return f"{t['weights']} / {t['applied']} / {t['domain']}"
 
 
-def summarize(cells: list[dict]) -> dict[tuple[str, str], dict]:
+def cue_threshold(cells: list[dict], task: str) -> float:
+    """The rule for "this seed reads the cue" on ``task``: its object mIoU lies above the upper end of
+    the FCN's 95 % interval on that task (the FCN cannot see the cue; NaN with fewer than two FCN seeds)."""
+    ci = mean_ci([c["object_mIoU"] for c in cells if c["task"] == task and c["head"] == "fcn"])
+    return ci.mean + ci.half_width if ci.n > 1 else math.nan
+
+
+def reads_cue(cell: dict, threshold: float) -> bool | None:
+    """Whether ``cell`` (one seed) reads the cue by :func:`cue_threshold`'s rule; None without a threshold."""
+    if math.isnan(threshold) or cell["object_mIoU"] is None:
+        return None
+    return bool(cell["object_mIoU"] > threshold)
+
+
+def summarize(cells: list[dict], baseline: list[dict] | None = None) -> dict[tuple[str, str], dict]:
     """(task, head) -> intervals of object mIoU / recall / mIoU, Welch p of object mIoU against the FCN,
-    the verdict, mean seconds and the head's parameters."""
+    the verdict, the success rate (seeds that read the cue, k of n with Wilson's 95 % interval), mean
+    seconds and the head's parameters. The FCN's cells come from ``cells`` or, when given, ``baseline``."""
     by = {}
     for c in cells:
         by.setdefault((c["task"], c["head"]), []).append(c)
+    fcn = {}
+    for c in (baseline if baseline is not None else cells):
+        if c["head"] == "fcn":
+            fcn.setdefault(c["task"], []).append(c)
     out = {}
     for (task, head), group in by.items():
-        base = by.get((task, "fcn"), [])
+        base = fcn.get(task, [])
+        threshold = cue_threshold(base, task)
+        flags = [reads_cue(c, threshold) for c in group]
+        known = [f for f in flags if f is not None]
         obj = [c["object_mIoU"] for c in group]
         p = math.nan if head == "fcn" else welch_p(obj, [c["object_mIoU"] for c in base])
         ci = mean_ci(obj)
@@ -60,7 +82,8 @@ def summarize(cells: list[dict]) -> dict[tuple[str, str], dict]:
         out[(task, head)] = {
             "object_mIoU": ci, "object_recall": mean_ci([c["object_recall"] for c in group]),
             "mIoU": mean_ci([c["mIoU"] for c in group]), "p": p, "verdict": verdict,
-            "delta": ci.mean - base_ci.mean if base else math.nan,
+            "delta": ci.mean - base_ci.mean if base else math.nan, "threshold": threshold,
+            "rate": wilson_ci(sum(known), len(known)),
             "seconds": sum(c["seconds"] for c in group) / len(group), "head_params": group[0]["head_params"],
         }
     return out
@@ -72,11 +95,12 @@ def task_table(task: str, heads: list[str], summary: dict) -> str:
         r = summary[(task, head)]
         delta = "" if head == "fcn" else f"{100 * r['delta']:+.1f}"
         rows.append([f"`{head}`", family(head), common.fmt(r["head_params"] / 1e3, 1), r["object_mIoU"].text(),
-                     r["object_recall"].text(), delta, p_text(r["p"]), r["verdict"], r["mIoU"].text(),
-                     common.fmt(r["seconds"], 0)])
+                     r["rate"].text(), r["object_recall"].text(), delta, p_text(r["p"]), r["verdict"],
+                     r["mIoU"].text(), common.fmt(r["seconds"], 0)])
     return common.markdown_table(
-        ["head", "weights / applied / domain", "head params (k)", "object mIoU % (95 % CI, n)", "object recall %",
-         "vs fcn", "Welch p", "verdict (p < 0.05)", "mIoU %", "train s"], rows)
+        ["head", "weights / applied / domain", "head params (k)", "object mIoU % (95 % CI, n)",
+         "reads the cue: seeds (Wilson 95 %)", "object recall %", "vs fcn", "Welch p", "verdict (p < 0.05)",
+         "mIoU %", "train s"], rows)
 
 
 def residual_scale_table(cells: list[dict], heads: list[str], task_list: list[str]) -> str:
@@ -99,13 +123,18 @@ def write_csv(path: str, cells: list[dict], summary: dict) -> str:
     keys = ["task", "head", "seed", "mIoU", "object_mIoU", "object_recall", "IoU_car", "IoU_truck", "IoU_road",
             "IoU_traffic light", "IoU_traffic sign", "head_params", "seconds"]
     extra = ["object_mIoU_mean", "object_mIoU_ci95", "object_recall_mean", "object_recall_ci95", "n",
-             "welch_p_vs_fcn", "verdict", "residual_scales"]
+             "welch_p_vs_fcn", "verdict", "reads_cue", "cue_threshold", "reads_k", "reads_n", "reads_rate",
+             "reads_wilson_low", "reads_wilson_high", "residual_scales"]
     rows = []
     for c in cells:
         r = summary[(c["task"], c["head"])]
+        rate = r["rate"]
+        flag = reads_cue(c, r["threshold"])
         rows.append([c[k] for k in keys] + [r["object_mIoU"].mean, r["object_mIoU"].half_width,
                                             r["object_recall"].mean, r["object_recall"].half_width,
                                             r["object_mIoU"].n, r["p"], r["verdict"],
+                                            "" if flag is None else int(flag), r["threshold"], rate.k, rate.n,
+                                            rate.k / rate.n if rate.n else math.nan, rate.low, rate.high,
                                             json.dumps(c["residual_scales"], sort_keys=True)])
     return common.write_csv(path, keys + extra, rows)
 
@@ -171,7 +200,7 @@ def interval_chart(path: str, heads: list[str], task_list: list[str], summary: d
         plt.close(fig)
 
 
-def write(cells: list[dict], args, info: dict, out: str) -> list[str]:
+def write(cells: list[dict], args, info: dict, out: str, variants: dict | None = None) -> list[str]:
     os.makedirs(out, exist_ok=True)
     task_list = list(dict.fromkeys(c["task"] for c in cells))
     heads = list(dict.fromkeys(c["head"] for c in cells))
