@@ -40,9 +40,12 @@ def family(head: str) -> str:
 
 def cue_threshold(cells: list[dict], task: str) -> float:
     """The rule for "this seed reads the cue" on ``task``: its object mIoU lies above the upper end of
-    the FCN's 95 % interval on that task (the FCN cannot see the cue; NaN with fewer than two FCN seeds)."""
+    the FCN's 95 % prediction interval on that task, where a new FCN seed would fall with probability
+    0.95 (mean + t * sd * sqrt(1 + 1/n); the FCN cannot see the cue). The interval of the FCN's *mean* would
+    be the wrong yardstick for a single seed: it shrinks with the FCN's seeds while one seed's spread does
+    not. NaN with fewer than two FCN seeds."""
     ci = mean_ci([c["object_mIoU"] for c in cells if c["task"] == task and c["head"] == "fcn"])
-    return ci.mean + ci.half_width if ci.n > 1 else math.nan
+    return ci.mean + ci.half_width * math.sqrt(ci.n + 1) if ci.n > 1 else math.nan
 
 
 def reads_cue(cell: dict, threshold: float) -> bool | None:
@@ -140,6 +143,8 @@ def write_csv(path: str, cells: list[dict], summary: dict) -> str:
 
 
 def heatmap(path: str, heads: list[str], task_list: list[str], summary: dict) -> str:
+    """Two maps side by side: object mIoU (mean over seeds) and the success rate (seeds that read the
+    cue, k/n written in each cell)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,18 +152,25 @@ def heatmap(path: str, heads: list[str], task_list: list[str], summary: dict) ->
     import numpy as np
 
     values = np.array([[100 * summary[(t, h)]["object_mIoU"].mean for t in task_list] for h in heads])
-    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(task_list), 0.9 + 0.3 * len(heads)))
-    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(task_list)), task_list)
-    ax.set_yticks(range(len(heads)), heads)
+    rates = np.array([[100 * summary[(t, h)]["rate"].k / summary[(t, h)]["rate"].n if summary[(t, h)]["rate"].n
+                       else np.nan for t in task_list] for h in heads])
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (1.6 + 1.5 * len(task_list)), 0.9 + 0.3 * len(heads)))
+    for ax, grid, title in ((axes[0], values, "object mIoU %, mean over seeds\n(* above the FCN, Welch p < 0.05)"),
+                            (axes[1], rates, "seeds that read the cue (k/n)\n(object mIoU above the FCN's 95 % prediction interval)")):
+        im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(task_list)), task_list)
+        ax.set_yticks(range(len(heads)), heads)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     for i, h in enumerate(heads):
         for j, t in enumerate(task_list):
             r = summary[(t, h)]
             star = "*" if r["verdict"] == "reads the cue" else ""
-            ax.text(j, i, f"{values[i, j]:.0f}{star}", ha="center", va="center", fontsize=8,
-                    color="black" if values[i, j] > 60 else "white")
-    ax.set_title("object mIoU %, mean over seeds (* above the FCN, Welch p < 0.05)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+            axes[0].text(j, i, f"{values[i, j]:.0f}{star}", ha="center", va="center", fontsize=8,
+                         color="black" if values[i, j] > 60 else "white")
+            rate = r["rate"]
+            axes[1].text(j, i, f"{rate.k}/{rate.n}" if rate.n else "—", ha="center", va="center", fontsize=8,
+                         color="black" if rate.n and rate.k / rate.n > 0.6 else "white")
     fig.tight_layout()
     try:
         return common.save_figure(fig, path)
@@ -200,6 +212,103 @@ def interval_chart(path: str, heads: list[str], task_list: list[str], summary: d
         plt.close(fig)
 
 
+def _ci_rate(r: dict | None) -> list[str]:
+    return ["—", "—"] if r is None else [r["object_mIoU"].text(), r["rate"].text()]
+
+
+def zero_start_section(cells: list[dict], variants: dict, task_list: list[str]) -> list[str]:
+    """The zero-start experiment: the heads with zero-initialised residual scales, started at the papers'
+    0 (``cells``) and at ``model.residual_init`` (``variants``: value -> records), against the same FCN."""
+    lines = []
+    base = summarize(cells)
+    for value, vcells in sorted(variants.items()):
+        heads = list(dict.fromkeys(c["head"] for c in vcells))
+        other = summarize(vcells, baseline=cells)
+        rows = []
+        for task in task_list:
+            for head in heads:
+                a, b = base.get((task, head)), other.get((task, head))
+                if b is None:
+                    continue
+                p = welch_p([c["object_mIoU"] for c in cells if c["task"] == task and c["head"] == head],
+                            [c["object_mIoU"] for c in vcells if c["task"] == task and c["head"] == head])
+                rows.append([task, f"`{head}`", *_ci_rate(a), *_ci_rate(b), p_text(p)])
+        lines += [f"## The zero start: residual scales started at {value:g} instead of 0", "",
+                  "The same cells with `model.residual_init=" + f"{value:g}" + "`: DANet's and CCNet's gamma, the "
+                  "Non-local block's output BN scale and the other zero-initialised residual scales start at "
+                  f"{value:g} (a convolution's weight, GCNet's last one, from N(0, ({value:g}/sqrt(fan in))^2)), "
+                  "everything else as above; \"reads the cue\" against the same FCN. Welch p: the two starts' "
+                  "object mIoU.", "",
+                  common.markdown_table(["task", "head", "object mIoU %, start 0", "reads the cue, start 0",
+                                         f"object mIoU %, start {value:g}", f"reads the cue, start {value:g}",
+                                         "Welch p"], rows), ""]
+        scales = residual_scale_table(vcells, heads, task_list)
+        if scales:
+            lines += [f"Residual scales at the end of training, start {value:g}:", "", scales, ""]
+    return lines
+
+
+def budget_section(by_iters: dict[int, list[dict]], task_list: list[str], out: str) -> tuple[list[str], list[str]]:
+    """Longer budgets: per task and head, object mIoU and the success rate at each number of iterations
+    (each budget against its own FCN), and a picture per task of object mIoU against iterations."""
+    iters = sorted(by_iters)
+    summaries = {it: summarize(by_iters[it]) for it in iters}
+    heads = list(dict.fromkeys(c["head"] for it in iters for c in by_iters[it]
+                               if all((c["task"], c["head"]) in summaries[j] for j in iters)))
+    lines = ["## Longer budgets", "",
+             "The same cells trained for more iterations (`--budget`: the schedule, validation and everything "
+             "else scale with them); at each budget a seed reads the cue when its object mIoU is above that "
+             "budget's FCN interval.", "", "![object mIoU against iterations](context_budget.png)", ""]
+    for task in task_list:
+        rows = []
+        for head in heads:
+            row = [f"`{head}`"]
+            for it in iters:
+                row += _ci_rate(summaries[it].get((task, head)))
+            rows.append(row)
+        lines += [f"### {task}", "", common.markdown_table(
+            ["head", *[f"{label}, {it} it." for it in iters for label in ("object mIoU %", "reads the cue")]], rows),
+            ""]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(task_list), figsize=(4.2 * len(task_list), 3.6), sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], task_list):
+        for k, head in enumerate(heads):
+            pts = [(it, summaries[it][(task, head)]["object_mIoU"]) for it in iters if (task, head) in summaries[it]]
+            xs = [it * (1 + 0.02 * (k - len(heads) / 2)) for it, _ in pts]  # a little apart, to see each bar
+            ax.errorbar(xs, [100 * ci.mean for _, ci in pts],
+                        yerr=[0 if math.isnan(ci.half_width) else 100 * ci.half_width for _, ci in pts],
+                        marker="o", markersize=3, capsize=2, label=head, linestyle="-" if head != "fcn" else "--",
+                        color="black" if head == "fcn" else None)
+        ax.set_xscale("log")
+        ax.set_xticks(iters, [str(i) for i in iters])
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("iterations")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("object mIoU % (95 % CI)")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    try:
+        path = common.save_figure(fig, os.path.join(out, "context_budget.png"))
+    finally:
+        plt.close(fig)
+    return lines, [path]
+
+
+def open_summary(summary: dict, max_seeds: int = 8, width: float = 0.10) -> str:
+    """How many (task, head) cells are still open: interval wider than +-``width`` with fewer than
+    ``max_seeds`` seeds."""
+    open_ = [k for k, r in summary.items() if r["object_mIoU"].n < max_seeds
+             and (math.isnan(r["object_mIoU"].half_width) or r["object_mIoU"].half_width > width)]
+    return (f"{len(open_)} of the {len(summary)} (task, head) cells are open (95 % interval of object mIoU wider "
+            f"than ±{100 * width:.0f} points with fewer than {max_seeds} seeds)"
+            + (": " + ", ".join(f"{t} `{h}`" for t, h in sorted(open_)) if 0 < len(open_) <= 40 else "") + ".")
+
+
 def write(cells: list[dict], args, info: dict, out: str, variants: dict | None = None) -> list[str]:
     os.makedirs(out, exist_ok=True)
     task_list = list(dict.fromkeys(c["task"] for c in cells))
@@ -209,6 +318,7 @@ def write(cells: list[dict], args, info: dict, out: str, variants: dict | None =
     probes = {t: tasks.global_probe_accuracy(t, h, w, info["x0"], n=100 if info["quick"] else 400) for t in task_list}
     cmd = "python benchmarks/context.py" + (" --quick" if info["quick"] else "")
     cpu_s = sum(c["seconds"] for c in cells)
+    min_n = min((r["object_mIoU"].n for r in summary.values()), default=0)
     lines = [
         "# What attention buys: the context suite",
         "",
@@ -242,9 +352,17 @@ def write(cells: list[dict], args, info: dict, out: str, variants: dict | None =
         "**Statistics**: object mIoU is the mean IoU of car and truck; each cell of the tables is the mean over "
         "seeds with the half width of its 95 % confidence interval (Student t, n - 1 degrees of freedom) and n. "
         "Welch p: two-sided Welch's t-test of the head's object mIoU against the FCN's on the same task; "
-        f"'reads the cue' means above the FCN with p < {ALPHA}. With {len(info['seeds'])} seeds an interval is wide "
-        f"(t = {t_quantile(len(info['seeds'])):.2f}): "
+        f"'reads the cue' means above the FCN with p < {ALPHA}. With {min_n} seeds an interval is wide "
+        f"(t = {t_quantile(min_n):.2f}): "
         "'indistinguishable' means these runs cannot tell, not that the heads are equal.",
+        "",
+        "**Success rate**: a head that switches its long-range branch on in some seeds and not in others has a "
+        "wide interval and no verdict, so each seed is also judged alone: it *reads the cue* when its object "
+        "mIoU lies above the upper end of the FCN's 95 % prediction interval on that task, where a new FCN seed "
+        "would fall with probability 0.95 (mean + t sd sqrt(1 + 1/n); the FCN cannot see the cue): "
+        + ", ".join(f"{t} {100 * cue_threshold(cells, t):.1f}" for t in task_list) + " % object mIoU. "
+        "The tables give k of n seeds with the Wilson 95 % interval of the rate. `--settle` adds seeds to every "
+        f"open cell (interval wider than ±10 points) until it closes or has 8. {open_summary(summary)}",
         "",
         "**Reproducibility**: each cell trains in a fresh process with one thread, so on this machine type a rerun "
         "of a cell (`--tasks T --heads H --seeds S --force`) gives the same numbers to the last digit (two fresh "
@@ -264,7 +382,17 @@ def write(cells: list[dict], args, info: dict, out: str, variants: dict | None =
                   "The zero-initialised scales that decide how much each attention branch adds to its input "
                   "(scalars: their value; tensors: their root mean square), mean ± 95 % CI over seeds. Training "
                   "logs them as `train/gamma/<parameter>` in TensorBoard.", "", scales, ""]
-    paths = [common.write_atomic(os.path.join(out, "context.md"), "\n".join(lines))]
+    variants = variants or {}
+    figures = []
+    if variants.get("residual_init"):
+        lines += zero_start_section(cells, variants["residual_init"], task_list)
+    if len(variants.get("budgets") or {}) > 1 or (variants.get("budgets") and info.get("full")):
+        by_iters = dict(variants["budgets"])
+        by_iters.setdefault(info.get("settings", {}).get("iters", args.iters), cells)
+        if len(by_iters) > 1:
+            more, figures = budget_section(by_iters, task_list, out)
+            lines += more
+    paths = [common.write_atomic(os.path.join(out, "context.md"), "\n".join(lines)), *figures]
     paths.append(write_csv(os.path.join(out, "context.csv"), cells, summary))
     paths.append(heatmap(os.path.join(out, "context.png"), heads, task_list, summary))
     paths.append(interval_chart(os.path.join(out, "context_ci.png"), heads, task_list, summary))

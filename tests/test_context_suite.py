@@ -165,3 +165,51 @@ def test_every_head_trains_at_the_suite_width(head):
     loss.backward()
     assert torch.isfinite(loss)
     assert context.width_overrides("sge", 32) == ["head.groups=4"] and context.width_overrides("axial", 32) == []
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_ctrl_c_to_the_suite_alone_stops_it_with_one_line(tmp_path):
+    """SIGINT to the suite's own process (not its group) stops it within seconds: its workers are killed,
+    it exits 130 with one line and no traceback, and the cells finished before stay."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, os.path.join(common.REPO, "benchmarks", "context.py"), "--quick", "--heads", "nl",
+           "--tasks", "which_marker", "--seeds", "0,1,2,3,4,5", "--jobs", "1", "--cache", str(tmp_path / "cache"),
+           "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=common.REPO,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 120
+    workers = []
+    while not workers and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # a worker is training a cell
+        workers = [p for p in _children(proc.pid) if "--multiprocessing-fork" in open(f"/proc/{p}/cmdline").read()]
+    assert workers, "no worker started"
+    time.sleep(1.0)
+    tic = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - tic < 10
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Error" not in err, err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    assert lines[-1].startswith("context suite: interrupted (Ctrl-C)"), lines
+    time.sleep(0.5)
+    assert not [p for p in workers if os.path.exists(f"/proc/{p}") and
+                open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"], "a worker outlived the suite"

@@ -101,7 +101,9 @@ def start_residual_scales(module: nn.Module, names: tuple[str, ...], value: floa
         return
     params = dict(module.named_parameters())
     modules = dict(module.named_modules())
-    with torch.no_grad():
+    # fork_rng: the draws below leave the global random stream where it was, so every module built after
+    # the head (the auxiliary head) starts exactly as with the papers' start.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for name in names:
             p = params[name]
             owner, _, leaf = name.rpartition(".")
