@@ -440,6 +440,13 @@ def run_cells(args, jobs: list[tuple]) -> None:
 # ----------------------------------------------------------------------------- the suite
 
 
+def cell_job(args, s: dict, task: str, head: str, seed: int, root: str, work: str) -> tuple:
+    """One job for :func:`train_cells`: the cell (task, head, seed) of the settings ``s`` on the task data in
+    ``root``, its record written where :func:`load_cells` finds it."""
+    cs = cell_settings(s, head)
+    return (task, head, seed, cs, root, work, _cell_path(args, cs, task, head, seed))
+
+
 def next_seed(have: set[int]) -> int:
     """The smallest seed not trained yet."""
     return min(set(range(len(have) + 1)) - have)
@@ -505,8 +512,7 @@ def main(argv=None) -> dict:
             s = settings(args, budget)
 
             def job(task, head, seed):
-                cs = cell_settings(s, head)
-                return (task, head, seed, cs, roots[task], work, _cell_path(args, cs, task, head, seed))
+                return cell_job(args, s, task, head, seed, roots[task], work)
 
             jobs = []  # seed by seed: a first picture of every head on every task comes early
             for seed in seeds:

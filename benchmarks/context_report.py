@@ -106,7 +106,7 @@ def task_table(task: str, heads: list[str], summary: dict) -> str:
          "mIoU %", "train s"], rows)
 
 
-def residual_scale_table(cells: list[dict], heads: list[str], task_list: list[str]) -> str:
+def residual_scale_table(cells: list[dict], heads: list[str], task_list: list[str], start: float = 0.0) -> str:
     """Final value of each zero-initialised residual scale, mean over seeds, per task."""
     rows = []
     for head in heads:
@@ -119,7 +119,7 @@ def residual_scale_table(cells: list[dict], heads: list[str], task_list: list[st
                 vals.append("—" if not xs else f"{ci.mean:.3g}" + ("" if math.isnan(ci.half_width)
                                                                    else f" ± {ci.half_width:.2g}"))
             rows.append([f"`{head}`", f"`{name}`", *vals])
-    return common.markdown_table(["head", "residual scale (start 0)", *task_list], rows) if rows else ""
+    return common.markdown_table(["head", f"residual scale (start {start:g})", *task_list], rows) if rows else ""
 
 
 def write_csv(path: str, cells: list[dict], summary: dict) -> str:
@@ -242,7 +242,7 @@ def zero_start_section(cells: list[dict], variants: dict, task_list: list[str]) 
                   common.markdown_table(["task", "head", "object mIoU %, start 0", "reads the cue, start 0",
                                          f"object mIoU %, start {value:g}", f"reads the cue, start {value:g}",
                                          "Welch p"], rows), ""]
-        scales = residual_scale_table(vcells, heads, task_list)
+        scales = residual_scale_table(vcells, heads, task_list, value)
         if scales:
             lines += [f"Residual scales at the end of training, start {value:g}:", "", scales, ""]
     return lines
