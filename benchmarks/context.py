@@ -554,8 +554,12 @@ def main(argv=None) -> dict:
     wall = time.perf_counter() - tic
     cells = by_budget[settings(args, args.budgets[0])["iters"]]
     variants = variant_cells(args, task_list, heads) if full_grid else {"budgets": {}, "residual_init": {}}
-    if len(by_budget) > 1:
+    if args.budgets != [1.0]:
         variants["budgets"].update(by_budget)
+    if variants["budgets"]:  # the curves start at the default budget
+        one = settings(args)
+        variants["budgets"].setdefault(one["iters"], load_cells(args, one, task_list, heads))
+        variants["budgets"] = {k: v for k, v in variants["budgets"].items() if v}
     if base.get("residual_init"):
         default = load_cells(args, {k: v for k, v in base.items() if k != "residual_init"}, task_list, heads)
         variants["residual_init"] = {base["residual_init"]: [
@@ -563,7 +567,7 @@ def main(argv=None) -> dict:
         cells = default
     info = {"size": size, "radius": radius, "x0": x0, "wall_s": wall, "trained": trained,
             "seeds": sorted({c["seed"] for c in cells}), "quick": args.quick, "jobs": args.jobs, "full": full_grid,
-            "settings": base}
+            "settings": settings(args, args.budgets[0])}
     from benchmarks import context_report
 
     paths = context_report.write(cells, args, info, out, variants)

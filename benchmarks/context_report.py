@@ -346,7 +346,7 @@ def write(cells: list[dict], args, info: dict, out: str, variants: dict | None =
         f"scratch, head width {args.channels} with each head's conf/head hyper-parameters, auxiliary FCN head, "
         f"`model.init={args.init}` (PyTorch's default start for the heads' convolutions: from mmseg's start, "
         "N(0, 0.01) classifiers, no head learns to read a far cue in a few hundred iterations from scratch, which "
-        f"would measure the start instead of the heads), AdamW lr {args.lr}, {args.iters} iterations of batch "
+        f"would measure the start instead of the heads), AdamW lr {args.lr}, {info.get('settings', {}).get('iters', args.iters)} iterations of batch "
         f"{args.batch}, whole images without augmentation. Validation: whole images.",
         "",
         "**Statistics**: object mIoU is the mean IoU of car and truck; each cell of the tables is the mean over "
@@ -386,12 +386,9 @@ def write(cells: list[dict], args, info: dict, out: str, variants: dict | None =
     figures = []
     if variants.get("residual_init"):
         lines += zero_start_section(cells, variants["residual_init"], task_list)
-    if len(variants.get("budgets") or {}) > 1 or (variants.get("budgets") and info.get("full")):
-        by_iters = dict(variants["budgets"])
-        by_iters.setdefault(info.get("settings", {}).get("iters", args.iters), cells)
-        if len(by_iters) > 1:
-            more, figures = budget_section(by_iters, task_list, out)
-            lines += more
+    if len(variants.get("budgets") or {}) > 1:  # iterations -> records, the default budget's included
+        more, figures = budget_section(variants["budgets"], task_list, out)
+        lines += more
     paths = [common.write_atomic(os.path.join(out, "context.md"), "\n".join(lines)), *figures]
     paths.append(write_csv(os.path.join(out, "context.csv"), cells, summary))
     paths.append(heatmap(os.path.join(out, "context.png"), heads, task_list, summary))
