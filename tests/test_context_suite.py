@@ -281,6 +281,12 @@ def test_success_rate_rule_and_wilson_interval():
     assert (wilson_ci(5, 10).low, wilson_ci(5, 10).high) == (pytest.approx(0.2366, abs=1e-4),
                                                               pytest.approx(0.7634, abs=1e-4))
     assert math.isnan(context_report.cue_threshold(fcn[:1], "t")) and wilson_ci(0, 0).text() == "—"
+    from scipy import stats
+
+    from segattn.stats import fisher_p
+
+    for k1, n1, k2, n2 in ((3, 8, 8, 8), (1, 5, 4, 6), (0, 3, 3, 3), (2, 3, 3, 3)):
+        assert fisher_p(k1, n1, k2, n2) == pytest.approx(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
 
 
 def test_report_has_rates_zero_start_and_budget_curves(tmp_path):
@@ -303,7 +309,7 @@ def test_report_has_rates_zero_start_and_budget_curves(tmp_path):
                                                                     "budgets": {160: cells, 640: longer}})
     text = open(tmp_path / "context.md").read()
     assert "## The zero start: residual scales started at 0.1 instead of 0" in text
-    assert "| far_marker | `da` |" in text and "3/3 (44-100 %)" in text
+    assert "| far_marker | `da` |" in text and "3/3 (44-100 %)" in text and "Fisher p" in text
     assert "## Longer budgets" in text and "object mIoU %, 640 it." in text
     assert os.path.getsize(tmp_path / "context_budget.png") > 1000 and str(tmp_path / "context_budget.png") in paths
     rows = list(csv.DictReader(open(tmp_path / "context.csv")))
