@@ -2,7 +2,7 @@
 
     python -m segattn.check head=nl
     python -m segattn.check plugins=[examples/pooled_attention.py] head=custom head.name=pooled_nl
-    python -m segattn.check head=ham head.channels=64 backbone=resnet50
+    python -m segattn.check head=ham head.channels=64 backbone=resnet50 --export torchscript
 
 It prints a table of checks with their numbers and exits 1 when a gating check fails, naming it. The
 registry-wide tests (tests/test_check.py) run the same checks on every built-in head, so the package's
@@ -118,9 +118,10 @@ def _target(num_classes, size, batch, seed=0):
 
 
 def run_checks(head_cfg: dict, widths: list[int] | None = None, num_classes: int = 5, report: bool = True,
-               seed: int = 0) -> list[Check]:
+               seed: int = 0, formats: list[str] | None = None) -> list[Check]:
     """Build head ``head_cfg`` (a ``head`` config node) on stages of ``widths`` channels (default ResNet-18's)
-    and run the checks above; ``report=False`` skips the reported (non-gating) ones."""
+    and run the checks above; ``report=False`` skips the reported (non-gating) ones, ``formats`` limits the
+    export formats tried (default: all; ``[]``: none)."""
     from .models.heads import build_head
 
     widths = list(widths or feature_widths(None))
@@ -143,7 +144,7 @@ def run_checks(head_cfg: dict, widths: list[int] | None = None, num_classes: int
     gate("gradients", lambda head: _gradients(head.train(), widths, num_classes, seed))
     gate("loss decreases", lambda head: _one_step(head.train(), widths, num_classes, seed))
     if report:
-        checks += reported_checks(built, head_cfg, widths, num_classes)
+        checks += reported_checks(built, head_cfg, widths, num_classes, formats)
     return checks
 
 
@@ -249,7 +250,8 @@ def _one_step(head, widths, num_classes, seed):
                                                              f"loss from {float(before):.5g} to {float(after):.5g}")
 
 
-def reported_checks(head: nn.Module, head_cfg: dict, widths: list[int], num_classes: int) -> list[Check]:
+def reported_checks(head: nn.Module, head_cfg: dict, widths: list[int], num_classes: int,
+                    formats: list[str] | None = None) -> list[Check]:
     """The reported checks: bf16 autocast, export formats, and the cost at the benchmarks' size."""
     checks = []
     head = copy.deepcopy(head).float().eval()
@@ -265,12 +267,13 @@ def reported_checks(head: nn.Module, head_cfg: dict, widths: list[int], num_clas
                                                             f"{agree:.1%} of pixels agree"))
         except Exception as e:
             checks.append(Check("bf16 autocast", False, False, f"raised {type(e).__name__}: {e}"[:120]))
-    checks.append(Check("export", False, None, export_formats(head_cfg, num_classes)))
+    if formats is None or formats:
+        checks.append(Check("export", False, None, export_formats(head_cfg, num_classes, formats)))
     checks.append(Check("cost at 97x97", False, None, cost(head, widths)))
     return checks
 
 
-def export_formats(head_cfg: dict, num_classes: int) -> str:
+def export_formats(head_cfg: dict, num_classes: int, formats: list[str] | None = None) -> str:
     """Which export formats reproduce a model with this head at a second input size (ResNet-18 at width 8;
     exported at 64x96, run at 96x64): ``format: ok`` / ``format: why not``."""
     import tempfile
@@ -286,7 +289,7 @@ def export_formats(head_cfg: dict, num_classes: int) -> str:
         expected = ExportGraph(model).eval()(second)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt in FORMATS:
+        for fmt in formats or FORMATS:
             if export_reason(head_cfg.get("name"), fmt, dynamic=True):
                 results.append(f"{fmt}: declared unsupported")
                 continue
@@ -347,18 +350,29 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import compose_train_config
     from .plugins import import_plugins
 
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
+    formats = None  # --export onnx,torchscript | none: the export formats tried (ONNX's exporter is the slow one)
+    if "--export" in argv:
+        i = argv.index("--export")
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        del argv[i:i + 2]
+        formats = [] if value == "none" else [f for f in value.split(",") if f]
     try:
+        from .deploy import FORMATS
+
+        unknown = [f for f in formats or [] if f not in FORMATS]
+        if unknown or formats == [] and value != "none":
+            raise ValueError(f"--export {value!r}: expected 'none' or formats among {', '.join(FORMATS)}, comma-separated")
         cfg = compose_train_config(argv, prog="segattn.check")
         import_plugins(cfg.get("plugins"))
         head = cfg["head"]
         widths = feature_widths(cfg.get("backbone"))
         print(f"checking head {head.get('name')!r} ({', '.join(f'{k}={v}' for k, v in head.items() if k != 'name')}) "
               f"on features of {widths} channels", file=sys.stderr)
-        checks = run_checks(head, widths)
+        checks = run_checks(head, widths, formats=formats)
     except (ValueError, OSError) as e:
         print(f"segattn.check: error: {e}", file=sys.stderr)
         return 2
