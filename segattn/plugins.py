@@ -44,13 +44,10 @@ def _is_path(plugin: str) -> bool:
     return plugin.endswith(".py") or os.sep in plugin or (os.altsep is not None and os.altsep in plugin)
 
 
-def _import_file(path: str, key: str):
+def _import_file(path: str):
     """Import the file ``path`` as a module of its own (its name: the file's stem and a hash of its full
     path, so two ``attention.py`` of different folders do not collide)."""
     full = os.path.abspath(path)
-    if not os.path.isfile(full):
-        raise ValueError(f"plugins: {path!r} is not a file ({full} does not exist); give a .py file or an "
-                         f"importable module name")
     stem = os.path.splitext(os.path.basename(full))[0]
     name = f"segattn_plugin_{stem}_{hashlib.sha1(full.encode()).hexdigest()[:8]}"
     if name in sys.modules:
@@ -70,7 +67,7 @@ def import_plugins(plugins: list[str] | tuple[str, ...] | str | None, key: str =
     """Import each plugin (a module name or a ``.py`` path) once; returns the names they registered.
 
     ``key`` names the option in errors (``plugins`` for the entry points, ``--plugins`` for the benchmark).
-    An import that fails is one ``ValueError`` naming the plugin and the original error."""
+    A plugin that cannot be imported is one ``ValueError`` naming it and what its import raised."""
     if plugins is None:
         return []
     if isinstance(plugins, str):
@@ -80,23 +77,21 @@ def import_plugins(plugins: list[str] | tuple[str, ...] | str | None, key: str =
                          f"{key}=[my_attention.py]")
     _registered()  # the package's own heads first, so a plugin that repeats one of their names is refused
     new = []
-    for plugin in plugins:
-        plugin = str(plugin)
+    for plugin in map(str, plugins):
         if plugin in _IMPORTED:
             continue
+        if _is_path(plugin) and not os.path.isfile(plugin):
+            raise ValueError(f"{key}: {plugin!r} is not a file ({os.path.abspath(plugin)} does not exist); give a "
+                             f".py file (relative to {os.getcwd()}) or an importable module name")
         before = _registered()
         try:
-            module = _import_file(plugin, key) if _is_path(plugin) else importlib.import_module(plugin)
-        except ValueError as e:
-            if str(e).startswith(f"{key}:") or str(e).startswith("plugins:"):
-                raise
+            module = _import_file(plugin) if _is_path(plugin) else importlib.import_module(plugin)
+        except ModuleNotFoundError as e:
+            if not _is_path(plugin) and e.name == plugin.split(".")[0]:
+                raise ValueError(f"{key}: no module named {plugin!r} (not importable from {os.getcwd()}); give "
+                                 f"a .py path, or put its folder on PYTHONPATH") from None
             raise ValueError(f"{key}: importing {plugin!r} failed: {type(e).__name__}: {e}") from e
-        except ImportError as e:
-            if not _is_path(plugin) and getattr(e, "name", None) == plugin.split(".")[0]:
-                raise ValueError(f"{key}: no module named {plugin!r} (not importable from "
-                                 f"{os.getcwd()}); give a .py path or put its folder on PYTHONPATH") from None
-            raise ValueError(f"{key}: importing {plugin!r} failed: {type(e).__name__}: {e}") from e
-        except Exception as e:
+        except Exception as e:  # the plugin's own error (a typo, a name registered twice, a bad taxonomy)
             raise ValueError(f"{key}: importing {plugin!r} failed: {type(e).__name__}: {e}") from e
         _IMPORTED[plugin] = module
         added = sorted(_registered() - before)
