@@ -131,6 +131,7 @@ class ScaleAttentionConfig(ConfigNode):
 @dataclass
 class ModelConfig(ConfigNode):
     init: str = "pytorch"  # pytorch | mmseg (the recipes'): the heads' start (segattn/models/layers.py apply_init)
+    residual_init: float = 0.0  # where zero-initialised residual scales start (0: the papers' start)
     init_from: Optional[str] = None
     aux_head: AuxHeadConfig = field(default_factory=AuxHeadConfig)
     scale_attention: ScaleAttentionConfig = field(default_factory=ScaleAttentionConfig)
