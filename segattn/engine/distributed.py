@@ -53,8 +53,18 @@ def init(device_name: str | None = "auto", timeout_s: float = 1800) -> tuple[int
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        backend, timeout = "nccl" if device.type == "cuda" else "gloo", datetime.timedelta(seconds=timeout_s)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            # torchrun's workers share the agent's key-value store, which outlives a restart: the keys the
+            # last attempt's process group wrote (each rank's listening address) are still there, so a
+            # restarted rank would read its dead peer's old address and fail with "Gloo connectFullMesh
+            # ... Connection refused". Each attempt gets keys of its own.
+            store, rank, _ = next(dist.rendezvous("env://", timeout=timeout))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"segattn/attempt_{attempt}", store),
+                                    rank=rank, world_size=world, timeout=timeout)
     rank = dist.get_rank() if world > 1 else 0
     return rank, world, device
 
