@@ -155,7 +155,7 @@ def peer_gone(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and bool(_PEER_GONE.search(str(error)))
 
 
-def lost_ranks(wait_s: float = 3.0) -> list[int] | None:
+def lost_ranks(wait_s: float = 2.0) -> list[int] | None:
     """After a collective failed: the ranks that are gone. Every surviving rank writes its number into the
     store and waits up to ``wait_s`` for the others; those that never answer are the lost ones. None
     when the store cannot be reached (it lived in a lost process)."""
