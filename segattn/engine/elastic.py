@@ -15,7 +15,11 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
+import time
+
+from . import distributed
 
 
 def _torchrun_agent_start() -> str | None:
@@ -147,6 +151,38 @@ class SigtermWatch:
             self._pipe = None
 
 
+def rank_lost(run, error: Exception) -> None:
+    """A collective failed: when another rank died (killed, out of memory, its machine gone), stop this
+    one at once, without a checkpoint (saving needs every rank's state, and the newest complete one is
+    on disk), by raising :class:`~segattn.engine.RankLost`: one line naming the lost rank and
+    what happens next. When every rank answers, ``error`` was something else and is raised again."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # DataLoader workers ending now are no news
+    if not REPORTING.acquire(blocking=False):
+        time.sleep(60)  # the SIGTERM watcher (on_sigterm) is saying it and ends this process
+    lost = distributed.lost_ranks()
+    if lost == []:
+        REPORTING.release()
+        raise error
+    if run.writer is not None:
+        run.writer.close()
+    distributed.abandon()
+    raise RankLost(run.rank, lost, run.step, run.run_dir, run.saved) from None
+
+
+def on_sigterm(run) -> None:
+    """Under torchrun, a SIGTERM is the agent ending the survivors of a lost rank, or a stop of the whole
+    job (which the loop turns into last.pt). The training thread may sit in a collective for a while yet
+    (gloo notices a closed peer after seconds; NCCL may wait for dist_timeout_s), so this runs beside
+    it (:class:`SigtermWatch`): if a rank does not answer, say so in one line and leave at once."""
+    lost = distributed.lost_ranks()
+    if not lost or not REPORTING.acquire(blocking=False):
+        return  # every rank answered (a stop of the job), the store is gone, or the loop is saying it
+    if run.writer is not None:
+        run.writer.flush()  # what it logged up to the newest checkpoint; a restart purges the rest
+    print(RankLost(run.rank, lost, run.step, run.run_dir, run.saved), file=sys.stderr, flush=True)
+    os._exit(RankLost.exit_code)
+
+
 # --- Slurm ------------------------------------------------------------------------------------------
 
 def slurm_job() -> str | None:
@@ -165,7 +201,7 @@ def slurm_requeue(signum: int) -> str | None:
     """After ``last.pt`` was saved on ``signum`` in a Slurm job: requeue the job when Slurm allows it and
     the signal asked for it; returns the sentence saying what happened (None outside Slurm).
 
-    SIGUSR1 is the warning a job asks for with ``#SBATCH --signal=B:USR1@<seconds>`` before its time
+    SIGUSR1 is the warning a job asks for with ``#SBATCH --signal=USR1@<seconds>`` before its time
     limit: the job is requeued. SIGTERM comes at the time limit and on preemption, but also from
     ``scancel``: the job is requeued unless its state says Slurm cancelled it (``scancel``: the user meant
     it) or is requeueing it already. Only a job with ``Requeue=1`` (``#SBATCH

@@ -1,5 +1,5 @@
 """Stopping a run without losing it: Ctrl-C (SIGINT), SIGTERM (Slurm preemption and time limit, ``timeout``)
-and SIGUSR1 (the warning ``#SBATCH --signal=B:USR1@<seconds>`` asks Slurm for before the time limit).
+and SIGUSR1 (the warning ``#SBATCH --signal=USR1@<seconds>`` asks Slurm for before the time limit).
 
 The first signal only sets a flag; the training loop finishes the iteration it is in, every rank
 agrees to stop at the same one (under DDP each rank may see the signal at a different moment),
@@ -44,9 +44,11 @@ class GracefulStop:
         self._old = {}
 
     def _handle(self, signum, frame):
-        if self.signum:  # the second signal: stop now, as without this handler
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        if self.signum and signum == signal.SIGINT:  # Ctrl-C again: stop now, as without this handler
+            signal.signal(signum, signal.default_int_handler)
             raise KeyboardInterrupt
+        if self.signum:  # SIGTERM twice is one request: Slurm signals every process and torchrun forwards it
+            return
         self.signum = signum
         if signum == signal.SIGTERM:
             # torchrun, Slurm and `timeout` send it to every process of the job, DataLoader workers too: their

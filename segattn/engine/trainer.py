@@ -12,7 +12,6 @@ import contextlib
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -428,38 +427,6 @@ def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | No
     return metrics
 
 
-def rank_lost(run: Run, error: Exception) -> None:
-    """A collective failed: when another rank died (killed, out of memory, its machine gone), stop this
-    one at once, without a checkpoint (saving needs every rank's state, and the newest complete one is
-    on disk), by raising :class:`~segattn.engine.elastic.RankLost`: one line naming the lost rank and
-    what happens next. When every rank answers, ``error`` was something else and is raised again."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # DataLoader workers ending now are no news
-    if not elastic.REPORTING.acquire(blocking=False):
-        time.sleep(60)  # the SIGTERM watcher (on_sigterm) is saying it and ends this process
-    lost = distributed.lost_ranks()
-    if lost == []:
-        elastic.REPORTING.release()
-        raise error
-    if run.writer is not None:
-        run.writer.close()
-    distributed.abandon()
-    raise elastic.RankLost(run.rank, lost, run.step, run.run_dir, run.saved) from None
-
-
-def on_sigterm(run: Run) -> None:
-    """Under torchrun, a SIGTERM is the agent ending the survivors of a lost rank, or a stop of the whole
-    job (which the loop turns into last.pt). The training thread may sit in a collective for a while yet
-    (gloo notices a closed peer after seconds; NCCL may wait for dist_timeout_s), so this runs beside
-    it (``elastic.SigtermWatch``): if a rank does not answer, say so in one line and leave at once."""
-    lost = distributed.lost_ranks()
-    if not lost or not elastic.REPORTING.acquire(blocking=False):
-        return  # every rank answered (a stop of the job), the store is gone, or the loop is saying it
-    if run.writer is not None:
-        run.writer.flush()  # what it logged up to the newest checkpoint; a restart purges the rest
-    print(elastic.RankLost(run.rank, lost, run.step, run.run_dir, run.saved), file=sys.stderr, flush=True)
-    os._exit(elastic.RankLost.exit_code)
-
-
 def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
     """Train ``cfg`` (the composed conf/train.yaml as a plain dict, or a ``TrainConfig``) writing into
     ``run_dir``; returns the last validation metrics (as in ``metrics.json``)."""
@@ -480,13 +447,13 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
                        disable=not (t.progress and run.main_process), dynamic_ncols=True)
             run.model.train()
             try:
-                with elastic.SigtermWatch(lambda: on_sigterm(run)) if run.world_size > 1 else contextlib.nullcontext():
+                with elastic.SigtermWatch(lambda: elastic.on_sigterm(run)) if run.world_size > 1 else contextlib.nullcontext():
                     metrics = _loop(run, bar, iter(run.train_loader), stop, stop_at)
             except Exception as e:
                 if not (run.world_size > 1 and distributed.peer_gone(e)):
                     raise
                 bar.close()
-                rank_lost(run, e)
+                elastic.rank_lost(run, e)
             bar.close()
     except DatasetError as e:
         if cfg.dataset.get("check"):
