@@ -183,3 +183,24 @@ def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
             schema.check_key(key)
         except ValueError as e:
             raise SystemExit(f"Could not override '{o.input_line}': {e}") from None
+
+
+def compose_train_config(argv: list[str], prog: str) -> dict:
+    """conf/train.yaml composed with ``argv`` (Hydra overrides, ``hydra.searchpath=[file:///my/conf]``
+    included) as a plain dict, outside a Hydra app: what ``python -m segattn.check`` and the scripts read."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    if not os.path.isfile(os.path.join(conf, "train.yaml")):
+        raise OSError(f"{prog}: {conf}/train.yaml not found: run it from a checkout of segattn (pip install -e .)")
+    check_overrides(argv, TrainConfig)
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=conf):
+        cfg = compose("train", overrides=list(argv))
+    GlobalHydra.instance().clear()
+    cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg.pop("hydra", None)
+    return cfg

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 # Keys a checkpoint adds to the training config it stores; not settings.
-RECORD_KEYS = ("num_classes", "classes")
+RECORD_KEYS = ("num_classes", "classes", "head_plugin")
 
 
 class ConfigNode:
@@ -132,6 +132,7 @@ class ScaleAttentionConfig(ConfigNode):
 @dataclass
 class ModelConfig(ConfigNode):
     init: str = "pytorch"  # pytorch | mmseg (the recipes'): the heads' start (segattn/models/layers.py apply_init)
+    residual_init: float = 0.0  # where zero-initialised residual scales start (0: the papers' start)
     init_from: Optional[str] = None
     aux_head: AuxHeadConfig = field(default_factory=AuxHeadConfig)
     scale_attention: ScaleAttentionConfig = field(default_factory=ScaleAttentionConfig)
@@ -175,10 +176,12 @@ class TrainConfig(ConfigNode):
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = 0
     resume: Optional[str] = None
+    plugins: List[str] = field(default_factory=list)  # modules / .py files imported first (segattn/plugins.py)
 
     @classmethod
     def from_dict(cls, data: Any = None, where: str = "") -> "TrainConfig":
-        """As ``ConfigNode.from_dict``; the keys a checkpoint adds (``num_classes``, ``classes``) are dropped."""
+        """As ``ConfigNode.from_dict``; the keys a checkpoint adds (``num_classes``, ``classes``,
+        ``head_plugin``) are dropped."""
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if k not in RECORD_KEYS}
         return super().from_dict(data, where)
@@ -218,6 +221,7 @@ class EvalConfig(ConfigNode):
     device: str = "auto"
     num_workers: int = 2
     progress: bool = True
+    plugins: List[str] = field(default_factory=list)  # the checkpoint's head, if a plugin's: imported first
 
 
 
@@ -231,3 +235,4 @@ class ExportConfig(ConfigNode):
     output: Optional[str] = None
     device: str = "cpu"
     verbose: bool = False
+    plugins: List[str] = field(default_factory=list)  # the checkpoint's head, if a plugin's: imported first

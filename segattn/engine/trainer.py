@@ -28,6 +28,7 @@ from ..data import build_dataset, build_train_transform, seed_worker
 from ..data.check import DatasetError
 from ..data.sampler import TrainSampler
 from ..models import build_model_from_config, residual_scales
+from ..plugins import import_plugins, plugin_of
 from . import distributed, elastic
 from .checkpoint import clean_stale_tmp, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint
 from .evaluate import evaluate, val_loader as make_val_loader
@@ -309,7 +310,10 @@ def save(run: Run, name: str, step: int, metrics: dict | None = None) -> None:
     the same weights go to ``best.safetensors`` with ``best.json`` (``segattn.engine.weights``)."""
     rngs = distributed.all_gather_object(rng_state())
     if run.main_process:
-        config = dict(run.cfg.to_dict(), num_classes=len(run.classes), classes=list(run.classes))
+        # head_plugin: the module that registered the head, for the message that asks for it (never imported
+        # from here: segattn.plugins.require_head)
+        config = dict(run.cfg.to_dict(), num_classes=len(run.classes), classes=list(run.classes),
+                      head_plugin=plugin_of(run.cfg.head.get("name")))
         ckpt = {"model": run.model.state_dict(), "iter": step, "config": config, "best": run.best}
         if metrics is not None:
             ckpt["metrics"] = metrics_json(metrics, run.classes, iter=step)
@@ -431,6 +435,7 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
     """Train ``cfg`` (the composed conf/train.yaml as a plain dict, or a ``TrainConfig``) writing into
     ``run_dir``; returns the last validation metrics (as in ``metrics.json``)."""
     cfg = TrainConfig.from_dict(cfg)
+    import_plugins(cfg.plugins)  # a user's own heads (plugins=[...]) are registered before anything is built
     check_numbers(cfg)  # a batch of 0 or a negative learning rate: the key named, before anything is built
     tracker_names(cfg.logger)  # an unknown tracker, or one whose package is missing: before anything is built
     t = cfg.trainer
