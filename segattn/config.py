@@ -78,6 +78,7 @@ class TrainerConfig(ConfigNode):
     num_workers: int = 2
     val_interval: int = 40
     ckpt_interval: int = 0
+    ckpt_interval_min: float = 0  # also last.pt whenever this many minutes passed since the last one (0: off)
     keep_ckpts: int = 3
     log_interval: int = 10
     device: str = "auto"
