@@ -138,11 +138,19 @@ class ModelConfig(ConfigNode):
 
 @dataclass
 class LossConfig(ConfigNode):
-    """segattn/models/losses.py: ``ce`` or ``ohem`` (OCNet's/CCNet's OHEM cross-entropy), class weights."""
-    name: str = "ce"
+    """segattn/models/losses.py: ``ce``, ``ohem`` (OCNet's/CCNet's OHEM cross-entropy), ``dice``, ``jaccard``,
+    ``focal``, ``lovasz``, ``tversky`` (segmentation_models_pytorch's), or a list of them summed with ``weights``."""
+    name: Any = "ce"  # a name or a list of names
+    weights: Optional[List[float]] = None  # with a list of names: one weight each (null: 1.0 each)
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 100000
     class_weight: Any = None  # null | auto (ENet's inverse log-frequency of the training masks) | [w_0, ...]
+    smooth: float = 0.0  # dice, jaccard, tversky: added to numerator and denominator (smp's smooth)
+    focal_gamma: float = 2.0
+    focal_alpha: Optional[float] = None  # null: positives and negatives weigh the same
+    tversky_alpha: float = 0.5  # weight of false positives
+    tversky_beta: float = 0.5  # weight of false negatives (alpha = beta = 0.5: Dice)
+    tversky_gamma: float = 1.0  # the mean loss to this power (focal Tversky when > 1)
 
 
 @dataclass
