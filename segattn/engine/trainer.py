@@ -75,7 +75,8 @@ def build_loaders(cfg: dict | TrainConfig, seed: int, start_iter: int, rank: int
     d, t = cfg.dataset, cfg.trainer
     train_tf = build_train_transform(d["crop_size"], scale_range=tuple(d.get("scale_range", (0.5, 2.0))),
                                      cat_max_ratio=d.get("cat_max_ratio", 0.75), flip=d.get("flip", True),
-                                     photometric=d.get("photometric", True), base_scale=d.get("base_scale"))
+                                     photometric=d.get("photometric", True), base_scale=d.get("base_scale"),
+                                     augment=d.get("augment"))
     options = {k: v for k, v in d.items() if k not in ("name", "root")}
     train_set = build_dataset(d["name"], d["root"], d.get("train_split", "train"), train_tf, **options)
     val_set = build_dataset(d["name"], d["root"], d.get("val_split", "val"), **options)
