@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 # Keys a checkpoint adds to the training config it stores; not settings.
-RECORD_KEYS = ("num_classes", "classes")
+RECORD_KEYS = ("num_classes", "classes", "palette")
 
 
 class ConfigNode:
@@ -162,7 +162,7 @@ class VisualizeConfig(ConfigNode):
 @dataclass
 class MlflowConfig(ConfigNode):
     """``logger=[...,mlflow]``: where the MLflow run goes (segattn/engine/trackers.py)."""
-    tracking_uri: Optional[str] = None  # null: the local file store <run dir>/mlruns (no server)
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<run dir>/mlflow.db
     experiment: str = "segattn"
 
 
