@@ -117,9 +117,9 @@ def test_the_printed_mlflow_line_serves_the_run(mlflow_run, monkeypatch):
     assert page.status_code == 200 and b"<html" in page.data.lower()
 
 
-def test_mlflow_tracking_uri_from_the_environment_unless_the_config_says(tmp_path, monkeypatch):
-    """MLflow's convention: MLFLOW_TRACKING_URI (a team's server) takes the run; mlflow.tracking_uri wins over it."""
-    pytest.importorskip("sqlalchemy")
+def test_mlflow_tracking_uri_from_the_environment_unless_the_config_says(mlflow_run, tmp_path, monkeypatch):
+    """MLflow's convention: MLFLOW_TRACKING_URI (a team's server) takes the run; mlflow.tracking_uri wins over it.
+    The team's store here is the module's run's SQLite file (a new one costs MLflow's schema migrations)."""
     from segattn.config import TrainConfig
     from segattn.engine.trackers import MLflowTracker, tracking_uri
 
@@ -128,13 +128,13 @@ def test_mlflow_tracking_uri_from_the_environment_unless_the_config_says(tmp_pat
     assert tracking_uri(run, None) == f"sqlite:///{run}/mlflow.db"
     assert tracking_uri(run, "http://cfg:5000") == "http://cfg:5000"
     assert tracking_uri(run, "some/folder") == "file:" + os.path.abspath("some/folder")
-    team = f"sqlite:///{tmp_path}/team.db"
+    team = f"sqlite:///{mlflow_run}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team)
     assert tracking_uri(run, None) == team and tracking_uri(run, "http://cfg:5000") == "http://cfg:5000"
     tracker = MLflowTracker(run, TrainConfig.from_dict({"mlflow": {"experiment": "team"}}))
     tracker.add_scalar("val/mIoU", 0.25, 3)
     tracker.close()
-    assert os.path.isfile(tmp_path / "team.db") and not os.path.exists(os.path.join(run, "mlflow.db"))
+    assert not os.path.exists(os.path.join(run, "mlflow.db"))
     from mlflow.tracking import MlflowClient
 
     (found,) = MlflowClient(team).search_runs([MlflowClient(team).get_experiment_by_name("team").experiment_id])
