@@ -63,9 +63,11 @@ def seed_worker(worker_id: int) -> None:
     albumentations' Compose draws from its own generator, which we reseed from the same value.
     """
     # Ctrl-C reaches every process of the terminal's group: the main process stops the run cleanly
-    # (segattn.engine.stopping) and shuts the workers down itself, so they leave SIGINT to it. (Not
-    # SIGTERM: the loader and multiprocessing end leftover workers with it.)
+    # (segattn.engine.stopping) and shuts the workers down itself, so they leave SIGINT to it, and
+    # SIGUSR1, which Slurm's --signal=USR1@<s> sends to every process of a job step. (Not SIGTERM: the
+    # loader and multiprocessing end leftover workers with it; GracefulStop expects workers to die of it.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

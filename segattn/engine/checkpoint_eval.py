@@ -21,6 +21,7 @@ from .evaluate import PerImageScores, evaluate, speed, speed_line, val_loader
 from .predictions import PredictionWriter, check_format
 from .logging import confusion_csv, iou_table, metrics_json, write_json
 from ..io import atomic_write
+from ..plugins import import_plugins
 from ..viz import confusion_image, save_png, write_attention_pictures
 
 
@@ -33,6 +34,7 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     """Evaluate ``cfg.checkpoint`` as configured (conf/eval.yaml as a plain dict, or an ``EvalConfig``);
     writes ``<run_dir>/eval.json`` and returns its content."""
     cfg = EvalConfig.from_dict(cfg)
+    import_plugins(cfg.plugins)  # the checkpoint's head, if a plugin's (the checkpoint never imports it)
     path = cfg.checkpoint
     ckpt = load_checkpoint(path)
     train_cfg = ckpt["config"]

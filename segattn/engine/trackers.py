@@ -41,6 +41,9 @@ class Tracker:
         """The run's hyper-parameters with its final metrics, once, when the run finishes."""
         raise NotImplementedError
 
+    def flush(self) -> None:
+        """Put what was logged so far on disk (at every checkpoint, so the two agree after a crash)."""
+
     def close(self) -> None:
         pass
 
@@ -52,11 +55,13 @@ class Tracker:
 class TensorBoardTracker(Tracker):
     """Event files in the run directory (the run directory is the log dir)."""
 
-    def __init__(self, run_dir: str, cfg: TrainConfig):
+    def __init__(self, run_dir: str, cfg: TrainConfig, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = run_dir
-        self.writer = SummaryWriter(run_dir)
+        # purge_step: a resumed run's first iteration. TensorBoard then drops the steps from there on that
+        # the earlier attempt logged after its checkpoint, so the curve has each step once.
+        self.writer = SummaryWriter(run_dir, purge_step=purge_step)
 
     def add_scalar(self, tag, value, step):
         self.writer.add_scalar(tag, value, step)
@@ -73,6 +78,9 @@ class TensorBoardTracker(Tracker):
             self.writer.file_writer.add_summary(summary, step)
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, step)
+
+    def flush(self):
+        self.writer.flush()
 
     def close(self):
         self.writer.close()
@@ -116,9 +124,10 @@ class MLflowTracker(Tracker):
     """A run in an MLflow tracking store (:func:`tracking_uri`), experiment ``mlflow.experiment``, named
     after the run directory."""
 
-    def __init__(self, run_dir: str, cfg: TrainConfig):
+    def __init__(self, run_dir: str, cfg: TrainConfig, purge_step: int | None = None):
         from mlflow.tracking import MlflowClient
 
+        # purge_step is TensorBoard's: each start of a run, a resumed one too, is an MLflow run of its own.
         uri = tracking_uri(run_dir, cfg.mlflow.tracking_uri)
         import importlib.util
 
@@ -220,6 +229,10 @@ class Trackers(Tracker):
         for t in self.trackers:
             t.add_hparams(hparams, metrics, step)
 
+    def flush(self):
+        for t in self.trackers:
+            t.flush()
+
     def close(self):
         for t in self.trackers:
             t.close()
@@ -228,7 +241,8 @@ class Trackers(Tracker):
         return "\n".join(line for line in (t.where() for t in self.trackers) if line)
 
 
-def build_trackers(run_dir: str, cfg: dict | TrainConfig) -> Trackers:
-    """The backends ``cfg.logger`` names, writing for the run in ``run_dir``."""
+def build_trackers(run_dir: str, cfg: dict | TrainConfig, purge_step: int | None = None) -> Trackers:
+    """The backends ``cfg.logger`` names, writing for the run in ``run_dir``; ``purge_step``: the first
+    iteration of a resumed run (what an earlier attempt logged from there on is dropped)."""
     cfg = TrainConfig.from_dict(cfg)
-    return Trackers([TRACKERS[name](run_dir, cfg) for name in tracker_names(cfg.logger)])
+    return Trackers([TRACKERS[name](run_dir, cfg, purge_step=purge_step) for name in tracker_names(cfg.logger)])
