@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 # Keys a checkpoint adds to the training config it stores; not settings.
-RECORD_KEYS = ("num_classes", "classes", "head_plugin")
+RECORD_KEYS = ("num_classes", "classes", "palette", "head_plugin")
 
 
 class ConfigNode:
@@ -140,11 +140,19 @@ class ModelConfig(ConfigNode):
 
 @dataclass
 class LossConfig(ConfigNode):
-    """segattn/models/losses.py: ``ce`` or ``ohem`` (OCNet's/CCNet's OHEM cross-entropy), class weights."""
-    name: str = "ce"
+    """segattn/models/losses.py: ``ce``, ``ohem`` (OCNet's/CCNet's OHEM cross-entropy), ``dice``, ``jaccard``,
+    ``focal``, ``lovasz``, ``tversky`` (segmentation_models_pytorch's), or a list of them summed with ``weights``."""
+    name: Any = "ce"  # a name or a list of names
+    weights: Optional[List[float]] = None  # with a list of names: one weight each (null: 1.0 each)
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 100000
     class_weight: Any = None  # null | auto (ENet's inverse log-frequency of the training masks) | [w_0, ...]
+    smooth: float = 0.0  # dice, jaccard, tversky: added to numerator and denominator (smp's smooth)
+    focal_gamma: float = 2.0
+    focal_alpha: Optional[float] = None  # null: positives and negatives weigh the same
+    tversky_alpha: float = 0.5  # weight of false positives
+    tversky_beta: float = 0.5  # weight of false negatives (alpha = beta = 0.5: Dice)
+    tversky_gamma: float = 1.0  # the mean loss to this power (focal Tversky when > 1)
 
 
 @dataclass
@@ -156,7 +164,7 @@ class VisualizeConfig(ConfigNode):
 @dataclass
 class MlflowConfig(ConfigNode):
     """``logger=[...,mlflow]``: where the MLflow run goes (segattn/engine/trackers.py)."""
-    tracking_uri: Optional[str] = None  # null: the local file store <run dir>/mlruns (no server)
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<run dir>/mlflow.db
     experiment: str = "segattn"
 
 

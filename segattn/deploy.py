@@ -82,7 +82,7 @@ class Predictor(nn.Module):
         self.model = model.eval()
         num_classes = int(model.num_classes)
         self.classes = list(classes) if classes else _default_names(num_classes)
-        self.palette = np.asarray(palette if palette is not None else palette_for(num_classes)[:num_classes],
+        self.palette = np.asarray(palette if palette is not None else palette_for(num_classes, classes or None)[:num_classes],
                                   dtype=np.uint8)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.inference = {k: v for k, v in (inference or {"mode": "whole"}).items() if v is not None}
@@ -177,7 +177,7 @@ def load(path: str, device="cpu", plugins: list[str] | None = None) -> Predictor
     model, ckpt = model_from_checkpoint(path)
     cfg = ckpt["config"]
     dataset = cfg.get("dataset") or {}
-    predictor = Predictor(model, list(cfg.get("classes") or []), None, dataset.get("mean") or IMAGENET_MEAN,
+    predictor = Predictor(model, list(cfg.get("classes") or []), cfg.get("palette"), dataset.get("mean") or IMAGENET_MEAN,
                           dataset.get("std") or IMAGENET_STD, dataset.get("inference"),
                           dataset.get("crop_size"), cfg)
     return predictor.to(torch.device(device)).eval()

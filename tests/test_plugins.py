@@ -139,3 +139,43 @@ def test_a_built_in_mechanism_must_declare_its_facts():
     with pytest.raises(TypeError, match="must define class attribute 'taxonomy'"):
         register("nofacts")(NoFacts)
     assert "nofacts" not in ATTENTIONS
+
+
+def test_the_context_suite_trains_a_plugins_cells_and_places_them(tmp_path, monkeypatch):
+    """``context.py --plugins FILE --heads pooled_nl --quick``: the plugin's cells train with the suite's settings
+    in fresh processes and stay in the cache (never in results/), keyed by the plugin's source; placement.md sets
+    them against the built-in heads' cells of those settings (here: an FCN and an nl cell already there), with
+    the nearest head of the same taxonomy."""
+    from benchmarks import common, context
+
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path / "results"))
+    cache = tmp_path / "cache"
+    argv = ["--quick", "--plugins", EXAMPLE_PLUGIN, "--heads", "pooled_nl", "--tasks", "which_marker", "--seeds", "0",
+            "--jobs", "2", "--cache", str(cache)]
+    try:
+        args = context.parse_args(argv)
+        s = context.settings(args)
+        folder = os.path.join(context.cells_root(args, s), "which_marker")
+        os.makedirs(folder)
+        for head, value in (("fcn", 0.125), ("nl", 0.25)):  # built-in heads' cells of these settings, as a run leaves them
+            with open(os.path.join(folder, f"{head}_seed0.json"), "w") as f:
+                json.dump({"task": "which_marker", "head": head, "seed": 0, "mIoU": 0.5, "object_mIoU": value,
+                           "object_recall": 0.5, **{f"IoU_{c}": 0.5 for c in ("car", "truck", "road", "traffic light",
+                                                                             "traffic sign")},
+                           "head_params": 1000, "seconds": 1.0, "residual_scales": {}}, f)
+        result = context.main(argv)
+        assert result["info"]["trained"] == 1  # the plugin's head alone; the FCN and nl came from their cells
+        assert result["out"] == str(cache / "plugin_reports" / "pooled_nl")
+        assert not os.path.exists(tmp_path / "results")
+        (cell,) = [c for c in result["cells"] if c["head"] == "pooled_nl"]
+        assert 0.0 <= cell["object_mIoU"] <= 1.0
+        stored = [os.path.join(d, f) for d, _, fs in os.walk(cache / "plugin_cells") for f in fs
+                  if f == "pooled_nl_seed0.json"]
+        (folder,) = [os.path.dirname(os.path.dirname(p)) for p in stored]
+        recorded = json.load(open(os.path.join(folder, "settings.json")))
+        assert recorded["plugin"] == EXAMPLE_PLUGIN and len(recorded["plugin_source"]) == 10
+        text = open(os.path.join(result["out"], "placement.md")).read()
+        row = next(line for line in text.splitlines() if line.startswith("| `pooled_nl` | which_marker"))
+        assert "matmul / matmul / spatial" in row and "`nl` 25.0 (1)" in row
+    finally:
+        forget_plugins()

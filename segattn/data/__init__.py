@@ -35,10 +35,24 @@ def build_dataset(name: str, root: str, split: str | None, transform=None, **opt
         synthetic.ensure(root)
     if name == "folder":
         image_dir, mask_dir = options.get("image_dir", "images"), options.get("mask_dir", "masks")
+        fraction, part = options.get("val_fraction"), None
+        if fraction is not None:  # one folder, split in two: <root>/<image_dir> without train/ val/
+            train_split, val_split = options.get("train_split", "train"), options.get("val_split", "val")
+            if split not in (train_split, val_split):
+                raise ValueError(f"split {split!r}: dataset.val_fraction={fraction} splits {root!r} into "
+                                 f"{train_split!r} and {val_split!r} only")
+            part = "val" if split == val_split else "train"
+            found = [s for s in (train_split, val_split) if os.path.isdir(os.path.join(root, image_dir, s))]
+            if found:
+                raise ValueError(f"dataset.val_fraction={fraction} splits {os.path.join(root, image_dir)!r} itself, "
+                                 f"but it has the sub-folder(s) {', '.join(found)}: set dataset.val_fraction=null "
+                                 f"to train and validate on them")
+            split = None
         return FolderDataset(os.path.join(root, image_dir, split or ""),
                              os.path.join(root, mask_dir, split or "") if mask_dir else None,
                              options.get("classes"), transform, options.get("mask_suffix", ".png"),
-                             options.get("ignore_index"))
+                             options.get("ignore_index"), options.get("palette"), fraction, part,
+                             options.get("split_seed", 0))
     return DATASETS[name](root, split, transform)
 
 

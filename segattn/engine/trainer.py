@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..config import TrainConfig
 from ..data import build_dataset, build_train_transform, seed_worker
 from ..data.check import DatasetError
+from ..data.sizes import fit_crop
 from ..data.sampler import TrainSampler
 from ..models import build_model_from_config, residual_scales
 from ..plugins import import_plugins, plugin_of
@@ -74,11 +75,14 @@ def build_loaders(cfg: dict | TrainConfig, seed: int, start_iter: int, rank: int
     """The training loader (``start_iter`` micro-batches in, for resume) and the validation loader."""
     cfg = TrainConfig.from_dict(cfg)
     d, t = cfg.dataset, cfg.trainer
-    train_tf = build_train_transform(d["crop_size"], scale_range=tuple(d.get("scale_range", (0.5, 2.0))),
-                                     cat_max_ratio=d.get("cat_max_ratio", 0.75), flip=d.get("flip", True),
-                                     photometric=d.get("photometric", True), base_scale=d.get("base_scale"))
     options = {k: v for k, v in d.items() if k not in ("name", "root")}
-    train_set = build_dataset(d["name"], d["root"], d.get("train_split", "train"), train_tf, **options)
+    train_set = build_dataset(d["name"], d["root"], d.get("train_split", "train"), **options)
+    # dataset.crop_size=auto becomes the size it stands for here, in the config the checkpoints store.
+    d["crop_size"] = fit_crop(d, train_set, verbose=rank == 0)
+    train_set.transform = build_train_transform(
+        d["crop_size"], scale_range=tuple(d.get("scale_range", (0.5, 2.0))), cat_max_ratio=d.get("cat_max_ratio", 0.75),
+        flip=d.get("flip", True), photometric=d.get("photometric", True), base_scale=d.get("base_scale"),
+        augment=d.get("augment"))
     val_set = build_dataset(d["name"], d["root"], d.get("val_split", "val"), **options)
     if not train_set.has_masks:
         raise ValueError(f"dataset {d['name']} at {d['root']!r}: the training split "
@@ -314,6 +318,8 @@ def save(run: Run, name: str, step: int, metrics: dict | None = None) -> None:
         # from here: segattn.plugins.require_head)
         config = dict(run.cfg.to_dict(), num_classes=len(run.classes), classes=list(run.classes),
                       head_plugin=plugin_of(run.cfg.head.get("name")))
+        if getattr(run.val_set, "palette", None) is not None:  # the class colours, for eval.py and segattn.load
+            config["palette"] = np.asarray(run.val_set.palette).tolist()
         ckpt = {"model": run.model.state_dict(), "iter": step, "config": config, "best": run.best}
         if metrics is not None:
             ckpt["metrics"] = metrics_json(metrics, run.classes, iter=step)
@@ -346,7 +352,7 @@ def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False)
                                     inference=run.cfg.dataset.get("inference"))
         run.model.train()
         if run.main_process:
-            log_validation(run.writer, metrics, run.classes, samples, step)
+            log_validation(run.writer, metrics, run.classes, samples, step, getattr(run.val_set, "palette", None))
             # The same image and pixels at every validation, so TensorBoard shows the maps sharpen.
             log_attention_pictures(run.writer, run.model, run.val_set[0]["image"], run.cfg.visualize.points, step,
                                    run.cfg.visualize.max_size)
