@@ -79,6 +79,10 @@ def head_config(name: str) -> dict:
 
     path = os.path.join(CONF, "head", f"{name}.yaml")
     if not os.path.isfile(path):
+        from segattn.plugins import plugin_of
+
+        if plugin_of(name):  # a plugin's head without a yaml of its own: the generic head's keys
+            return {**head_config("custom"), "name": name}
         raise ValueError(f"{path}: no head config named {name!r}; choices: {', '.join(head_names())}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 

@@ -65,3 +65,29 @@ def p_text(p: float) -> str:
     if p < 0.001:
         return "<0.001"
     return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+
+
+class Rate(NamedTuple):
+    """``k`` successes of ``n`` with the Wilson score interval ``[low, high]`` of the rate."""
+    k: int
+    n: int
+    low: float
+    high: float
+
+    def text(self) -> str:
+        """``"2/3 (21-98 %)"``: the count and the 95 % interval of the rate in percent."""
+        if self.n == 0:
+            return "—"
+        return f"{self.k}/{self.n} ({100 * self.low:.0f}-{100 * self.high:.0f} %)"
+
+
+def wilson_ci(k: int, n: int, z: float = 1.959963984540054) -> Rate:
+    """The Wilson score interval of a rate of ``k`` successes in ``n`` trials (Wilson, "Probable
+    Inference, the Law of Succession, and Statistical Inference", 1927): unlike the normal
+    approximation it stays inside [0, 1] and is not empty at 0/n or n/n. ``z``: 1.96 for 95 %."""
+    if n == 0:
+        return Rate(0, 0, math.nan, math.nan)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Rate(k, n, 0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))

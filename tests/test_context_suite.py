@@ -165,3 +165,143 @@ def test_every_head_trains_at_the_suite_width(head):
     loss.backward()
     assert torch.isfinite(loss)
     assert context.width_overrides("sge", 32) == ["head.groups=4"] and context.width_overrides("axial", 32) == []
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_ctrl_c_to_the_suite_alone_stops_it_with_one_line(tmp_path):
+    """SIGINT to the suite's own process (not its group) stops it within seconds: its workers are killed,
+    it exits 130 with one line and no traceback, and the cells finished before stay."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, os.path.join(common.REPO, "benchmarks", "context.py"), "--quick", "--heads", "nl",
+           "--tasks", "which_marker", "--seeds", "0,1,2,3,4,5", "--jobs", "1", "--cache", str(tmp_path / "cache"),
+           "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=common.REPO,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 120
+    workers = []
+    while not workers and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # a worker is training a cell
+        workers = [p for p in _children(proc.pid) if "--multiprocessing-fork" in open(f"/proc/{p}/cmdline").read()]
+    assert workers, "no worker started"
+    time.sleep(1.0)
+    tic = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - tic < 10
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Error" not in err, err
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    assert lines[-1].startswith("context suite: interrupted (Ctrl-C)"), lines
+    time.sleep(0.5)
+    assert not [p for p in workers if os.path.exists(f"/proc/{p}") and
+                open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"], "a worker outlived the suite"
+
+
+def test_settings_keys_variants_and_where_their_cells_live(tmp_path):
+    """The default settings keep the committed cells' key; a budget or a residual start is a key of its own,
+    committed with them; other settings stay in the cache; a head without residual scales reuses its cells of
+    the papers' start."""
+    full = context.parse_args([])
+    assert context.settings_key(context.settings(full)) == "00d288a886"  # the committed cells' folder
+    assert full.budgets == [1.0] and context.parse_args(["--budget", "2,4"]).budgets == [2.0, 4.0]
+    with pytest.raises(SystemExit, match="--budget"):
+        context.parse_args(["--budget", "0"])
+    doubled = context.settings(full, 2.0)
+    zero = context.settings(context.parse_args(["--residual-init", "0.1"]))
+    assert doubled["iters"] == 320 and "residual_init" not in doubled and zero["residual_init"] == 0.1
+    keys = {context.settings_key(s) for s in (context.settings(full), doubled, zero)}
+    assert len(keys) == 3
+    assert context.committed_settings(doubled) and context.committed_settings(zero)
+    quick = context.parse_args(["--quick"])
+    assert not context.committed_settings(context.settings(quick))
+    assert context.cells_root(quick, context.settings(quick)).startswith(context.CACHE)
+    assert quick.heads == "nl,cc,se"  # --quick is a few heads, not the grid
+    assert context.has_residual_scales("da") and not context.has_residual_scales("se")
+    assert context.cell_settings(zero, "se") == context.settings(full) and context.cell_settings(zero, "da") == zero
+
+
+def _cell(task, head, seed, obj, scales=None):
+    return {"task": task, "head": head, "seed": seed, "mIoU": obj, "object_mIoU": obj, "object_recall": obj,
+            "IoU_car": obj, "IoU_truck": obj, "IoU_road": 0.9, "IoU_traffic light": 0.9, "IoU_traffic sign": 0.9,
+            "head_params": 1000, "seconds": 1.0, "residual_scales": scales or {}}
+
+
+def test_settling_opens_and_closes_cells():
+    """A cell is open while its interval is wider than +-10 points and it has fewer than 8 seeds; the next
+    seed is the smallest untrained one."""
+    bimodal = [_cell("t", "da", k, v) for k, v in enumerate([0.3, 0.8, 0.8])]
+    tight = [_cell("t", "nl", k, v) for k, v in enumerate([0.80, 0.81, 0.79])]
+    eight = [_cell("t", "cc", k, v) for k, v in enumerate([0.3, 0.8] * 4)]
+    one = [_cell("t", "se", 0, 0.2)]
+    assert sorted(context.open_cells(bimodal + tight + eight + one)) == [("t", "da"), ("t", "se")]
+    assert context.next_seed({0, 1, 2}) == 3 and context.next_seed({0, 2}) == 1 and context.next_seed(set()) == 0
+
+
+def test_success_rate_rule_and_wilson_interval():
+    """A seed reads the cue above the FCN's 95 % prediction interval; the rate is k of n with Wilson's
+    interval (closed form, checked against the textbook values)."""
+    from benchmarks import context_report
+    from segattn.stats import wilson_ci
+
+    fcn = [_cell("t", "fcn", k, v) for k, v in enumerate([0.18, 0.23, 0.19])]
+    da = [_cell("t", "da", k, v) for k, v in enumerate([0.72, 0.76, 0.30])]
+    thr = context_report.cue_threshold(fcn, "t")
+    ci = mean_ci([0.18, 0.23, 0.19])
+    sd = float(np.std([0.18, 0.23, 0.19], ddof=1))
+    assert thr == pytest.approx(ci.mean + 4.302653 * sd * (1 + 1 / 3) ** 0.5)  # mean + t sd sqrt(1 + 1/n)
+    assert ci.mean + ci.half_width < 0.30 < thr  # the seed at 30 lies above the mean's interval, not this one
+    r = context_report.summarize(fcn + da)[("t", "da")]["rate"]
+    assert (r.k, r.n) == (2, 3) and r.text() == "2/3 (21-94 %)"
+    assert wilson_ci(3, 3).low == pytest.approx(0.4385, abs=1e-4) and wilson_ci(3, 3).high == 1.0
+    assert wilson_ci(0, 3) == (0, 3, 0.0, pytest.approx(0.5615, abs=1e-4))
+    assert (wilson_ci(5, 10).low, wilson_ci(5, 10).high) == (pytest.approx(0.2366, abs=1e-4),
+                                                              pytest.approx(0.7634, abs=1e-4))
+    assert math.isnan(context_report.cue_threshold(fcn[:1], "t")) and wilson_ci(0, 0).text() == "—"
+
+
+def test_report_has_rates_zero_start_and_budget_curves(tmp_path):
+    """From records alone (no training): the CSV's success columns, the zero-start table against the same
+    FCN, and the budget tables and picture."""
+    from benchmarks import context_report
+
+    rng = np.random.default_rng(0)
+    tasks_ = ["far_marker", "global_cue"]
+    cells = [_cell(t, h, k, float(v)) for t in tasks_ for h, mu in (("fcn", 0.2), ("da", 0.55)) for k, v in
+             enumerate(rng.normal(mu, 0.02, 3))]
+    cells = [dict(c, residual_scales={"head.attention.pam.gamma": 0.01}) if c["head"] == "da" else c for c in cells]
+    opened = [dict(c, object_mIoU=0.8 + 0.01 * c["seed"], residual_scales={"head.attention.pam.gamma": 0.2}) for c in cells
+              if c["head"] == "da"]
+    longer = [dict(c, object_mIoU=c["object_mIoU"] + 0.1) for c in cells]
+    args = context.parse_args([])
+    info = {"size": (H, W), "radius": 224, "x0": 280, "wall_s": 0.0, "trained": 0, "seeds": [0, 1, 2],
+            "quick": True, "jobs": 1, "full": False, "settings": context.settings(args)}
+    paths = context_report.write(cells, args, info, str(tmp_path), {"residual_init": {0.1: opened},
+                                                                    "budgets": {160: cells, 640: longer}})
+    text = open(tmp_path / "context.md").read()
+    assert "## The zero start: residual scales started at 0.1 instead of 0" in text
+    assert "| far_marker | `da` |" in text and "3/3 (44-100 %)" in text
+    assert "## Longer budgets" in text and "object mIoU %, 640 it." in text
+    assert os.path.getsize(tmp_path / "context_budget.png") > 1000 and str(tmp_path / "context_budget.png") in paths
+    rows = list(csv.DictReader(open(tmp_path / "context.csv")))
+    da = [r for r in rows if r["head"] == "da"]
+    assert {r["reads_cue"] for r in da} == {"1"} and da[0]["reads_k"] == "3" and da[0]["reads_n"] == "3"
+    assert float(da[0]["reads_wilson_low"]) == pytest.approx(0.4385, abs=1e-4)
+    assert {r["reads_cue"] for r in rows if r["head"] == "fcn"} == {"0"}

@@ -51,6 +51,35 @@ def test_residual_scales_are_the_heads_zero_initialised_weights(head, names):
     assert all(v == pytest.approx(0.5) for v in residual_scales(model).values())  # values, not names, move
 
 
+@pytest.mark.parametrize("head", ["da", "cc", "gc", "nl", "shuffle"])
+def test_residual_init_starts_the_zero_scales_elsewhere_and_nothing_else(head):
+    """model.residual_init: 0 (the default) is the papers' start, bit for bit; 0.1 starts every residual
+    scale off zero (scalars and per-channel scales at 0.1, a conv weight at RMS 0.1 / sqrt(fan in)) and
+    changes no other weight of the head or the backbone."""
+    torch.manual_seed(0)
+    default = build_model(BB, {"name": head, "channels": 32}, 19, {"channels": 16}, init="pytorch")
+    torch.manual_seed(0)
+    zero = build_model(BB, {"name": head, "channels": 32}, 19, {"channels": 16}, init="pytorch", residual_init=0.0)
+    torch.manual_seed(0)
+    opened = build_model(BB, {"name": head, "channels": 32}, 19, {"channels": 16}, init="pytorch",
+                         residual_init=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), zero.state_dict().values()))
+    names = opened.head.residual_scale_names
+    assert names and names == default.head.residual_scale_names  # still logged as the residual scales
+    scales = residual_scales(opened)
+    params = dict(opened.head.named_parameters())
+    for name in names:
+        p = params[name]
+        key = f"head.{name}" if p.numel() == 1 else f"head.{name}_rms"
+        if head == "gc":  # GCNet's last 1x1 conv: N(0, (0.1 / sqrt(fan in))^2), fan in = its input channels
+            assert scales[key] == pytest.approx(0.1 / p[0].numel() ** 0.5, rel=0.35) and p.std() > 0
+        else:
+            assert torch.all(p == 0.1), name
+    same = {n: p for n, p in opened.state_dict().items() if not any(n == f"head.{m}" for m in names)}
+    ref = default.state_dict()
+    assert all(torch.equal(p, ref[n]) for n, p in same.items() if not n.startswith("head.")), "the backbone moved"
+
+
 def test_training_logs_the_residual_scales(tiny_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -12,17 +12,21 @@ from .heads import FCNHead, build_head
 from .layers import apply_init
 from .losses import SegmentationLoss
 from .scale_attention import wrap
-from .segmentor import Segmentor, zero_initialised
+from .segmentor import Segmentor, start_residual_scales, zero_initialised
 
 
 def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | None = None,
-                scale_attention: dict | None = None, loss: dict | None = None, init: str = "mmseg") -> nn.Module:
+                scale_attention: dict | None = None, loss: dict | None = None, init: str = "mmseg",
+                residual_init: float = 0.0) -> nn.Module:
     """Build a Segmentor from plain dicts (the ``backbone``, ``head``, ``model.aux_head``,
     ``model.scale_attention`` and ``loss`` config nodes). With ``model.scale_attention.scales`` set, the
     Segmentor is wrapped in :class:`~segattn.models.scale_attention.ScaleAttention` (same interface).
     ``loss.class_weight=auto`` is left for the trainer to resolve (``model.criterion.set_class_counts``).
     ``init`` (``model.init``): the heads' start, ``mmseg`` (the published recipes') or ``pytorch``
-    (``segattn.models.layers.apply_init``); the backbone is not touched (it is torchvision's start)."""
+    (``segattn.models.layers.apply_init``); the backbone is not touched (it is torchvision's start).
+    ``residual_init`` (``model.residual_init``): where the head's zero-initialised residual scales start
+    (DANet's and CCNet's gamma, GCNet's last conv, Non-local's output BN, ...); 0, the default, is the
+    papers' start (``segattn.models.segmentor.start_residual_scales``)."""
     bb_cfg = dict(backbone)
     name = bb_cfg.pop("name", None)
     attention_name = bb_cfg.pop("block_attention", None)
@@ -45,6 +49,7 @@ def build_model(backbone: dict, head: dict, num_classes: int, aux_head: dict | N
         bb = ResNet(**bb_cfg)
     head_module = apply_init(build_head(head, bb.channels, num_classes), init)
     head_module.residual_scale_names = zero_initialised(head_module)
+    start_residual_scales(head_module, head_module.residual_scale_names, float(residual_init))
     aux = dict(aux_head or {})
     aux_weight = float(aux.pop("weight", 0.4))
     aux_module = None
@@ -67,4 +72,5 @@ def build_model_from_config(cfg: dict, num_classes: int, pretrained: bool = True
     backbone = dict(cfg["backbone"]) if pretrained else dict(cfg["backbone"], pretrained=None)
     model = cfg.get("model") or {}
     return build_model(backbone, cfg["head"], num_classes, model.get("aux_head"), model.get("scale_attention"),
-                       cfg.get("loss"), model.get("init", "mmseg"))
+                       cfg.get("loss"), model.get("init", "mmseg"),
+                       model.get("residual_init", 0.0))

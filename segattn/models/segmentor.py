@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -88,6 +90,28 @@ def zero_initialised(module: nn.Module) -> tuple[str, ...]:
         return ()
     return tuple(n for n, p in module.named_parameters()
                  if not n.endswith("bias") and p.numel() and not bool(p.detach().any()))
+
+
+def start_residual_scales(module: nn.Module, names: tuple[str, ...], value: float) -> None:
+    """``model.residual_init``: start the residual scales ``names`` (from :func:`zero_initialised`) at
+    ``value`` instead of the papers' zero. A scalar or a per-channel scale (a norm's weight) is set to
+    ``value``; a convolution's or linear layer's weight is drawn from N(0, (value / sqrt(fan_in))^2), so
+    the branch starts adding about ``value`` times its input's scale in every output channel. ``value``
+    0 leaves the module (and the random stream) untouched."""
+    if not value:
+        return
+    params = dict(module.named_parameters())
+    modules = dict(module.named_modules())
+    # fork_rng: the draws below leave the global random stream where it was, so every module built after
+    # the head (the auxiliary head) starts exactly as with the papers' start.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for name in names:
+            p = params[name]
+            owner, _, leaf = name.rpartition(".")
+            if leaf == "weight" and isinstance(modules.get(owner), (nn.Conv2d, nn.Conv1d, nn.Linear)):
+                p.normal_(0.0, value / math.sqrt(p[0].numel()))
+            else:  # a scalar gamma, a norm's per-channel weight, a per-group or per-channel scale
+                p.fill_(value)
 
 
 def residual_scales(model: nn.Module) -> dict[str, float]:
