@@ -7,7 +7,7 @@
     python benchmarks/heads.py --fused          # fused vs explicit attention: benchmarks/fused.py
 
 A ``--quick`` run writes results/quick/, a run of some ``--heads`` results/partial/: only a full run
-replaces the committed results.
+replaces the committed results. This file measures; benchmarks/heads_report.py writes the report.
 
 Two levels are measured for every name of ``train.py head=<name>`` (hyper-parameters from
 conf/head/<name>.yaml):
