@@ -1,5 +1,5 @@
-"""scripts/study.py end to end: 3 heads x 2 seeds on a tiny dataset through train.py --multirun, the
-report (table, bar chart, per-class heat map, attention pictures), and a re-run that trains nothing."""
+"""scripts/study.py end to end: 3 heads x 2 seeds on a tiny dataset through train.py --multirun (a process of
+its own), the report (table, bar chart, per-class heat map, attention pictures), and a re-run that trains nothing."""
 
 import csv
 import importlib.util
@@ -21,6 +21,7 @@ def _study():
 
 def test_study_of_three_heads_and_two_seeds(tiny_root, tmp_path, monkeypatch):
     study = _study()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # train.py's process: one thread, as each pytest worker
     out = str(tmp_path / "study")
     # class_weight=auto also takes the trainer's set-up path that counts the training masks.
     argv = ["heads=[fcn,cc,da]", "seeds=2", f"out={out}", "speed_steps=1", *TINY, f"dataset.root={tiny_root}",
