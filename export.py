@@ -30,7 +30,7 @@ def _main(cfg: DictConfig):
                              f"checkpoint=PATH format=onnx|torchscript|exported_program")
         cfg = ExportConfig.from_dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
         info = export_checkpoint(cfg.checkpoint, cfg.format, cfg.output, cfg.input_size, cfg.dynamic, cfg.device,
-                                 verbose=cfg.verbose)
+                                 verbose=cfg.verbose, plugins=cfg.plugins)
     print(f"wrote {info['path']} ({cfg.format}, {'dynamic sizes' if cfg.dynamic else 'input %dx%d' % tuple(info['input_size'])})"
           f" and {info['json']}")
     return info

@@ -79,6 +79,10 @@ def head_config(name: str) -> dict:
 
     path = os.path.join(CONF, "head", f"{name}.yaml")
     if not os.path.isfile(path):
+        from segattn.plugins import plugin_of
+
+        if plugin_of(name):  # a plugin's head without a yaml of its own: the generic head's keys
+            return {**head_config("custom"), "name": name}
         raise ValueError(f"{path}: no head config named {name!r}; choices: {', '.join(head_names())}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
@@ -135,6 +139,14 @@ def build_decode_head(name: str, in_channels: list[int], num_classes: int = 19, 
 
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def stage_inputs(size: int, device, batch: int = 1) -> list[torch.Tensor]:
+    """R101-D8 stage outputs for an S x S c5: c2 at stride 4 is (2S - 1) x (2S - 1)."""
+    c2 = 2 * (size - 1) + 1
+    shapes = [(batch, R101_CHANNELS[0], c2, c2)] + [(batch, c, size, size) for c in R101_CHANNELS[1:]]
+    return [torch.randn(s, device=device) if torch.device(device).type != "meta" else torch.empty(s, device=device)
+            for s in shapes]
 
 
 # ----------------------------------------------------------------------------- FLOPs

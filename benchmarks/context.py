@@ -6,6 +6,7 @@
     python benchmarks/context.py --settle        # + seeds for open cells (95 % CI wider than +-10 points), up to 8
     python benchmarks/context.py --heads da,cc --tasks far_marker --residual-init 0.1   # the zero-start test
     python benchmarks/context.py --heads da,sk --budget 2,4       # longer budgets (iterations x 2, x 4)
+    python benchmarks/context.py --plugins my_attention.py --heads my_att   # your own head's rows (README: Bring your own head)
 
 The tasks (``benchmarks/context_tasks.py``) put the objects' class in a cue beyond the FCN's receptive
 field: a far marker, a global statistic of many dots, and a marker per lane. Each (task, head, seed)
@@ -102,7 +103,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help=f"a smoke run: the FCN and {QUICK_HEADS} (unless --heads), "
                                                        "tiny budget, two seeds")
     p.add_argument("--out", default=None, help="folder for the report (default: results/ for the full grid, "
-                                               "results/partial/ or results/quick/ otherwise)")
+                                               "results/partial/ or results/quick/ otherwise; <cache>/plugin_reports/ "
+                                               "with --plugins)")
+    p.add_argument("--plugins", default=None, help="comma-separated modules or .py files registering heads of your "
+                                                   "own (README: Bring your own head); their cells and report stay "
+                                                   "in --cache, out of results/")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
     for key, value in base.items():
@@ -255,8 +260,10 @@ def overrides(head: str, seed: int, s: dict, root: str) -> list[str]:
     h, w = parse_size(s["size"])
     it = s["iters"]
     residual = [f"model.residual_init={s['residual_init']}"] if s.get("residual_init") else []
+    # A plugin's head: imported by the trainer in the cell's own process, run in the generic head's config
+    choice = [f"plugins=[{s['plugin']}]", "head=custom", f"head.name={head}"] if s.get("plugin") else [f"head={head}"]
     return [
-        f"head={head}", f"head.channels={s['channels']}", *width_overrides(head, s["channels"]), f"backbone.width={s['width']}", f"model.init={s['init']}",
+        *choice, f"head.channels={s['channels']}", *width_overrides(head, s["channels"]), f"backbone.width={s['width']}", f"model.init={s['init']}",
         *residual,
         "model.aux_head.channels=32", "dataset=cityscapes", f"dataset.root={root}", f"dataset.crop_size=[{h},{w}]",
         # The whole image, unaugmented: a crop could cut the cue off, a flip would move it.
@@ -281,6 +288,10 @@ def train_cell(task: str, head: str, seed: int, s: dict, root: str, work: str) -
     from segattn.models import residual_scales
 
     torch.set_num_threads(1)
+    if s.get("plugin"):  # this process's own import: its overrides read the plugin head's config
+        from segattn.plugins import import_plugins
+
+        import_plugins([s["plugin"]], key="--plugins")
     run_dir = os.path.join(work, f"{task}_{head}_seed{seed}")
     cfg = common.compose_config(overrides(head, seed, s, root))
     tic = time.perf_counter()
@@ -316,10 +327,25 @@ def has_residual_scales(head: str, channels: int = FULL["channels"], width: int 
 
 def cell_settings(s: dict, head: str) -> dict:
     """The settings ``head``'s cell is trained with: a head without residual scales is the same model
-    whatever ``residual_init`` says, so it reuses the cells of the papers' start."""
+    whatever ``residual_init`` says, so it reuses the cells of the papers' start. A plugin's head adds its
+    plugin and a hash of the plugin's source: an edited module gets new cells, not the old module's."""
     if s.get("residual_init") and not has_residual_scales(head, s["channels"], s["width"]):
-        return {k: v for k, v in s.items() if k != "residual_init"}
+        s = {k: v for k, v in s.items() if k != "residual_init"}
+    from segattn.plugins import plugin_of
+
+    plugin = plugin_of(head)
+    if plugin:
+        s = {**s, "plugin": plugin, "plugin_source": plugin_source_hash(plugin)}
     return s
+
+
+def plugin_source_hash(plugin: str) -> str:
+    """The first 10 hex digits of the SHA-1 of the plugin's source file."""
+    from segattn.plugins import _IMPORTED
+
+    path = getattr(_IMPORTED.get(plugin), "__file__", None) or plugin
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()[:10]
 
 
 def cells_root(args, s: dict) -> str:
@@ -327,6 +353,8 @@ def cells_root(args, s: dict) -> str:
     variants, the ignored cache otherwise (or ``--cells``)."""
     if args.cells:
         root = args.cells
+    elif s.get("plugin"):  # a user's head: never among the committed results
+        root = os.path.join(args.cache, "plugin_cells")
     elif committed_settings(s):
         root = CELLS
     else:
@@ -497,7 +525,16 @@ def variant_cells(args, task_list: list[str], heads: list[str]) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from segattn.plugins import import_plugins, plugin_of
+
+    # A plugin's path is kept absolute: the cells train in other processes, and records name it.
+    args.plugins = [os.path.abspath(p) if p.endswith(".py") else p
+                    for p in (args.plugins or "").split(",") if p.strip()]
+    import_plugins(args.plugins, key="--plugins")
     head_list = common.head_names()
+    if args.plugins and not args.heads:
+        raise SystemExit(f"--plugins {','.join(args.plugins)}: name the heads to measure with --heads (registered by "
+                         f"them: {', '.join(h for h in head_list if plugin_of(h)) or 'none'})")
     heads = common.parse_names(args.heads, head_list)
     if "fcn" not in heads:
         heads = ["fcn", *heads]  # the baseline every p-value is against
@@ -508,9 +545,11 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     size = parse_size(args.size)
     base = settings(args)
-    full_grid = (not args.quick and heads == head_list and task_list == list(tasks.TASKS) and len(seeds) >= 3
+    full_grid = (not args.quick and not args.plugins and heads == head_list and task_list == list(tasks.TASKS) and len(seeds) >= 3
                  and base == default_settings() and args.budgets == [1.0])
-    out = args.out or os.path.join(common.RESULTS, "" if full_grid else ("quick" if args.quick else "partial"))
+    mine = [h for h in heads if plugin_of(h)]
+    out = args.out or (os.path.join(args.cache, "plugin_reports", "+".join(mine)) if mine else
+                       os.path.join(common.RESULTS, "" if full_grid else ("quick" if args.quick else "partial")))
 
     torch.manual_seed(0)
     radius = receptive_radius(fcn_model(args.width, args.channels), size)
@@ -586,6 +625,10 @@ def main(argv=None) -> dict:
     from benchmarks import context_report
 
     paths = context_report.write(cells, args, info, out, variants)
+    if mine:  # the plugin's rows against the built-in heads' cells of the same settings (never trained for it)
+        builtin = [h for h in common.head_names() if not plugin_of(h)]
+        known = load_cells(args, settings(args, args.budgets[0]), task_list, builtin)
+        paths.append(context_report.placement(cells, known, mine, task_list, out, info))
     for p in paths:
         print(f"wrote {os.path.relpath(p)}")
     return {"cells": cells, "info": info, "paths": paths, "out": out, "variants": variants}

@@ -395,3 +395,46 @@ def write(cells: list[dict], args, info: dict, out: str, variants: dict | None =
     paths.append(heatmap(os.path.join(out, "context.png"), heads, task_list, summary))
     paths.append(interval_chart(os.path.join(out, "context_ci.png"), heads, task_list, summary))
     return paths
+
+
+def placement(cells: list[dict], known: list[dict], mine: list[str], task_list: list[str], out: str,
+              info: dict) -> str:
+    """``placement.md``: each plugin head's rows (``mine``) against the built-in heads' cells of the same
+    settings (``known``: the committed ones for the suite's settings): its interval of object mIoU, success
+    rate and Welch p against the FCN, and the built-in head of the same taxonomy nearest to it."""
+    from segattn.models.attention import ATTENTIONS
+
+    fcn = [c for c in cells + known if c["head"] == "fcn"]
+    fcn = list({(c["task"], c["seed"]): c for c in fcn}.values())
+    ours = summarize([c for c in cells if c["head"] in mine], fcn)
+    theirs = summarize([c for c in known if c["head"] not in mine], fcn)
+
+    def taxonomy(head):
+        return getattr(ATTENTIONS.get(head), "taxonomy", None)
+
+    lines = [f"# Your heads in the context suite: {', '.join(f'`{h}`' for h in mine)}", "",
+             f"Trained with the suite's settings ({info['settings']['iters']} iterations, seeds "
+             f"{', '.join(map(str, info['seeds']))}), each cell in a fresh one-thread process; placed against "
+             f"{len({c['head'] for c in known})} built-in heads' cells of the same settings "
+             f"({len(known)} cells{', the committed ones' if not info.get('quick') else ''}). A seed reads the "
+             "cue when its object mIoU lies above the FCN's 95 % prediction interval on that task.", "",
+             "| head | task | taxonomy | object mIoU (95 % CI, n) | reads the cue | Welch p vs FCN | verdict | "
+             "nearest built-in head of its taxonomy |", "|---|---|---|---|---|---|---|---|"]
+    for head in mine:
+        t = taxonomy(head)
+        family_text = f"{t['weights']} / {t['applied']} / {t['domain']}" if t else "not declared"
+        for task in task_list:
+            r = ours.get((task, head))
+            if r is None:
+                continue
+            peers = [(h, v) for (tk, h), v in theirs.items() if tk == task and h != "fcn"
+                     and (t is None or taxonomy(h) == t)]
+            if peers:
+                near, v = min(peers, key=lambda hv: abs(hv[1]["object_mIoU"].mean - r["object_mIoU"].mean))
+                nearest = f"`{near}` {v['object_mIoU'].text()}, {v['rate'].text()}"
+            else:
+                nearest = "none with cells at these settings"
+            lines.append(f"| `{head}` | {task} | {family_text} | {r['object_mIoU'].text()} | {r['rate'].text()} | "
+                         f"{p_text(r['p'])} | {r['verdict']} | {nearest} |")
+    os.makedirs(out, exist_ok=True)
+    return common.write_atomic(os.path.join(out, "placement.md"), "\n".join(lines) + "\n")

@@ -18,6 +18,7 @@ import re
 import sys
 
 from .config import ConfigNode, EvalConfig, ExportConfig, TrainConfig
+from .engine.elastic import RankLost, launch_key
 from .engine.stopping import Interrupted
 
 # conf/<name>.yaml's defaults list starts with ``optional schema@_here_: <name>``: with these registered,
@@ -38,6 +39,9 @@ def user_errors(prog: str):
     """``with user_errors("train.py"):`` around an entry point's work (see the module docstring)."""
     try:
         yield
+    except RankLost as e:  # one line, from each survivor of a lost rank; torchrun takes over
+        print(e, file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     except Interrupted as e:
         print(f"{prog}: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
@@ -139,6 +143,15 @@ def run_name(head, backbone, block_attention, scales, seed, overrides: str) -> s
     return re.sub(r"[^A-Za-z0-9._+-]", "-", name)[:120]
 
 
+def run_stamp() -> str:
+    """The run folder's first part (``hydra.run.dir``): ``<date>/<time>`` of the start, or, under a launcher
+    that restarts (torchrun, a Slurm job), what names the launch (``torchrun/<id>``, ``slurm/<job id>``:
+    ``segattn.engine.elastic.launch_key``), so that every restart finds the same folder."""
+    import datetime
+
+    return launch_key() or datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+
+
 def register_configs() -> None:
     """Register the config schemas with Hydra's ConfigStore and the ``run_name`` resolver with OmegaConf
     (conf/train.yaml's ``hydra.run.dir`` uses it). Whatever composes conf/ calls this first: the entry
@@ -149,6 +162,8 @@ def register_configs() -> None:
     for name, node in SCHEMAS.items():
         ConfigStore.instance().store(group="schema", name=name, node=node)
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+    # Cached: resolved once per composed config, as Hydra's ${now:} is.
+    OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True, use_cache=True)
 
 
 def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
@@ -168,3 +183,24 @@ def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
             schema.check_key(key)
         except ValueError as e:
             raise SystemExit(f"Could not override '{o.input_line}': {e}") from None
+
+
+def compose_train_config(argv: list[str], prog: str) -> dict:
+    """conf/train.yaml composed with ``argv`` (Hydra overrides, ``hydra.searchpath=[file:///my/conf]``
+    included) as a plain dict, outside a Hydra app: what ``python -m segattn.check`` and the scripts read."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    if not os.path.isfile(os.path.join(conf, "train.yaml")):
+        raise OSError(f"{prog}: {conf}/train.yaml not found: run it from a checkout of segattn (pip install -e .)")
+    check_overrides(argv, TrainConfig)
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=conf):
+        cfg = compose("train", overrides=list(argv))
+    GlobalHydra.instance().clear()
+    cfg = OmegaConf.to_container(cfg, resolve=False)
+    cfg.pop("hydra", None)
+    return cfg

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 # Keys a checkpoint adds to the training config it stores; not settings.
-RECORD_KEYS = ("num_classes", "classes")
+RECORD_KEYS = ("num_classes", "classes", "palette", "head_plugin")
 
 
 class ConfigNode:
@@ -78,6 +78,7 @@ class TrainerConfig(ConfigNode):
     num_workers: int = 2
     val_interval: int = 40
     ckpt_interval: int = 0
+    ckpt_interval_min: float = 0  # also last.pt whenever this many minutes passed since the last one (0: off)
     keep_ckpts: int = 3
     log_interval: int = 10
     device: str = "auto"
@@ -139,11 +140,19 @@ class ModelConfig(ConfigNode):
 
 @dataclass
 class LossConfig(ConfigNode):
-    """segattn/models/losses.py: ``ce`` or ``ohem`` (OCNet's/CCNet's OHEM cross-entropy), class weights."""
-    name: str = "ce"
+    """segattn/models/losses.py: ``ce``, ``ohem`` (OCNet's/CCNet's OHEM cross-entropy), ``dice``, ``jaccard``,
+    ``focal``, ``lovasz``, ``tversky`` (segmentation_models_pytorch's), or a list of them summed with ``weights``."""
+    name: Any = "ce"  # a name or a list of names
+    weights: Optional[List[float]] = None  # with a list of names: one weight each (null: 1.0 each)
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 100000
     class_weight: Any = None  # null | auto (ENet's inverse log-frequency of the training masks) | [w_0, ...]
+    smooth: float = 0.0  # dice, jaccard, tversky: added to numerator and denominator (smp's smooth)
+    focal_gamma: float = 2.0
+    focal_alpha: Optional[float] = None  # null: positives and negatives weigh the same
+    tversky_alpha: float = 0.5  # weight of false positives
+    tversky_beta: float = 0.5  # weight of false negatives (alpha = beta = 0.5: Dice)
+    tversky_gamma: float = 1.0  # the mean loss to this power (focal Tversky when > 1)
 
 
 @dataclass
@@ -155,7 +164,7 @@ class VisualizeConfig(ConfigNode):
 @dataclass
 class MlflowConfig(ConfigNode):
     """``logger=[...,mlflow]``: where the MLflow run goes (segattn/engine/trackers.py)."""
-    tracking_uri: Optional[str] = None  # null: the local file store <run dir>/mlruns (no server)
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<run dir>/mlflow.db
     experiment: str = "segattn"
 
 
@@ -175,10 +184,12 @@ class TrainConfig(ConfigNode):
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = 0
     resume: Optional[str] = None
+    plugins: List[str] = field(default_factory=list)  # modules / .py files imported first (segattn/plugins.py)
 
     @classmethod
     def from_dict(cls, data: Any = None, where: str = "") -> "TrainConfig":
-        """As ``ConfigNode.from_dict``; the keys a checkpoint adds (``num_classes``, ``classes``) are dropped."""
+        """As ``ConfigNode.from_dict``; the keys a checkpoint adds (``num_classes``, ``classes``,
+        ``head_plugin``) are dropped."""
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if k not in RECORD_KEYS}
         return super().from_dict(data, where)
@@ -218,6 +229,7 @@ class EvalConfig(ConfigNode):
     device: str = "auto"
     num_workers: int = 2
     progress: bool = True
+    plugins: List[str] = field(default_factory=list)  # the checkpoint's head, if a plugin's: imported first
 
 
 
@@ -231,3 +243,4 @@ class ExportConfig(ConfigNode):
     output: Optional[str] = None
     device: str = "cpu"
     verbose: bool = False
+    plugins: List[str] = field(default_factory=list)  # the checkpoint's head, if a plugin's: imported first

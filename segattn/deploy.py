@@ -33,6 +33,7 @@ from .io import atomic_write
 from .ops import size_hw
 from .models.heads import head_facts, head_names
 from .models.inference import KEYS, default_window, image_batch, inference_kwargs, one_pass
+from .plugins import import_plugins
 
 LIST_BATCH = 4  # images of one size per forward pass in predict(list), unless inference.batch_size says
 
@@ -81,7 +82,7 @@ class Predictor(nn.Module):
         self.model = model.eval()
         num_classes = int(model.num_classes)
         self.classes = list(classes) if classes else _default_names(num_classes)
-        self.palette = np.asarray(palette if palette is not None else palette_for(num_classes)[:num_classes],
+        self.palette = np.asarray(palette if palette is not None else palette_for(num_classes, classes or None)[:num_classes],
                                   dtype=np.uint8)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.inference = {k: v for k, v in (inference or {"mode": "whole"}).items() if v is not None}
@@ -166,14 +167,17 @@ class Predictor(nn.Module):
         return results[0] if single else results
 
 
-def load(path: str, device="cpu") -> Predictor:
+def load(path: str, device="cpu", plugins: list[str] | None = None) -> Predictor:
     """The trained model in the segattn checkpoint ``path`` (a ``.pt`` checkpoint, or the
     ``best.safetensors`` weights a run writes, which load without unpickling), in eval mode on ``device``
-    (see :class:`Predictor`). Refuses files segattn did not write, with the messages eval.py gives."""
+    (see :class:`Predictor`). Refuses files segattn did not write, with the messages eval.py gives.
+    ``plugins``: modules or ``.py`` files to import first, for a checkpoint whose head is a plugin's
+    (the checkpoint names it, but never imports code by itself)."""
+    import_plugins(plugins)
     model, ckpt = model_from_checkpoint(path)
     cfg = ckpt["config"]
     dataset = cfg.get("dataset") or {}
-    predictor = Predictor(model, list(cfg.get("classes") or []), None, dataset.get("mean") or IMAGENET_MEAN,
+    predictor = Predictor(model, list(cfg.get("classes") or []), cfg.get("palette"), dataset.get("mean") or IMAGENET_MEAN,
                           dataset.get("std") or IMAGENET_STD, dataset.get("inference"),
                           dataset.get("crop_size"), cfg)
     return predictor.to(torch.device(device)).eval()
@@ -338,13 +342,14 @@ def load_exported(path: str, fmt: str | None = None):
 
 
 def export_checkpoint(checkpoint: str, fmt: str, output: str | None = None, input_size=None,
-                      dynamic: bool = False, device="cpu", verbose: bool = False) -> dict:
+                      dynamic: bool = False, device="cpu", verbose: bool = False,
+                      plugins: list[str] | None = None) -> dict:
     """What ``export.py`` does: ``load`` the checkpoint and ``export_model`` it to ``output`` (default:
     beside the checkpoint, ``best.pt`` -> ``best.onnx``) at ``input_size`` (default: the training
-    crop). Returns the JSON written, with ``path`` and ``json`` added."""
+    crop). Returns the JSON written, with ``path`` and ``json`` added. ``plugins``: as ``load``'s."""
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
-    predictor = load(checkpoint, device)
+    predictor = load(checkpoint, device, plugins)
     size = input_size or predictor.crop_size
     if not size:
         raise ValueError(f"input_size is null and checkpoint={checkpoint!r} records no dataset.crop_size; "

@@ -79,3 +79,31 @@ def trained_run(tiny_root, tmp_path_factory) -> str:
 def run_eval(argv: list[str]):
     """eval.py in-process; returns its return value (the mIoU)."""
     return _run_hydra_main("eval", argv)
+
+EXAMPLE_PLUGIN = os.path.join(REPO, "examples", "pooled_attention.py")
+
+
+def forget_plugins() -> None:
+    """Undo every plugin import of this process: their names leave the registries (the registry-wide
+    tests and the README's heads table list the package's own heads only) and their modules are dropped."""
+    from segattn import plugins
+    from segattn.models.attention import ATTENTIONS
+    from segattn.models.heads import HEADS
+
+    for name in list(plugins._ORIGIN):
+        ATTENTIONS.pop(name, None)
+        HEADS.pop(name, None)
+    for module in plugins._IMPORTED.values():
+        sys.modules.pop(module.__name__, None)
+    plugins._ORIGIN.clear()
+    plugins._IMPORTED.clear()
+
+
+@pytest.fixture
+def example_plugin():
+    """examples/pooled_attention.py imported (``pooled_nl`` registered) for one test, forgotten after it."""
+    from segattn.plugins import import_plugins
+
+    assert import_plugins([EXAMPLE_PLUGIN]) == ["pooled_nl"]
+    yield EXAMPLE_PLUGIN
+    forget_plugins()

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import common, fused, heads, inference, scaling, train_speed
+from benchmarks import checkpoint, common, fused, heads, inference, scaling, train_speed
 from segattn.models.attention import build_attention
 
 
@@ -99,3 +99,17 @@ def test_fused_benchmark_tiny(tmp_path):
     pam = out["kernels"][0]
     assert pam["blocked_fwd_gflops"] == pam["explicit_fwd_gflops"] < pam["head_split_fwd_gflops"]
     assert {r["mechanism"] for r in _rows(tmp_path / "fused.csv")} == {"da"}
+
+
+def test_checkpoint_benchmark_tiny(tmp_path):
+    """last.pt as the trainer writes it (weights and SGD's momentum: about twice the weights), timed beside a
+    training step; the temporary checkpoint folder is removed, the report says what an interval adds."""
+    out = checkpoint.main(["--out", str(tmp_path), "--dir", str(tmp_path), "--crop", "32,32", "--batch", "1",
+                           "--rounds", "1", "--warmup", "0", "--threads", "1", "backbone.width=8", "head.channels=16",
+                           "model.aux_head.channels=8"])
+    r = out["row"]
+    assert 1.8 < r["file_mib"] / r["weights_mib"] < 2.3, r
+    assert r["step_s"] > 0 and r["save_s"] > 0 and r["load_s"] > 0
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.csv", "checkpoint.md"]
+    report = (tmp_path / "checkpoint.md").read_text()
+    assert "every 8000 iterations" in report and "`trainer.ckpt_interval_min=15`" in report

@@ -192,3 +192,51 @@ def test_tensorboard_has_confusion_matrix_and_hparams(trained_run):
     assert hp["lr"].number_value == 0.01 and hp["crop"].string_value == "64x64"
     final = json.load(open(os.path.join(trained_run, "metrics.json")))["mIoU"]
     assert acc.Scalars("hparams/mIoU")[-1].value == pytest.approx(final, abs=1e-6)
+
+
+def test_eval_writes_per_image_scores_and_its_speed(trained_run, tiny_root, tmp_path, capsys):
+    """per_image.csv: one row per image, worst mIoU first; each row's numbers are that image's own confusion
+    matrix (checked against the exported prediction); the speed in the console and eval.json."""
+    preds = tmp_path / "preds"
+    result = _eval(trained_run, tmp_path, f"dataset.root={tiny_root}", f"export_dir={preds}", "export_format=trainids")
+    out = capsys.readouterr().out
+    import csv
+
+    from segattn.data import build_dataset
+    from segattn.metrics import ConfusionMatrix
+
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
+    assert result["per_image"] == str(tmp_path / "eval" / "per_image.csv")
+    assert len(rows) == 2 and list(rows[0])[:4] == ["image", "mIoU", "pixel_accuracy", "labelled_pixels"]
+    assert [k for k in rows[0]][4:] == [f"IoU/{c}" for c in CITYSCAPES_CLASSES]
+    assert float(rows[0]["mIoU"]) <= float(rows[1]["mIoU"])
+    val = build_dataset("mini", tiny_root, "val")
+    total = ConfusionMatrix(19)
+    for row in rows:
+        i = val.images.index(row["image"])
+        mask = val.load(i)[1]
+        stem = os.path.basename(row["image"]).replace("_leftImg8bit.png", "")
+        pred = np.array(Image.open(preds / f"{stem}_labelTrainIds.png"))
+        cm = ConfusionMatrix(19)
+        cm.update(torch.from_numpy(pred), torch.from_numpy(mask))
+        total.update(torch.from_numpy(pred), torch.from_numpy(mask))
+        m = cm.compute()
+        assert float(row["mIoU"]) == pytest.approx(m["mIoU"], abs=1e-6)
+        assert float(row["pixel_accuracy"]) == pytest.approx(m["aAcc"], abs=1e-6)
+        assert int(row["labelled_pixels"]) == int((mask != 255).sum())
+        for c, iou in zip(CITYSCAPES_CLASSES, m["IoU"]):
+            assert (row[f"IoU/{c}"] == "") if iou != iou else float(row[f"IoU/{c}"]) == pytest.approx(iou, abs=1e-6)
+    assert total.compute()["mIoU"] == pytest.approx(result["mIoU"], abs=1e-9)  # the rows add up to the dataset
+    s = result["speed"]
+    assert s["images"] == 2 and s["inference"] == "whole" and s["batch_size"] == 4 and s["device"] == "cpu"
+    assert s["images_per_s"] == pytest.approx(2 / s["seconds"]) and 0 < s["model_ms_per_image"] <= s["ms_per_image"]
+    assert f"speed: {s['images_per_s']:.2f} images/s, {s['ms_per_image']:.1f} ms per image (whole, batch 4, cpu;" in out
+    assert "lowest per-image mIoU: " in out and os.path.basename(rows[0]["image"]) in out
+
+
+def test_the_speed_names_the_slide_window():
+    from segattn.engine.evaluate import describe_inference
+
+    assert describe_inference({"mode": "slide", "crop_size": [769, 769], "stride": [513, 513], "scales": [1.0],
+                               "flip": False}) == "slide 769x769 windows, stride 513x513"
+    assert describe_inference({"mode": "whole", "scales": [0.5, 1.0], "flip": True}) == "whole, scales [0.5, 1.0] + flip"

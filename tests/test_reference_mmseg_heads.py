@@ -560,8 +560,9 @@ def randomise_all(module: nn.Module, seed: int = 1) -> None:
     scales and running variances U(0.5, 1.5), biases and running means N(0, 0.2^2); EncNet's codewords
     N(0, 1) and smoothing factors -U(0.02, 0.12) (soft assignments, not one-hot, at 16 channels)."""
     g = torch.Generator().manual_seed(seed)
+    state = set(module.state_dict())  # not the non-persistent buffers: constants of the code (the Hamburger's bases)
     for name, p in list(module.named_parameters()) + list(module.named_buffers()):
-        if not p.is_floating_point():
+        if not p.is_floating_point() or name not in state:
             continue
         last = name.rsplit(".", 1)[-1]
         if last == "codewords":
@@ -688,12 +689,12 @@ def ham_rules():
             + cbr("attention.ham_out", "hamburger.ham_out") + cbr("align", "align"))
 
 
-def ham_pair(spatial=1, one_step=True, steps=(6, 7)):
+def ham_pair(spatial=1, one_step=True, steps=(6, 7), eval_bases="random"):
     kwargs = dict(MD_S=spatial, MD_R=4, train_steps=steps[0], eval_steps=steps[1])
     theirs = ref.LightHamHead(ham_channels=16, ham_kwargs=kwargs, one_step=one_step, in_channels=[IN_CH[-1]],
                               in_index=[3], channels=12, num_classes=NUM_CLASSES)
     return pair_all("ham", theirs, ham_rules(), channels=12, ham_channels=16, spatial=spatial, rank=4,
-                    train_steps=steps[0], eval_steps=steps[1])
+                    train_steps=steps[0], eval_steps=steps[1], eval_bases=eval_bases)
 
 
 def seeded(module, x, seed=0):
@@ -714,6 +715,30 @@ def test_ham_matches_mmseg(spatial, train):
                                    **TOL)
     with torch.no_grad():
         assert max_diff(a, seeded(theirs, x, seed=1)) > 1e-8  # the bases matter: other ones would be seen
+
+
+@pytest.mark.parametrize("spatial", [1, 2])
+def test_ham_fixed_eval_bases_are_mmsegs_nmf_from_those_bases(spatial, monkeypatch):
+    """eval_bases=fixed (the default): mmseg's head given the same starting bases, deterministic and the same
+    for every sample; training still draws mmseg's random ones."""
+    ours, theirs = ham_pair(spatial, eval_bases="fixed")
+    both(ours, theirs, False)
+    fixed = ours.attention.ham.fixed_bases  # (S, D, R): the one uniform draw the evaluation starts from
+    assert fixed.shape == (spatial, 16 // spatial, 4)
+    x = feats(7, 10)
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: fixed.repeat(shape[0] // spatial, 1, 1))
+    with torch.no_grad():
+        b = theirs(x)
+    monkeypatch.setattr(torch, "rand", real_rand)
+    with torch.no_grad():
+        a = seeded(ours, x, seed=0)
+        assert max_diff(a, seeded(ours, x, seed=1)) == 0  # the global seed no longer matters
+        assert max_diff(a[1:2], ours([f[1:2] for f in x])) < 1e-12  # nor the rest of the batch
+    torch.testing.assert_close(a, b, **TOL)
+    both(ours, theirs, True)
+    with torch.no_grad():
+        torch.testing.assert_close(seeded(ours, x), seeded(theirs, x), **TOL)
 
 
 def test_ham_step_counts_are_mmsegs():

@@ -52,6 +52,75 @@ def test_ddp_rank0_alone_creates_the_run_directory(ddp_run):
     assert len(ckpt["rng_ranks"]) == 2 and ckpt["iter"] == 4
 
 
+# Run by torchrun in place of train.py: rank 1 kills itself with SIGKILL (no handler runs, as with the OOM
+# killer or a lost machine) in the first attempt, at the end of iteration 3, after the checkpoint of iteration 2.
+_KILL_RANK_1 = """
+import os, runpy, signal, sys
+from segattn.engine import trainer
+
+real = trainer.validate_and_save
+
+def validate_and_save(run, step, *args, **kwargs):
+    out = real(run, step, *args, **kwargs)
+    if run.rank == 1 and step == 3 and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+trainer.validate_and_save = validate_and_save
+sys.argv[0] = os.path.join({repo!r}, "train.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _steps(run_dir, tag="train/loss"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(s.step, s.value) for s in acc.Scalars(tag)]
+
+
+def test_a_killed_rank_restarts_the_job_in_its_run_directory_bit_exactly(ddp_run, tiny_root, tmp_path):
+    """The issue's command (torchrun's static rendezvous, --max-restarts=1, no run directory given): SIGKILL
+    of rank 1 after the first checkpoint; the survivor says so in one line, torchrun restarts the group,
+    which resumes in the same run directory and ends with the uninterrupted run's weights and curve."""
+    import socket
+
+    wrapper = tmp_path / "kill_rank_1.py"
+    wrapper.write_text(_KILL_RANK_1.format(repo=REPO))
+    cwd = tmp_path / "job"
+    cwd.mkdir()
+    with socket.socket() as s:  # a free port for the agent's store
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
+           f"--master-port={port}", str(wrapper), *TINY, f"dataset.root={tiny_root}", "trainer.max_iters=4",
+           "trainer.val_interval=2", "trainer.log_interval=1", "trainer.ckpt_interval=2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # torchrun names the run, not a CI job
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = glob.glob(os.path.join(cwd, "outputs", "*", "*"))
+    assert len(runs) == 1 and os.path.basename(os.path.dirname(runs[0])) == "torchrun", runs  # one run directory
+    run = runs[0]
+    err = proc.stderr
+    lost = (f"rank 0: rank 1 was lost during iteration 4 (the newest checkpoint is of iteration 2); stopping "
+            f"without saving. torchrun restarts the workers (restart 1 of 1), which continue from the newest "
+            f"checkpoint in {run}")
+    assert err.count(lost) == 1 and err.count("was lost") == 1, err[-3000:]
+    assert "Traceback" not in err and "Connection refused" not in err, err[-3000:]  # the restart's gloo group forms
+    assert f"resumed from {run}/checkpoints/last.pt at iteration 2" in err
+    assert not glob.glob(os.path.join(run, "checkpoints", "*.tmp"))
+
+    ref = glob.glob(os.path.join(ddp_run[0], "outputs", "*", "*"))[0]
+    restarted, straight = (load_checkpoint(os.path.join(r, "checkpoints", "last.pt")) for r in (run, ref))
+    assert restarted["iter"] == straight["iter"] == 4
+    for k in straight["model"]:
+        assert torch.equal(restarted["model"][k], straight["model"][k]), k
+    # One curve in TensorBoard: what the killed attempt logged after iteration 2 is purged, each step once.
+    assert _steps(run) == _steps(ref) and [s for s, _ in _steps(run)] == [1, 2, 3, 4]
+
+
 def test_ddp_validation_equals_single_process_evaluation(ddp_run, tiny_root, tmp_path):
     cwd, _ = ddp_run
     run = glob.glob(os.path.join(cwd, "outputs", "*", "*"))[0]

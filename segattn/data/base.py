@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .check import DatasetError, jpeg_is_complete, valid_values
+from .labels import palette_for
 from .transforms import build_val_transform
 
 
@@ -92,6 +93,13 @@ class SegmentationDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(K, 3) uint8: the colour of each class in pictures and colour exports (``dataset.palette`` for a
+        folder; Cityscapes' colours for its classes; ``labels.readable_palette`` otherwise)."""
+        own = getattr(self, "_palette", None)
+        return own if own is not None else palette_for(self.num_classes, self.classes)[:self.num_classes]
 
     def __len__(self):
         return len(self.images)

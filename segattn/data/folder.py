@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import warnings
 
 import cv2
@@ -10,6 +12,7 @@ import numpy as np
 
 from .base import SegmentationDataset, label_table
 from .check import missing_masks
+from .labels import check_palette
 
 # How many masks, spread over the split, are read when the dataset is built to look for 0/255 masks.
 SAMPLED_MASKS = 16
@@ -30,6 +33,31 @@ def list_images(directory: str) -> list[str]:
     return sorted(found)
 
 
+def in_val_split(relative_path: str, fraction: float, seed: int) -> bool:
+    """Whether an image belongs to the validation part of ``dataset.val_fraction``: a hash of the seed and
+    the image's path relative to the image folder, read as a number in [0, 1), below ``fraction``. Each
+    file decides alone, so adding or removing files never moves another one between train and val."""
+    digest = hashlib.sha256(f"{int(seed)}:{relative_path.replace(os.sep, '/')}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def split_files(files: list[str], image_root: str, fraction: float, seed: int) -> set[str]:
+    """The files of the validation part (at least one, and at least one left to train on)."""
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"dataset.val_fraction={fraction!r}: expected a fraction between 0 and 1 (e.g. 0.2), or "
+                         f"null to read the train/ and val/ sub-folders")
+    if len(files) < 2:
+        raise ValueError(f"dataset.val_fraction={fraction}: {image_root!r} holds {len(files)} image; at least two "
+                         f"are needed to train on one and validate on another")
+    rel = {f: os.path.relpath(f, image_root) for f in files}
+    val = {f for f in files if in_val_split(rel[f], fraction, seed)}
+    if not val or len(val) == len(files):  # few files: one part got none; it takes the lowest (highest) hash
+        key = {f: hashlib.sha256(f"{int(seed)}:{rel[f].replace(os.sep, '/')}".encode()).digest() for f in files}
+        pick = min(files, key=key.get) if not val else max(files, key=key.get)
+        val = {pick} if not val else val - {pick}
+    return val
+
+
 class FolderDataset(SegmentationDataset):
     """``FolderDataset(images, masks, classes)``: image files under ``images`` (recursively; or the one
     image file ``images`` names), each with
@@ -37,10 +65,13 @@ class FolderDataset(SegmentationDataset):
     (``has_masks`` False). ``classes`` names the mask values 0..K-1 (required with masks); 255 means
     "ignore". ``ignore_index``: another mask value to ignore as well; when it is left unset (None), masks
     holding only 0 and 255 (binary masks saved as black and white images) are warned about, since
-    their 255 would be ignored and only class 0 learnt."""
+    their 255 would be ignored and only class 0 learnt. ``palette``: one RGB colour per class for pictures and
+    colour exports (null: ``labels.readable_palette``). ``val_fraction`` with ``part`` ("train" or "val"):
+    one folder without train/val sub-folders split by :func:`in_val_split` (seeded by ``split_seed``)."""
 
     def __init__(self, images: str, masks: str | None = None, classes=None, transform=None,
-                 mask_suffix: str = ".png", ignore_index: int | None = None):
+                 mask_suffix: str = ".png", ignore_index: int | None = None, palette=None,
+                 val_fraction: float | None = None, part: str | None = None, split_seed: int = 0):
         single = os.path.isfile(images)  # one picture (eval.py images=photo.jpg): its folder holds it
         if single and not images.lower().endswith(IMAGE_EXTENSIONS):
             raise ValueError(f"images={images!r} is a file but not an image ({', '.join(IMAGE_EXTENSIONS)}); "
@@ -51,12 +82,20 @@ class FolderDataset(SegmentationDataset):
             raise FileNotFoundError(f"image folder {images!r} {why} ({', '.join(IMAGE_EXTENSIONS)}); "
                                     f"expected the folder layout:\n{LAYOUT}")
         images = os.path.dirname(os.path.abspath(images)) if single else images
+        if val_fraction is not None and not single:
+            val = split_files(files, images, val_fraction, split_seed)
+            picked = [f for f in files if (f in val) == (part == "val")]
+            print(f"dataset.val_fraction={val_fraction}: {len(picked)} of the {len(files)} images in {os.path.normpath(images)!r} are the "
+                  f"{part} split ({len(val)} val, {len(files) - len(val)} train; chosen by a hash of each file's path "
+                  f"with dataset.split_seed={split_seed}, so adding files moves none)", file=sys.stderr)
+            files = picked
         if masks is not None and not classes:
             raise ValueError(f"dataset.classes is empty: list the class names of the masks in {masks!r} "
                              f"(value k is classes[k])")
         if classes is not None and len(classes) > 255:
             raise ValueError(f"dataset.classes has {len(classes)} names; 8-bit masks hold at most 255 classes")
         self.classes = tuple(classes or ())
+        self._palette = check_palette(palette, self.classes) if palette is not None and self.classes else None
         self.image_root = images
         mask_files = [None] * len(files)
         if masks is not None:

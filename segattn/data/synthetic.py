@@ -112,13 +112,28 @@ def generate(root: str = DEFAULT_ROOT, seed: int = 0, size: tuple[int, int] = SI
     return root
 
 
-def ensure(root: str = DEFAULT_ROOT) -> str:
-    """Generate the embedded dataset unless ``root`` already holds it."""
+def default_roots() -> set[str]:
+    """Where the embedded dataset is generated on first use: ``data/mini_cityscapes`` of the working folder
+    and of the repository segattn is installed from."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return {os.path.abspath(DEFAULT_ROOT), os.path.join(repo, DEFAULT_ROOT)}
+
+
+def ensure(root: str = DEFAULT_ROOT, anywhere: bool = False) -> str:
+    """Generate the embedded dataset unless ``root`` already holds it. Only at a default place
+    (:func:`default_roots`) unless ``anywhere``: a mistyped ``dataset.root`` is an error, not a new dataset
+    of generated scenes scored as if they were the user's."""
     if not os.path.isdir(os.path.join(root, "leftImg8bit")):
+        if not anywhere and os.path.abspath(root) not in default_roots():
+            why = "does not exist" if not os.path.exists(root) else "holds no leftImg8bit/ folder"
+            raise FileNotFoundError(
+                f"dataset.root={root!r} {why}: the embedded dataset is generated on first use only at its default "
+                f"place, {DEFAULT_ROOT} (leave dataset.root unset for it); to generate it at {root!r}, run "
+                f"python -m segattn.data.synthetic {root}")
         print(f"generating the embedded dataset in {root} ...", file=sys.stderr)
         generate(root)
     return root
 
 
 if __name__ == "__main__":
-    ensure(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_ROOT)
+    ensure(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_ROOT, anywhere=True)

@@ -3,9 +3,21 @@
 Every pipeline is ``Compose(strict=True)``: albumentations 2.x otherwise only warns about an
 argument name it does not know (many 1.x names were renamed), and the augmentation would silently
 not happen.
+
+``dataset.augment`` adds the user's own albumentations transforms to the training pipeline, from the
+config: a list of ``{name: <albumentations class>, <argument>: <value>, ...}`` (``OneOf`` / ``SomeOf``
+take ``transforms: [...]`` of the same form), built by albumentations' own deserialisation
+(``A.from_dict``, each transform with ``strict=True``), so every transform albumentations registers is
+available with its own argument checks. They run after the geometric pipeline (resize, crop, flip) and
+the photometric distortion, before normalisation: on the training crop (a dropout hole or a blur is
+sized relative to what the network sees, and costs crop-sized work, not full-image work) and on uint8
+pixels in 0-255, the input albumentations' defaults are written for.
 """
 
 from __future__ import annotations
+
+import difflib
+import inspect
 
 from typing import Any
 
@@ -124,9 +136,84 @@ def normalize_to_tensor(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list:
     return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
 
 
+def build_augment(augment, crop_size=None) -> list:
+    """``dataset.augment`` (a list of ``{name: ..., <arguments>}``, or null) as albumentations transforms.
+
+    Built with ``A.from_dict`` in strict mode: a name albumentations does not have, or an argument it
+    refuses, raises one ValueError naming ``dataset.augment[i]`` and quoting albumentations' message.
+    With ``crop_size`` the transforms are run once on a blank crop: they must keep its size (a batch
+    holds crops of one size) and give an image back (normalisation and ToTensorV2 come after them)."""
+    if augment is None:
+        return []
+    if isinstance(augment, dict) or isinstance(augment, str) or not isinstance(augment, (list, tuple)):
+        raise ValueError(f"dataset.augment={augment!r}: expected a list of transforms, e.g. "
+                         f"'dataset.augment=[{{name: CoarseDropout, p: 0.5}}, {{name: GaussNoise, p: 0.2}}]'")
+    transforms = [_from_config(t, f"dataset.augment[{i}]") for i, t in enumerate(augment)]
+    if crop_size is not None and transforms:
+        h, w = _crop(crop_size)
+        try:
+            out = A.Compose(transforms, strict=True)(image=np.zeros((h, w, 3), np.uint8),
+                                                     mask=np.zeros((h, w), np.uint8))
+        except Exception as e:
+            raise ValueError(f"dataset.augment: the transforms fail on a {h}x{w} crop: albumentations says: "
+                             f"{_one_line(e)}") from None
+        image, mask = out["image"], out["mask"]
+        if not isinstance(image, np.ndarray) or image.shape != (h, w, 3) or np.shape(mask) != (h, w):
+            raise ValueError(f"dataset.augment: the transforms turn a {h}x{w} crop (dataset.crop_size) into "
+                             f"{type(image).__name__} of shape {tuple(image.shape)}; they must keep the crop's "
+                             f"size and give an image back (a batch holds crops of one size; normalisation and "
+                             f"ToTensorV2 are added after them)")
+    return transforms
+
+
+def _from_config(node, where: str):
+    """One ``{name: ..., ...}`` node as albumentations' serialised form, then ``A.from_dict``."""
+    if not isinstance(node, dict) or not ("name" in node or "__class_fullname__" in node):
+        raise ValueError(f"{where}={node!r}: expected a mapping with the albumentations transform's name and its "
+                         f"arguments, e.g. {{name: GaussNoise, p: 0.2}}")
+    args = dict(node)
+    name = str(args.pop("name", None) or args.pop("__class_fullname__"))
+    from albumentations.core.serialization import SERIALIZABLE_REGISTRY, shorten_class_name
+
+    cls = SERIALIZABLE_REGISTRY.get(shorten_class_name(name))
+    if cls is None or not issubclass(cls, A.BasicTransform | A.BaseCompose):
+        known = [n for n, c in SERIALIZABLE_REGISTRY.items() if issubclass(c, A.BasicTransform | A.BaseCompose)]
+        close = difflib.get_close_matches(name, known, n=3)
+        raise ValueError(f"{where}: albumentations {A.__version__} has no transform {name!r}"
+                         + (f"; did you mean {' or '.join(close)}?" if close else "")
+                         + " (the names are albumentations' class names: https://albumentations.ai/docs/)")
+    if name in ("Normalize", "ToTensorV2"):
+        raise ValueError(f"{where}: {name} is already the pipeline's last step (after dataset.augment); leave it "
+                         f"out of dataset.augment")
+    if "transforms" in args:  # OneOf, SomeOf, Sequential: their children in the same form
+        children = args["transforms"]
+        if not isinstance(children, (list, tuple)):
+            raise ValueError(f"{where}.transforms={children!r}: expected a list of transforms")
+        args["transforms"] = [_from_config(c, f"{where}.transforms[{i}]").to_dict()["transform"]
+                              for i, c in enumerate(children)]
+    if "p" not in args:  # the class's own default (A.from_dict would use 0.5, with a warning)
+        default = inspect.signature(cls.__init__).parameters.get("p")
+        if default is not None and default.default is not inspect.Parameter.empty:
+            args["p"] = default.default
+    if "InitSchema" in vars(cls):  # its arguments are checked by that schema: strict makes an unknown one an
+        args.setdefault("strict", True)  # error, not a warning (other classes refuse one with a TypeError)
+    try:
+        return A.from_dict({"transform": {"__class_fullname__": name, **args}})
+    except Exception as e:
+        raise ValueError(f"{where} ({name}): albumentations refuses it: {_one_line(e)}") from None
+
+
+def _one_line(error: Exception) -> str:
+    """albumentations' (pydantic's) message on one line, without the link to pydantic's docs."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.strip().startswith("For further information")]
+    return "; ".join(lines) or type(error).__name__
+
+
 def build_train_transform(crop_size, scale_range=(0.5, 2.0), cat_max_ratio=0.75, flip=True,
-                          photometric=True, base_scale=None) -> A.Compose:
-    """Random resize, crop, flip, photometric distortion, normalise.
+                          photometric=True, base_scale=None, augment=None) -> A.Compose:
+    """Random resize, crop, flip, photometric distortion, the ``augment`` transforms (``dataset.augment``,
+    see :func:`build_augment`), normalise.
 
     The resize ratio from ``scale_range`` applies to the image's own size, or, with ``base_scale``
     ``[long, short]`` (``dataset.base_scale``), to that base scale as mmseg's RandomResize does.
@@ -146,7 +233,7 @@ def build_train_transform(crop_size, scale_range=(0.5, 2.0), cat_max_ratio=0.75,
         ts.append(A.HorizontalFlip(p=0.5))
     if photometric:
         ts.append(A.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360, p=0.5))
-    return A.Compose(ts + normalize_to_tensor(), strict=True)
+    return A.Compose(ts + build_augment(augment, crop_size) + normalize_to_tensor(), strict=True)
 
 
 def build_val_transform(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> A.Compose:

@@ -16,6 +16,7 @@ import torch
 
 from ..io import atomic_write
 from ..models import build_model_from_config
+from ..plugins import require_head
 from .weights import is_safetensors, load_weights
 
 REQUIRED_KEYS = ("model", "iter", "config")
@@ -99,6 +100,7 @@ def model_from_checkpoint(path: str, ckpt: dict | None = None, num_classes: int 
     num_classes = int(cfg.get("num_classes", len(cfg.get("classes") or [])) or num_classes or 0)
     if not num_classes:
         raise ValueError(f"checkpoint={path!r} records neither num_classes nor classes in its config")
+    require_head(cfg, f"checkpoint={path!r}")  # a plugin's head: say which module to name, not a KeyError
     model = build_model_from_config(cfg, num_classes, pretrained=False)
     model.load_state_dict(ckpt["model"])
     return model, ckpt

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import time
 
 import torch
 import torch.distributed as dist
@@ -53,8 +55,20 @@ def init(device_name: str | None = "auto", timeout_s: float = 1800) -> tuple[int
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        backend, timeout = "nccl" if device.type == "cuda" else "gloo", datetime.timedelta(seconds=timeout_s)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            # torchrun's workers share the agent's key-value store, which outlives a restart: the keys the
+            # last attempt's process group wrote (each rank's listening address) are still there, so a
+            # restarted rank would read its dead peer's old address and fail with "Gloo connectFullMesh
+            # ... Connection refused". Each attempt gets keys of its own.
+            store, rank, _ = next(dist.rendezvous("env://", timeout=timeout))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"segattn/attempt_{attempt}", store),
+                                    rank=rank, world_size=world, timeout=timeout)
+        global _STORE
+        _STORE = dist.distributed_c10d._get_default_store()
     rank = dist.get_rank() if world > 1 else 0
     return rank, world, device
 
@@ -122,8 +136,57 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    global _STORE
+    _STORE = None  # released with the group, not at the interpreter's exit
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_STORE = None  # the process group's key-value store: where the ranks find each other after a failure
+
+# What a collective says when a peer process is gone (gloo: its socket closed; NCCL: the communicator
+# aborted), and the DataLoader when the job's end reached its workers first. Only a hint: the ranks
+# that answer in the store decide (lost_ranks), so a worker's own crash is still reported as such.
+_PEER_GONE = re.compile(r"Connection (reset|closed|refused)|Broken pipe|pair\.cc|NCCL|Socket Timeout|"
+                        r"DataLoader worker \(pid")
+
+
+def peer_gone(error: BaseException) -> bool:
+    """Whether ``error`` (raised in the training loop under DDP) says that another rank is gone."""
+    if isinstance(error, (getattr(dist, "DistBackendError", ()), getattr(dist, "DistNetworkError", ()))):
+        return True
+    return isinstance(error, RuntimeError) and bool(_PEER_GONE.search(str(error)))
+
+
+def lost_ranks(wait_s: float = 2.0) -> list[int] | None:
+    """After a collective failed: the ranks that are gone. Every surviving rank writes its number into the
+    store and waits up to ``wait_s`` for the others; those that never answer are the lost ones. None
+    when the store cannot be reached (it lived in a lost process)."""
+    if _STORE is None or not dist.is_initialized():
+        return None
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        _STORE.set_timeout(datetime.timedelta(seconds=wait_s))
+        _STORE.set(f"segattn/alive/{rank}", "1")
+        deadline = time.monotonic() + wait_s
+        while True:
+            missing = [r for r in range(world) if not _STORE.check([f"segattn/alive/{r}"])]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.05)
+    except (RuntimeError, OSError):
+        return None
+
+
+def abandon() -> None:
+    """Leave a broken process group without another collective (what ``cleanup`` may try)."""
+    global _STORE
+    _STORE = None
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except (RuntimeError, OSError):
+            pass
 
 
 def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:

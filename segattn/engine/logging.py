@@ -166,7 +166,9 @@ def log_residual_scales(writer, scales: dict[str, float], step: int) -> None:
         writer.add_scalar(f"train/gamma/{name}", value, step)
 
 
-def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
+def log_validation(writer, metrics: dict, classes, samples, step: int, palette=None) -> None:
+    """Scalars, the image | ground truth | prediction grid and the confusion matrix (``palette``: the
+    dataset's class colours)."""
     writer.add_scalar("val/mIoU", metrics["mIoU"], step)
     writer.add_scalar("val/mAcc", metrics["mAcc"], step)
     writer.add_scalar("val/aAcc", metrics["aAcc"], step)
@@ -174,9 +176,9 @@ def log_validation(writer, metrics: dict, classes, samples, step: int) -> None:
         if not math.isnan(iou):
             writer.add_scalar(f"val_iou/{name}", iou, step)
     if samples:
-        writer.add_image("val/image_gt_pred", prediction_grid(samples, len(classes)), step, dataformats="HWC")
+        writer.add_image("val/image_gt_pred", prediction_grid(samples, len(classes), palette), step, dataformats="HWC")
     if "confusion" in metrics:  # rows ground truth, columns prediction, the class names on both axes
-        writer.add_image("val/confusion_matrix", confusion_image(metrics["confusion"], class_names=classes), step,
+        writer.add_image("val/confusion_matrix", confusion_image(metrics["confusion"], class_names=classes, palette=palette), step,
                          dataformats="HWC")
 
 

@@ -37,7 +37,7 @@ def encode(pred: np.ndarray, fmt: str, dataset) -> np.ndarray:
     if fmt == "labelids":
         return dataset.label_ids(pred)
     if fmt == "color":
-        return colorize(pred, dataset.num_classes)
+        return colorize(pred, dataset.palette)
     raise ValueError(f"export_format={fmt!r}; expected one of {', '.join(FORMATS)}")
 
 

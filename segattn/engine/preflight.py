@@ -85,6 +85,8 @@ def _number_rules(cfg: TrainConfig) -> list[tuple[str, object, str, bool]]:
         ("trainer.ckpt_interval", t.ckpt_interval, "a whole number >= 0 (0: no iter_<N>.pt)",
          whole(t.ckpt_interval, 0)),
         ("trainer.keep_ckpts", t.keep_ckpts, "a whole number >= 0 (0: keep all)", whole(t.keep_ckpts, 0)),
+        ("trainer.ckpt_interval_min", t.ckpt_interval_min, "a number of minutes >= 0 (0: no timed last.pt)",
+         real(t.ckpt_interval_min, 0)),
         ("trainer.dist_timeout_s", t.dist_timeout_s, "a number of seconds > 0",
          real(t.dist_timeout_s, 0, open_low=True)),
         ("optimizer.lr", o.lr, "a learning rate >= 0 (the recipes use 0.01)", real(o.lr, 0)),

@@ -83,5 +83,6 @@ def restore(ckpt: dict, path: str, model, optimizer, scheduler, rank: int, world
     # Each rank continues its own random stream (dropout differs per rank), so resume is exact under DDP too.
     ranks = ckpt.get("rng_ranks") or []
     set_rng_state(ranks[rank] if len(ranks) == world_size else ckpt["rng"])
-    print(f"resumed from {path} at iteration {int(ckpt['iter'])}", file=sys.stderr)
+    if rank == 0:
+        print(f"resumed from {path} at iteration {int(ckpt['iter'])}", file=sys.stderr)
     return ckpt.get("best", -1.0)

@@ -1,4 +1,5 @@
-"""Stopping a run without losing it: Ctrl-C (SIGINT) and SIGTERM (Slurm preemption, ``timeout``).
+"""Stopping a run without losing it: Ctrl-C (SIGINT), SIGTERM (Slurm preemption and time limit, ``timeout``)
+and SIGUSR1 (the warning ``#SBATCH --signal=USR1@<seconds>`` asks Slurm for before the time limit).
 
 The first signal only sets a flag; the training loop finishes the iteration it is in, every rank
 agrees to stop at the same one (under DDP each rank may see the signal at a different moment),
@@ -10,6 +11,7 @@ loader before the checkpoint is written; the loader shuts its workers down itsel
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -18,19 +20,19 @@ import torch
 
 from . import distributed
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class Interrupted(Exception):
     """Training stopped on a signal after ``step``; ``last.pt`` of ``run_dir`` holds that iteration."""
 
-    def __init__(self, signum: int, step: int, max_iters: int, run_dir: str):
+    def __init__(self, signum: int, step: int, max_iters: int, run_dir: str, then: str | None = None):
         self.signum, self.step, self.run_dir = signum, step, run_dir
-        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name} after iteration {step}/{max_iters}; saved "
-            f"{run_dir}/checkpoints/last.pt. To continue, run the same command with: "
-            f"resume=auto hydra.run.dir={run_dir}")
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1
+        # ``then``: what happens next when a launcher takes over (a requeued Slurm job), else how to continue.
+        then = then or f"To continue, run the same command with: resume=auto hydra.run.dir={run_dir}"
+        super().__init__(f"stopped by {signal.Signals(signum).name} after iteration {step}/{max_iters}; saved "
+                         f"{run_dir}/checkpoints/last.pt. {then}")
 
 
 class GracefulStop:
@@ -42,12 +44,21 @@ class GracefulStop:
         self._old = {}
 
     def _handle(self, signum, frame):
-        if self.signum:  # the second signal: stop now, as without this handler
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        if self.signum and signum == signal.SIGINT:  # Ctrl-C again: stop now, as without this handler
+            signal.signal(signum, signal.default_int_handler)
             raise KeyboardInterrupt
+        if self.signum:  # SIGTERM twice is one request: Slurm signals every process and torchrun forwards it
+            return
         self.signum = signum
-        sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving last.pt "
-                         f"(press Ctrl-C again to stop at once)\n")
+        if signum == signal.SIGTERM:
+            # torchrun, Slurm and `timeout` send it to every process of the job, DataLoader workers too: their
+            # end is no error now (the loader's SIGCHLD handler would raise one before last.pt is written).
+            self._old.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))  # back on exit
+        # Under torchrun a SIGTERM may be the agent ending the survivors of a lost rank, which then say
+        # so in one line (segattn.engine.elastic.RankLost); this one would only precede it.
+        if "TORCHELASTIC_RUN_ID" not in os.environ:
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing this iteration, then saving last.pt "
+                             f"(press Ctrl-C again to stop at once)\n")
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
@@ -57,15 +68,18 @@ class GracefulStop:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._old.items():
+            if s == signal.SIGTERM and signal.getsignal(s) is signal.SIG_IGN:  # a requeued Slurm job: keep it
+                continue
             signal.signal(s, handler)
         self._old.clear()
 
-    def requested(self, device: torch.device) -> int:
-        """The signal to stop on (0: none). Under DDP every rank takes the same decision, the
-        largest signal number any rank received, so they all stop after the same iteration."""
+    def requested(self, device: torch.device, save_due: bool = False) -> tuple[int, bool]:
+        """The signal to stop on (0: none), and whether any rank finds a timed checkpoint due
+        (``save_due``: ``trainer.ckpt_interval_min``). Under DDP every rank takes the same decision,
+        the largest signal number any rank received, so they all stop after the same iteration."""
         if not distributed.is_dist():
-            return self.signum
-        flag = torch.tensor([float(self.signum)], device=device)
+            return self.signum, save_due
+        flag = torch.tensor([float(self.signum), float(save_due)], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
+        return int(flag[0].item()), bool(flag[1].item())
 

@@ -26,9 +26,11 @@ from tqdm import tqdm
 from ..config import TrainConfig
 from ..data import build_dataset, build_train_transform, seed_worker
 from ..data.check import DatasetError
+from ..data.sizes import fit_crop
 from ..data.sampler import TrainSampler
 from ..models import build_model_from_config, residual_scales
-from . import distributed
+from ..plugins import import_plugins, plugin_of
+from . import distributed, elastic
 from .checkpoint import clean_stale_tmp, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint
 from .evaluate import evaluate, val_loader as make_val_loader
 from .logging import (LogWindow, iou_table, log_hparams, log_residual_scales, log_train, log_validation,
@@ -73,11 +75,14 @@ def build_loaders(cfg: dict | TrainConfig, seed: int, start_iter: int, rank: int
     """The training loader (``start_iter`` micro-batches in, for resume) and the validation loader."""
     cfg = TrainConfig.from_dict(cfg)
     d, t = cfg.dataset, cfg.trainer
-    train_tf = build_train_transform(d["crop_size"], scale_range=tuple(d.get("scale_range", (0.5, 2.0))),
-                                     cat_max_ratio=d.get("cat_max_ratio", 0.75), flip=d.get("flip", True),
-                                     photometric=d.get("photometric", True), base_scale=d.get("base_scale"))
     options = {k: v for k, v in d.items() if k not in ("name", "root")}
-    train_set = build_dataset(d["name"], d["root"], d.get("train_split", "train"), train_tf, **options)
+    train_set = build_dataset(d["name"], d["root"], d.get("train_split", "train"), **options)
+    # dataset.crop_size=auto becomes the size it stands for here, in the config the checkpoints store.
+    d["crop_size"] = fit_crop(d, train_set, verbose=rank == 0)
+    train_set.transform = build_train_transform(
+        d["crop_size"], scale_range=tuple(d.get("scale_range", (0.5, 2.0))), cat_max_ratio=d.get("cat_max_ratio", 0.75),
+        flip=d.get("flip", True), photometric=d.get("photometric", True), base_scale=d.get("base_scale"),
+        augment=d.get("augment"))
     val_set = build_dataset(d["name"], d["root"], d.get("val_split", "val"), **options)
     if not train_set.has_masks:
         raise ValueError(f"dataset {d['name']} at {d['root']!r}: the training split "
@@ -133,6 +138,8 @@ class Run:
     start_iter: int
     writer: Trackers | None  # logger's experiment trackers (main process only)
     best: float = -1.0
+    step: int = 0  # the iteration in progress (0-based), for the message when a rank is lost
+    saved: int | None = None  # the iteration of the newest complete last.pt
 
     @property
     def main_process(self) -> bool:
@@ -226,9 +233,12 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
     if backend:
         net = torch.compile(net, backend=backend)
     dtype = amp_dtype(t.amp)
+    # A resumed run hides what the attempt before it logged after its checkpoint (TensorBoard's purge_step),
+    # so a restart continues one curve instead of drawing the lost iterations twice.
+    writer = build_trackers(run_dir, cfg, purge_step=start_iter + 1 if start_iter else None) if rank == 0 else None
     return Run(cfg, run_dir, ckpt_dir, rank, world_size, device, model, net, optimizer, scheduler,
                torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dtype, train_loader,
-               val_loader, val_set, classes, start_iter, build_trackers(run_dir, cfg) if rank == 0 else None, best)
+               val_loader, val_set, classes, start_iter, writer, best, start_iter, start_iter or None)
 
 
 class Step(NamedTuple):
@@ -304,7 +314,12 @@ def save(run: Run, name: str, step: int, metrics: dict | None = None) -> None:
     the same weights go to ``best.safetensors`` with ``best.json`` (``segattn.engine.weights``)."""
     rngs = distributed.all_gather_object(rng_state())
     if run.main_process:
-        config = dict(run.cfg.to_dict(), num_classes=len(run.classes), classes=list(run.classes))
+        # head_plugin: the module that registered the head, for the message that asks for it (never imported
+        # from here: segattn.plugins.require_head)
+        config = dict(run.cfg.to_dict(), num_classes=len(run.classes), classes=list(run.classes),
+                      head_plugin=plugin_of(run.cfg.head.get("name")))
+        if getattr(run.val_set, "palette", None) is not None:  # the class colours, for eval.py and segattn.load
+            config["palette"] = np.asarray(run.val_set.palette).tolist()
         ckpt = {"model": run.model.state_dict(), "iter": step, "config": config, "best": run.best}
         if metrics is not None:
             ckpt["metrics"] = metrics_json(metrics, run.classes, iter=step)
@@ -320,7 +335,8 @@ def save(run: Run, name: str, step: int, metrics: dict | None = None) -> None:
 def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False) -> dict | None:
     """At the iterations the config names: validation (and ``best.pt`` when the mIoU improves),
     ``iter_<N>.pt`` (the newest ``trainer.keep_ckpts`` kept) and ``last.pt``; ``stopping`` (a signal
-    ends the run here) writes ``last.pt`` too. Returns the validation metrics when it validated, else None."""
+    ends the run here, or ``trainer.ckpt_interval_min`` has passed) writes ``last.pt`` too. Returns the
+    validation metrics when it validated, else None."""
     t = run.cfg.trainer
     validate = step % t.val_interval == 0 or step == t.max_iters
     keep = bool(t.ckpt_interval) and step % t.ckpt_interval == 0
@@ -336,7 +352,7 @@ def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False)
                                     inference=run.cfg.dataset.get("inference"))
         run.model.train()
         if run.main_process:
-            log_validation(run.writer, metrics, run.classes, samples, step)
+            log_validation(run.writer, metrics, run.classes, samples, step, getattr(run.val_set, "palette", None))
             # The same image and pixels at every validation, so TensorBoard shows the maps sharpen.
             log_attention_pictures(run.writer, run.model, run.val_set[0]["image"], run.cfg.visualize.points, step,
                                    run.cfg.visualize.max_size)
@@ -350,6 +366,9 @@ def validate_and_save(run: Run, step: int, stop_at: int, stopping: bool = False)
         if run.main_process:
             prune_checkpoints(run.ckpt_dir, t.keep_ckpts)
     save(run, "last.pt", step)
+    run.saved = step
+    if run.main_process:
+        run.writer.flush()  # TensorBoard on disk up to this checkpoint: a restart continues the curve from here
     return metrics
 
 
@@ -367,13 +386,18 @@ def where_things_are(run: Run) -> str:
 
 
 def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | None:
-    """The iterations of ``train``; returns the last validation metrics. On SIGINT/SIGTERM it ends after
-    the current iteration, with ``last.pt`` written, by raising :class:`Interrupted`."""
+    """The iterations of ``train``; returns the last validation metrics. On SIGINT/SIGTERM/SIGUSR1 it ends
+    after the current iteration, with ``last.pt`` written, by raising :class:`Interrupted` (a Slurm job
+    is requeued first, when it can be: ``segattn.engine.elastic.slurm_requeue``)."""
     t = run.cfg.trainer
     metrics = None
     t_data = t_step = 0.0
     window = LogWindow()  # time per iteration and data time since the last log line (mmseg's)
+    # trainer.ckpt_interval_min: last.pt at least this often, so a lost rank or a killed job loses at most
+    # that much work whatever an iteration costs.
+    every_s, last_save = 60 * float(t.ckpt_interval_min or 0), time.monotonic()
     for it in bar:
+        run.step = it
         tic = time.perf_counter()
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
         waited = time.perf_counter() - tic
@@ -396,15 +420,20 @@ def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | No
             log_residual_scales(run.writer, residual_scales(run.model), step)
             bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{out.lr:.2e}")
             tqdm.write(window.line(step, t.max_iters, stop_at, out.loss.item(), out.lr, run.device))
-        signum = stop.requested(run.device) if step < stop_at else 0
-        metrics = validate_and_save(run, step, stop_at, stopping=bool(signum)) or metrics
+        due = bool(every_s) and time.monotonic() - last_save >= every_s
+        signum, due = stop.requested(run.device, due) if step < stop_at else (0, False)
+        metrics = validate_and_save(run, step, stop_at, stopping=bool(signum) or due) or metrics
+        if run.saved == step:
+            last_save = time.monotonic()
         if signum:
             bar.close()
             if run.main_process:
                 run.writer.close()
             distributed.barrier()
             distributed.cleanup()
-            raise Interrupted(signum, step, t.max_iters, run.run_dir)
+            # Every rank has saved: a Slurm job can be requeued now (rank 0 asks).
+            then = elastic.slurm_requeue(signum) if run.main_process else None
+            raise Interrupted(signum, step, t.max_iters, run.run_dir, then)
     return metrics
 
 
@@ -412,6 +441,7 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
     """Train ``cfg`` (the composed conf/train.yaml as a plain dict, or a ``TrainConfig``) writing into
     ``run_dir``; returns the last validation metrics (as in ``metrics.json``)."""
     cfg = TrainConfig.from_dict(cfg)
+    import_plugins(cfg.plugins)  # a user's own heads (plugins=[...]) are registered before anything is built
     check_numbers(cfg)  # a batch of 0 or a negative learning rate: the key named, before anything is built
     tracker_names(cfg.logger)  # an unknown tracker, or one whose package is missing: before anything is built
     t = cfg.trainer
@@ -427,7 +457,16 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
             bar = tqdm(range(run.start_iter, stop_at), initial=run.start_iter, total=t.max_iters, desc="train",
                        disable=not (t.progress and run.main_process), dynamic_ncols=True)
             run.model.train()
-            metrics = _loop(run, bar, iter(run.train_loader), stop, stop_at)
+            try:
+                # Under torchrun a SIGTERM may mean a lost rank: looked into beside the training thread.
+                watch = elastic.SigtermWatch(lambda: elastic.on_sigterm(run)) if run.world_size > 1 else None
+                with watch or contextlib.nullcontext():
+                    metrics = _loop(run, bar, iter(run.train_loader), stop, stop_at)
+            except Exception as e:
+                if not (run.world_size > 1 and distributed.peer_gone(e)):
+                    raise
+                bar.close()
+                elastic.rank_lost(run, e)
             bar.close()
     except DatasetError as e:
         if cfg.dataset.get("check"):

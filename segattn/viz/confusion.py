@@ -12,7 +12,8 @@ from ..data.labels import palette_for
 from .draw import LABEL_SIZE, VIRIDIS, _font, colormap, figure
 
 
-def confusion_image(confusion: torch.Tensor, size: int = 512, class_names: Sequence[str] | None = None) -> np.ndarray:
+def confusion_image(confusion: torch.Tensor, size: int = 512, class_names: Sequence[str] | None = None,
+                    palette=None) -> np.ndarray:
     """The confusion matrix as an (H, W, 3) uint8 picture: rows are the ground truth, columns the
     prediction (the title says so), the class names along both axes (the columns' turned upright,
     long names cut with a "."), and the cells coloured (viridis) and, when they are large enough,
@@ -20,7 +21,7 @@ def confusion_image(confusion: torch.Tensor, size: int = 512, class_names: Seque
     diagonal is the class accuracy, the rest of the row where that class's pixels went), so rare
     classes are as visible as road and sky. A class without ground-truth pixels is a grey row. A
     strip of the class colours runs along the top and the left, as in the prediction grid; the
-    colour bar at the right runs from 0 to 100 %.
+    colour bar at the right runs from 0 to 100 %. ``palette``: (K, 3) class colours (default ``palette_for``).
     """
     m = confusion.double().cpu()
     k = m.shape[0]
@@ -40,7 +41,8 @@ def confusion_image(confusion: torch.Tensor, size: int = 512, class_names: Seque
             xy = (j * cell + (cell - (box[2] - box[0])) / 2 - box[0],
                   i * cell + (cell - (box[3] - box[1])) / 2 - box[1])
             draw.text(xy, text, fill=(0, 0, 0) if share[i, j] > 0.55 else (255, 255, 255), font=font)
-    colours = palette_for(k)[:k].repeat(cell, 0)  # (k * cell, 3)
+    colours = (np.asarray(palette, np.uint8).reshape(-1, 3)[:k] if palette is not None
+               else palette_for(k, class_names)[:k]).repeat(cell, 0)  # (k * cell, 3)
     left = np.repeat(colours[:, None], strip, 1)
     grid = np.concatenate([np.repeat(colours[None], strip, 0), np.asarray(heat)], 0)
     grid = np.concatenate([np.concatenate([np.full((strip, strip, 3), 255, np.uint8), left], 0), grid], 1)

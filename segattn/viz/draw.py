@@ -54,9 +54,11 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return ((image.detach().float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
-def prediction_grid(samples, num_classes: int) -> np.ndarray:
-    """Rows of image | ground truth | prediction (Cityscapes palette) as one (H, W, 3) uint8 array."""
-    rows = [np.concatenate([denormalize(img), colorize(mask.numpy(), num_classes), colorize(pred.numpy(), num_classes)], 1)
+def prediction_grid(samples, num_classes: int, palette=None) -> np.ndarray:
+    """Rows of image | ground truth | prediction as one (H, W, 3) uint8 array, in ``palette`` ((K, 3) class
+    colours; default: ``palette_for(num_classes)``)."""
+    colours = num_classes if palette is None else palette
+    rows = [np.concatenate([denormalize(img), colorize(mask.numpy(), colours), colorize(pred.numpy(), colours)], 1)
             for img, mask, pred in samples]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]

@@ -1,6 +1,7 @@
 """Attention mechanisms, one file each; importing this package registers them all."""
 
 from .registry import ATTENTIONS, BLOCK_ATTENTIONS, TAXONOMY_WORDS, build_attention, register  # noqa: F401
+from .registry import BN_REMOVES, SOFTMAX_SHIFT, VALUE_CONSTANT  # noqa: F401
 
 # Importing each mechanism's module runs its @register decorator.
 import importlib as _importlib

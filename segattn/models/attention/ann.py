@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ...ops import positive_int, positive_ints
 from ..layers import conv_bn_relu
 from .record import Recorder
-from .registry import register
+from .registry import BN_REMOVES, VALUE_CONSTANT, register
 from .self_attention import SelfAttentionBlock
 
 
@@ -28,6 +28,10 @@ class AsymmetricAttention(SelfAttentionBlock):
     projections. Key / query projections are 1x1 conv-BN-ReLU (shared when ``share_key_query``, APNB),
     the value and the output projections plain 1x1 convs with bias, the output one zero-initialised
     (mmseg's ``init_weights``). Logits scaled by channels^-0.5, softmax over the pooled positions."""
+
+    # The value's bias is a constant after the softmax, the output's one too, and the fusion / head conv after
+    # the block normalises (segattn/check.py).
+    grad_exempt = {"value_project.bias": VALUE_CONSTANT, "out_project.bias": BN_REMOVES}
 
     def __init__(self, key_in: int, query_in: int, channels: int, out_channels: int, share_key_query: bool,
                  key_pool_scales: Sequence[int]):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ...ops import positive_int
 from .record import Recorder
-from .registry import register
+from .registry import BN_REMOVES, SOFTMAX_SHIFT, register
 
 
 class AxialAttention1d(nn.Module):
@@ -84,6 +84,10 @@ class AxialAttention(Recorder, nn.Module):
     # Survey (Guo et al. 2022): self-attention (matrix products of queries and keys, applied to the values
     # by a matrix product) over the spatial positions, one axis at a time.
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    # The similarity BN's shift is one constant per head over a row's logits; the height layer's output BN
+    # shift is a per-channel constant that the width layer's qkv BatchNorm removes (segattn/check.py).
+    grad_exempt = {"height_block.bn_similarity.bias": SOFTMAX_SHIFT, "width_block.bn_similarity.bias": SOFTMAX_SHIFT,
+                   "height_block.bn_output.bias": BN_REMOVES}
     paper = "Axial-DeepLab: Stand-Alone Axial-Attention for Panoptic Segmentation (2020)"
     reference = "csrhddlam/axial-deeplab lib/models/axialnet.py `AxialAttention`"
     deviations = ("relative positions beyond span - 1 clip to the outermost entry (the official index exists for "

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from ...ops import positive_int
 from .record import Recorder
-from .registry import register
+from .registry import BN_REMOVES, register
 
 COMBINES = ("sum", "product")
 
@@ -62,6 +62,9 @@ class BAM(Recorder, nn.Module):
             layers += [nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation), nn.BatchNorm2d(hidden),
                        nn.ReLU()]
         self.spatial_gate = nn.Sequential(*layers, nn.Conv2d(hidden, 1, 1))
+        # Each hidden layer's bias meets a BatchNorm next (segattn/check.py).
+        self.grad_exempt = {f"{gate}.{i}.bias": BN_REMOVES for gate in ("channel_gate", "spatial_gate")
+                            for i, m in enumerate(getattr(self, gate)[:-1]) if isinstance(m, (nn.Linear, nn.Conv2d))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channel = self.channel_gate(x.mean(dim=(2, 3)))[:, :, None, None]  # (N, C, 1, 1) logits

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ...ops import check_impl, positive_int
 from .record import Recorder
-from .registry import register
+from .registry import SOFTMAX_SHIFT, register
 
 
 def criss_cross_weights(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +151,7 @@ class CrissCrossAttention(Recorder, nn.Module):
     # Survey (Guo et al. 2022): 矩阵乘法 叉乘 空间 (weights from Q K products, applied as a matrix product with V over
     # the positions of the row and column).
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    grad_exempt = {"key_conv.bias": SOFTMAX_SHIFT}  # segattn/check.py
     paper = "CCNet: Criss-Cross Attention for Semantic Segmentation (2020)"
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "mmseg `CCHead` + mmcv `CrissCrossAttention`; speedinghzl/CCNet (pure PyTorch)"

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from ...ops import positive_int
 from .record import Recorder
-from .registry import register
+from .registry import BN_REMOVES, register
 
 
 @register("coordatt", block=True)
@@ -27,6 +27,7 @@ class CoordAtt(Recorder, nn.Module):
     # along each axis and 1x1 convolutions on the pooled strips (pool+conv), multiply the features (elementwise),
     # and are per channel and per row / column (channel+spatial).
     taxonomy = dict(weights="pool+conv", applied="elementwise", domain="channel+spatial")
+    grad_exempt = {"conv1.bias": BN_REMOVES}  # segattn/check.py
     paper = "Coordinate Attention for Efficient Mobile Network Design (2021)"
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "houqb/CoordAttention `CoordAtt`"

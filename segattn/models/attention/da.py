@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from ...ops import attention_row, check_impl, fused_attention, positive_int
 from .record import Recorder
-from .registry import register
+from .registry import SOFTMAX_SHIFT, register
 
 
 class PositionAttention(Recorder, nn.Module):
@@ -21,6 +21,8 @@ class PositionAttention(Recorder, nn.Module):
     learns to assign more weight". ``impl="fused"`` never holds S (HW x HW): it runs the kernel of
     ``fused_attention``; ``impl="explicit"`` computes S as the official code does.
     """
+
+    grad_exempt = {"key_conv.bias": SOFTMAX_SHIFT}  # segattn/check.py
 
     def __init__(self, channels: int, reduction: int = 8, impl: str = "fused"):
         super().__init__()

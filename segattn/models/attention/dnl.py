@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .nl import NonLocal2d
-from .registry import register
+from .registry import SOFTMAX_SHIFT, register
 
 
 @register("dnl")
@@ -51,6 +51,11 @@ class DisentangledNonLocal2d(NonLocal2d):
         self.temperature = float(temperature)
         # PyTorch's default initialisation, as mmseg (nothing re-initialises it).
         self.conv_mask = torch.nn.Conv2d(self.channels, 1, 1)
+        # Whitening subtracts each key's and query's mean over the positions, bias included; the unary mask is a
+        # softmax over positions (segattn/check.py).
+        whitened = "the whitening subtracts the mean over positions, which removes a bias"
+        self.grad_exempt = {**self.grad_exempt, "theta.bias": whitened, "phi.bias": whitened,
+                            "conv_mask.bias": SOFTMAX_SHIFT}
 
     def embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Whitened queries and keys (N, HW, C') and the logit scale 1 / (sqrt(C') * temperature)."""

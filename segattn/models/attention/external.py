@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ...ops import positive_int
 from .record import Recorder
-from .registry import register
+from .registry import SOFTMAX_SHIFT, register
 
 
 @register("external")
@@ -33,6 +33,8 @@ class ExternalAttention(Recorder, nn.Module):
     # Survey (Guo et al. 2022) lists it with the spatial attentions: the attention is a product of the features
     # with a learned memory (matmul), applied as a product with a second memory (matmul), over positions.
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    # conv1's bias reaches the memory's logits as one constant per memory unit (segattn/check.py)
+    grad_exempt = {"conv1.bias": SOFTMAX_SHIFT}
     paper = "Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks (2021)"
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "MenghaoGuo/EANet `External_attention` (External-Attention-pytorch `ExternalAttention`)"

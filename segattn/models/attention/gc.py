@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .record import Recorder
-from .registry import register
+from .registry import SOFTMAX_SHIFT, register
 
 _FUSIONS = ("channel_add", "channel_mul")
 
@@ -86,6 +86,7 @@ class ContextBlock(Recorder, nn.Module):
 
         if pooling_type == "att":
             self.conv_mask = nn.Conv2d(channels, 1, 1)
+            self.grad_exempt = {"conv_mask.bias": SOFTMAX_SHIFT}  # the pooling softmax (segattn/check.py)
         self.channel_add_conv = _transform(channels, planes) if "channel_add" in fusion_types else None
         self.channel_mul_conv = _transform(channels, planes) if "channel_mul" in fusion_types else None
         self.reset_parameters()

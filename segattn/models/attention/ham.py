@@ -17,8 +17,12 @@ class NMF2D(nn.Module):
     coefficients by multiplicative updates (mmseg's ``NMF2D``; the "ham").
 
     ``spatial`` is the paper's S (mmseg's ``MD_S``): the C channels are cut into S groups of D = C / S,
-    each factorised apart; ``rank`` is R (``MD_R``). The bases start random every forward (uniform,
-    unit columns: mmseg's ``rand_init``), the coefficients as softmax(X^T B) (NMF's temperature is 1),
+    each factorised apart; ``rank`` is R (``MD_R``). In training the bases start random every forward
+    (uniform, unit columns: mmseg's ``rand_init``); in evaluation, with ``eval_bases="fixed"`` (the default),
+    from one such draw made once, from a generator of its own seeded with 0 (a buffer, not saved), the same
+    for every sample: predictions are then deterministic and each image's does not depend on the others of
+    its batch, and an exported graph reproduces the model. ``eval_bases="random"`` is mmseg's fresh draw at
+    every forward in evaluation too. The coefficients start as softmax(X^T B) (NMF's temperature is 1),
     then ``train_steps`` / ``eval_steps`` updates of both.
 
     One-step gradient (the paper's Sec. 2.3): the iterations run without autograd and only the last
@@ -26,14 +30,28 @@ class NMF2D(nn.Module):
     every iteration; the forward is the same either way.
     """
 
-    def __init__(self, spatial: int = 1, rank: int = 64, train_steps: int = 6, eval_steps: int = 7):
+    def __init__(self, channels: int, spatial: int = 1, rank: int = 64, train_steps: int = 6, eval_steps: int = 7,
+                 eval_bases: str = "fixed"):
         super().__init__()
         self.spatial = positive_int(spatial, "ham: spatial")
         self.rank = positive_int(rank, "ham: rank")
         self.train_steps = positive_int(train_steps, "ham: train_steps")
         self.eval_steps = positive_int(eval_steps, "ham: eval_steps")
+        if eval_bases not in ("fixed", "random"):
+            raise ValueError(f"ham: eval_bases must be 'fixed' (deterministic inference) or 'random' (mmseg's draw "
+                             f"at every forward), got {eval_bases!r}")
+        if channels % self.spatial:
+            raise ValueError(f"ham: spatial={self.spatial} must divide the {channels} channels")
+        self.eval_bases = eval_bases
+        # Its own generator: building the module leaves the global random stream (and so every later layer's
+        # start) as it was. Not persistent: checkpoints keep their keys, and the draw is the same every time.
+        fixed = torch.rand((self.spatial, channels // self.spatial, self.rank), generator=torch.Generator().manual_seed(0))
+        self.register_buffer("fixed_bases", fixed, persistent=False)
 
     def build_bases(self, batch: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.eval_bases == "fixed":
+            # (B*S, D, R): sample b, group s at b*S + s; unit columns in the input's precision, as a fresh draw's
+            return F.normalize(self.fixed_bases.to(like.dtype), dim=1).repeat(batch, 1, 1)
         # Drawn like mmseg's (torch.rand on the default generator, then moved), so that one seed gives both
         # the same bases.
         bases = torch.rand((batch * self.spatial, dim, self.rank)).to(like.device)
@@ -81,22 +99,20 @@ class Hamburger(Recorder, nn.Module):
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "mmseg `LightHamHead` (`Hamburger`, `NMF2D`)"
     deviations = ("one-step gradient as the paper and Enjoy-Hamburger (mmseg back-propagates through every NMF "
-                  "step); BatchNorm, not SegNeXt's GroupNorm(32); one stage (c5), not SegNeXt's three")
-    # Fresh random bases at every forward (mmseg's rand_init) make two runs on one input differ slightly,
-    # so no exported graph can be checked against the model, or reproduce it.
-    export_unsupported = dict.fromkeys(
-        ("onnx", "torchscript", "exported_program"),
-        "the Hamburger draws new random NMF bases at every forward (mmseg's rand_init), so an exported graph "
-        "cannot reproduce the model's output")
+                  "step); BatchNorm, not SegNeXt's GroupNorm(32); one stage (c5), not SegNeXt's three; in evaluation "
+                  "the NMF starts from fixed bases (one draw, seed 0), the same for every image, so that predictions are "
+                  "deterministic and independent of the batch (mmseg draws new ones at every forward: "
+                  "eval_bases=random)")
 
-    def __init__(self, channels: int, spatial: int = 1, rank: int = 64, train_steps: int = 6, eval_steps: int = 7):
+    def __init__(self, channels: int, spatial: int = 1, rank: int = 64, train_steps: int = 6, eval_steps: int = 7,
+                 eval_bases: str = "fixed"):
         super().__init__()
         self.channels = int(channels)
         self.ham_in = nn.Conv2d(self.channels, self.channels, 1)  # mmcv ConvModule without norm: a bias
         nn.init.kaiming_normal_(self.ham_in.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.ham_in.bias)
         self.ham_in.mmseg_init = True
-        self.ham = NMF2D(spatial, rank, train_steps, eval_steps)
+        self.ham = NMF2D(self.channels, spatial, rank, train_steps, eval_steps, eval_bases)
         self.ham_out = conv_bn_relu(self.channels, self.channels, 1, act=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

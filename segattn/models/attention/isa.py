@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ...ops import attention_row, check_impl, positive_int, positive_ints
 from ..layers import conv_bn_relu
 from .record import Recorder
-from .registry import register
+from .registry import VALUE_CONSTANT, register
 from .self_attention import SelfAttentionBlock
 
 
@@ -21,6 +21,8 @@ class RelationBlock(SelfAttentionBlock):
     query and key are two 1x1 conv-BN-ReLU layers each (C -> C' -> C'), the value a plain 1x1 conv
     (C -> C, with bias), logits / sqrt(C'), softmax over the group, and the context goes through a
     1x1 conv-BN-ReLU (``output_project``). No residual: ISA's head concatenates its input instead."""
+
+    grad_exempt = {"value_project.bias": VALUE_CONSTANT}  # output_project's BN removes it (segattn/check.py)
 
     def __init__(self, channels: int, key_channels: int):
         super().__init__(channels, channels, key_channels, channels, key_query_num_convs=2, with_out=False)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ...ops import attention_row, check_impl, positive_int
 from .record import Recorder
-from .registry import register
+from .registry import SOFTMAX_SHIFT, register
 
 
 def sinusoidal_encoding_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -62,6 +62,7 @@ class MultiHeadSelfAttention(Recorder, nn.Module):
     # Survey (Guo et al. 2022): 矩阵乘法 叉乘 空间域 (weights from Q K^T, applied as an HW x HW matrix product with V,
     # over the spatial positions).
     taxonomy = dict(weights="matmul", applied="matmul", domain="spatial")
+    grad_exempt = {"key.bias": SOFTMAX_SHIFT}  # segattn/check.py
     paper = "Attention Is All You Need (2017)"
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = "naive multi-head attention (no official segmentation code)"

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from ...ops import attention_row, check_impl, fused_attention, positive_int
 from .record import Recorder, spread, window_index
-from .registry import register
+from .registry import SOFTMAX_SHIFT, VALUE_CONSTANT, register
 
 _MODES = ("embedded_gaussian", "gaussian", "dot_product")
 
@@ -84,6 +84,13 @@ class NonLocal2d(Recorder, nn.Module):
         else:
             self.conv_out = nn.Conv2d(ci, c, 1)
         self.pool = nn.MaxPool2d(2) if self.sub_sample else nn.Identity()
+        # Zero gradients by construction (segattn/check.py): with a softmax over the keys, phi's bias shifts all of
+        # a query's logits alike and g's bias adds a per-channel constant (dot_product divides by N instead).
+        self.grad_exempt = {}
+        if mode == "embedded_gaussian":
+            self.grad_exempt["phi.bias"] = SOFTMAX_SHIFT
+        if mode in ("embedded_gaussian", "gaussian"):
+            self.grad_exempt["g.bias"] = VALUE_CONSTANT
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ...ops import attention_row, check_impl, fused_attention, positive_ints
 from ..layers import conv_bn_relu
 from .record import Recorder, spread, window_index
-from .registry import register
+from .registry import BN_REMOVES, VALUE_CONSTANT, register
 
 
 def _check_dropout(name: str, key: str, p: float) -> float:
@@ -64,6 +64,10 @@ class SelfAttentionBlock(Recorder, nn.Module):
     1/sqrt(d_k)), never holding its hw x hw map; ``impl="explicit"`` computes the map as the
     official code.
     """
+
+    # f_key's conv meets its BN; the value's and W's biases are per-channel constants that the fusion's BN
+    # after the block removes (segattn/check.py).
+    grad_exempt = {"f_key.0.bias": BN_REMOVES, "f_value.bias": VALUE_CONSTANT, "W.bias": BN_REMOVES}
 
     def __init__(
         self, in_channels: int, key_channels: int, value_channels: int, out_channels: int, grid: int = 1, scale: int = 1,
@@ -155,6 +159,8 @@ class BaseOC(Recorder, nn.Module):
     reference = "openseg-group/OCNet.pytorch `BaseOC_Module` and its network head"
     deviations = "auxiliary head is mmseg's FCN on c4, not OCNet's dsn"
 
+    grad_exempt = {"fuse.0.bias": BN_REMOVES}  # segattn/check.py
+
     def __init__(self, channels: int, context_dropout: float = 0.05, impl: str = "fused"):
         super().__init__()
         c = self.channels = int(channels)
@@ -190,6 +196,8 @@ class PyramidOC(Recorder, nn.Module):
     # Export limits (segattn.deploy): format -> why only at a fixed size; tests/test_deploy.py checks them.
     export_static_only = dict.fromkeys(("exported_program", "onnx"),
                                        "Pyramid-OC's region grid is computed from the feature size in Python")
+
+    grad_exempt = {"up_dr.0.bias": BN_REMOVES, "fuse.0.bias": BN_REMOVES}  # segattn/check.py
 
     def __init__(self, channels: int, sizes: Sequence[int] = (1, 2, 3, 6), context_dropout: float = 0.05,
                  impl: str = "fused"):
@@ -238,6 +246,8 @@ class ASPOC(Recorder, nn.Module):
     # ... and formats it does not export to at all
     export_unsupported = {"torchscript": "OCNet ASP's max-pool chooses ceil_mode from the feature size "
                                          "(`min(h, w) < scale`), which tracing turns into a tensor"}
+
+    grad_exempt = {"context.0.bias": BN_REMOVES, "context.4.bias": BN_REMOVES}  # segattn/check.py
 
     def __init__(
         self,

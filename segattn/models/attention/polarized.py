@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .record import Recorder
-from .registry import register
+from .registry import SOFTMAX_SHIFT, register
 
 LAYOUTS = ("parallel", "sequential")
 
@@ -29,6 +29,7 @@ class PolarizedSelfAttention(Recorder, nn.Module):
     # Both gates are softmax-weighted products of queries and values (matmul), multiply the features
     # (elementwise), one per channel and one per position (channel+spatial).
     taxonomy = dict(weights="matmul", applied="elementwise", domain="channel+spatial")
+    grad_exempt = {"ch_wq.bias": SOFTMAX_SHIFT}  # the channel branch's softmax over positions (segattn/check.py)
     paper = "Polarized Self-Attention: Towards High-quality Pixel-wise Regression (2021)"
     # The code this mechanism and its head are checked against in the tests (README, "reference").
     reference = ("External-Attention-pytorch `ParallelPolarizedSelfAttention` / `SequentialPolarizedSelfAttention` "

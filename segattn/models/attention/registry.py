@@ -29,6 +29,15 @@ TAXONOMY_WORDS = {
 }
 
 
+# Why a parameter gets no gradient by construction: the reasons a module may give in its ``grad_exempt``
+# declaration (``{"<parameter name>": reason}``; segattn/check.py exempts exactly what is declared).
+SOFTMAX_SHIFT = ("adds the same amount to every logit of a query's softmax over positions, and softmax ignores a "
+                 "constant shift")
+BN_REMOVES = "adds a per-channel constant that the BatchNorm after it removes in training"
+VALUE_CONSTANT = ("the softmax weights sum to one, so a value bias adds a per-channel constant, which the next "
+                  "BatchNorm removes in training")
+
+
 def check_taxonomy(name: str, taxonomy: dict) -> None:
     """Raise ValueError unless ``taxonomy`` uses exactly the survey's keys and words."""
     if set(taxonomy) != set(TAXONOMY_WORDS):
@@ -50,15 +59,21 @@ def register(name: str, block: bool = False):
 
     ``block``: the mechanism can also sit inside every residual block (``backbone.block_attention``).
     Every registered constructor takes ``channels`` first; it is checked here, once for all.
+
+    The package's own mechanisms must declare ``taxonomy`` and ``paper``; for a plugin's (a class defined
+    outside ``segattn``, registered as ``segattn.register_attention``) they are optional, and checked
+    when given.
     """
 
     def deco(cls):
         if name in ATTENTIONS:
             raise ValueError(f"attention {name!r} is registered twice ({ATTENTIONS[name].__name__}, {cls.__name__})")
+        builtin = cls.__module__.split(".")[0] == "segattn"
         for attr in ("taxonomy", "paper"):
-            if not hasattr(cls, attr):
+            if builtin and not hasattr(cls, attr):
                 raise TypeError(f"attention {name!r} ({cls.__name__}) must define class attribute {attr!r}")
-        check_taxonomy(name, cls.taxonomy)
+        if getattr(cls, "taxonomy", None) is not None:
+            check_taxonomy(name, cls.taxonomy)
         init = cls.__init__
 
         @functools.wraps(init)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import build_attention
+from ..attention import BN_REMOVES, build_attention
 from ..attention.oc import _check_dropout
 from ..layers import conv_bn_relu
 from .base import BaseDecodeHead
@@ -29,6 +29,8 @@ class OCHead(BaseDecodeHead):
             raise ValueError(f"{attention} head: concat_input must be false (OCNet classifies the OC output directly)")
         act = None if attention == "oc_pyramid" else "leaky"  # see the docstring
         self.reduce = conv_bn_relu(int(in_channels[self.in_index]), channels, 3, bias=True, act=act)
+        # The conv's bias meets its BN; without the activation, the BN's shift meets the module's BNs (check.py).
+        self.grad_exempt = {"reduce.0.bias": BN_REMOVES, **({"reduce.1.bias": BN_REMOVES} if act is None else {})}
         self.attention = build_attention(attention, channels, **module_kwargs)
         self.build_classifier(channels, num_classes, _check_dropout(f"{attention} head", "dropout", dropout))
 

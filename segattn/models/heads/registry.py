@@ -45,7 +45,12 @@ def head_class(name: str) -> type[nn.Module]:
         return HEADS[name]
     if name in ATTENTIONS:
         return AttentionHead
-    raise ValueError(f"head.name={name!r} is not a known head; choices: {', '.join(head_names())}")
+    if name == "custom":  # conf/head/custom.yaml as it stands: the registered name is still to be given
+        raise ValueError("head=custom runs a mechanism (or a head) of your own: set head.name=<the name your plugin "
+                         "registered> and plugins=[<your module or .py file>], e.g. plugins=[examples/pooled_attention.py] "
+                         "head=custom head.name=pooled_nl (README: Bring your own head)")
+    raise ValueError(f"head.name={name!r} is not a known head; choices: {', '.join(head_names())}. A head of your "
+                     f"own is registered by a plugin: plugins=[<your module or .py file>] (README: Bring your own head)")
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,8 @@ class HeadFacts:
     """What is known about head ``name`` besides its code (the README's and the recipes' columns)."""
 
     name: str
-    paper: str
-    reference: str
+    paper: str | None = None  # optional for a plugin's head (every built-in head declares it)
+    reference: str | None = None
     deviations: str | None = None
     taxonomy: dict | None = None  # the mechanism's, None for a head without a registered mechanism
     published: dict[str, float] = field(default_factory=dict)
