@@ -5,7 +5,9 @@
     python scripts/study.py heads=[fcn,cc,da,ema] seeds=3 hydra/launcher=slurm hydra.launcher.partition=gpu
 
 Study keys (everything else is a train.py override, applied to every run):
-  heads=[a,b,...]   the heads to compare (conf/head names); the first is the baseline unless baseline= says
+  heads=[a,b,...]   the heads to compare (conf/head names); the first is the baseline unless baseline= says.
+                    A plugin's head (plugins=[my_attention.py], imported first) needs its yaml in a config
+                    folder of one's own: hydra.searchpath=[file:///path/to/conf] with head/<name>.yaml
   seeds=N | [s,..]  seeds 0..N-1, or these seeds
   baseline=NAME     the head the others are compared with (default: fcn when studied, else the first)
   out=DIR           the study folder (default: studies/<heads>_<overrides>)
@@ -81,6 +83,17 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
             continue
         else:
             overrides.append(arg)
+    # plugins=[...] (a train.py key, passed on to every run) registers heads of one's own: imported here too,
+    # before the heads are looked up and the cost columns build them (README: Bring your own head).
+    from segattn.plugins import import_plugins
+
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "plugins":
+            try:
+                import_plugins(_list(value))
+            except ValueError as e:
+                raise SystemExit(f"study.py: {e}") from None
     from benchmarks.common import head_names
 
     if "heads" not in study:
