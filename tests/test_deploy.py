@@ -180,7 +180,7 @@ def test_export_entry_point(checkpoint, tmp_path, capsys):
 
     out = str(tmp_path / "model.pt2")
     _run_hydra_main("export", [f"checkpoint={checkpoint}", "format=exported_program", f"output={out}",
-                               "input_size=[64,96]", f"hydra.run.dir={tmp_path / 'run'}"])
+                               "input_size=[64,96]", "dynamic=false", f"hydra.run.dir={tmp_path / 'run'}"])
     meta = json.load(open(tmp_path / "model.pt2.json"))
     predictor = segattn.load(checkpoint)
     assert meta["classes"] == predictor.classes and meta["palette"] == predictor.palette.tolist()

@@ -1,0 +1,59 @@
+"""A new user's first hour, third pass (issue 34, items 5-10), through the entry points as typed
+(in-process): exports fit any image size by default and load under any name, printed commands run as
+printed, run folder names stay whole, eval.py says what it evaluated and what it wrote, a misspelt
+group option gets a suggestion.
+"""
+
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import segattn
+from segattn.deploy import load_exported
+
+from conftest import _run_hydra_main
+
+
+def _export(argv):
+    return _run_hydra_main("export", argv)
+
+
+# ------------------------------------------------------------------------------------ 5. exports
+
+
+def test_default_export_takes_any_size_loads_under_any_name_and_gives_plain_tensors(trained_run, tmp_path, capsys):
+    ckpt = shutil.copy(os.path.join(trained_run, "checkpoints", "best.pt"), tmp_path / "best.pt")
+    model = segattn.load(ckpt)
+    x = torch.randn(1, 3, 96, 160)  # not the training crop (64x64)
+    capsys.readouterr()
+    for fmt, name in (("torchscript", "model.bin"),):  # exported_program's default: tests/test_first_hour.py
+        _export([f"checkpoint={ckpt}", f"format={fmt}", f"output={tmp_path / name}"])
+        assert f"({fmt}, dynamic sizes: batch, height and width 64-4096 px)" in capsys.readouterr().out
+        assert json.load(open(tmp_path / f"{name}.json"))["dynamic"] is True
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run = load_exported(str(tmp_path / name))  # the format from the JSON beside it, not the name
+            out = run(x)
+        assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+        assert not out.requires_grad and out.shape == (1, model.num_classes, 96, 160)
+        np.testing.assert_allclose(out.numpy(), model.model.predict(x).numpy(), atol=1e-4)
+    os.remove(tmp_path / "model.bin.json")
+    with pytest.raises(ValueError, match=r"cannot tell the format: no model.bin.json beside it"):
+        load_exported(str(tmp_path / "model.bin"))
+
+
+def test_a_head_that_cannot_export_dynamic_sizes_exports_fixed_and_says_why(trained_run, tmp_path, capsys,
+                                                                             monkeypatch):
+    from segattn import deploy
+
+    monkeypatch.setattr(deploy, "export_limits", lambda head: ({"torchscript": "a test's reason"}, {}))
+    ckpt = os.path.join(trained_run, "checkpoints", "best.pt")
+    _export([f"checkpoint={ckpt}", "format=torchscript", f"output={tmp_path / 'm.pt'}"])
+    assert (f"wrote {tmp_path / 'm.pt'} (torchscript, fixed input 64x64, not dynamic: head=fcn as torchscript: "
+            f"a test's reason) and ") in capsys.readouterr().out
+    assert json.load(open(tmp_path / "m.pt.json"))["dynamic"] is False
