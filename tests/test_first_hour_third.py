@@ -57,3 +57,24 @@ def test_a_head_that_cannot_export_dynamic_sizes_exports_fixed_and_says_why(trai
     assert (f"wrote {tmp_path / 'm.pt'} (torchscript, fixed input 64x64, not dynamic: head=fcn as torchscript: "
             f"a test's reason) and ") in capsys.readouterr().out
     assert json.load(open(tmp_path / "m.pt.json"))["dynamic"] is False
+
+
+# ------------------------------------------------------------------------------------ 6. printed commands
+
+
+def test_the_printed_tensorboard_command_runs_as_printed(trained_run, monkeypatch):
+    import subprocess
+
+    from segattn.engine.trackers import command
+
+    line = next(ln for ln in open(os.path.join(trained_run, "train.log")).read().splitlines()
+                if ln.startswith("TensorBoard: "))
+    printed = line.removeprefix("TensorBoard: ").split(" --logdir ")[0]
+    assert line == f"TensorBoard: {printed} --logdir {trained_run}"
+    # From this shell (the test's PATH and folder), as printed; --version instead of serving.
+    out = subprocess.run(f"{printed} --version", shell=True, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    # Without the venv on PATH: the venv's own tensorboard by its path.
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    path = command("tensorboard")
+    assert os.path.isfile(path) and os.access(path, os.X_OK) and path.endswith(os.path.join("bin", "tensorboard"))
