@@ -126,21 +126,70 @@ def _holds_results(run_dir: str) -> bool:
                or f in ("metrics.json", "eval.json", "dataset_check.txt") for f in files):
             return True
     return False
+# The longest run folder name after its time: short enough to read in a listing.
+RUN_NAME_MAX = 100
+
+
 def run_name(head, backbone, block_attention, scales, seed, overrides: str) -> str:
     """The run folder's name after its time (``hydra.run.dir``): what tells two runs apart, the head,
-    backbone, block and scale attention, seed, then the other overrides as ``key-value`` (the group
-    choices and paths left out; at most 120 characters), so two runs never look identical."""
+    backbone, block and scale attention, seed, then the other overrides as whole ``key-value`` entries
+    (``trainer.max_iters=200``: ``max_iters-200``; the full key where two share their last part), the
+    shortest first, while the name stays within ``RUN_NAME_MAX`` characters; those that do not fit (a
+    long path, the tenth override) are never cut but replaced by ``N-more-<hash>``, a short hash of them,
+    so two runs never get one name. The full overrides are in the run's ``.hydra/overrides.yaml``."""
+    import hashlib
+
     parts = [str(head), str(backbone)]
     if block_attention:
         parts.append(f"{block_attention}-blocks")
     if scales:
         parts.append("scales" + "-".join(f"{s:g}" for s in scales))
     parts.append(f"seed{seed}")
-    rest = [o for o in str(overrides or "").split(",")
-            if o and not o.split("=")[0].lstrip("+~") in _NOT_IN_NAME]
     # Only characters a path passed back as an override (eval.py checkpoint=...) may hold unquoted.
-    name = "_".join(parts + [o.replace("=", "-") for o in rest])
-    return re.sub(r"[^A-Za-z0-9._+-]", "-", name)[:120]
+    safe = lambda text: re.sub(r"[^A-Za-z0-9._+-]", "-", text)  # noqa: E731
+    name = safe("_".join(parts))
+    rest = [o for o in _split_overrides(str(overrides or ""))
+            if o and not o.split("=")[0].lstrip("+~") in _NOT_IN_NAME]
+    # Each key by its last part (trainer.max_iters: max_iters) unless two overrides share that part.
+    leaf = lambda o: o.split("=")[0].lstrip("+~").split(".")[-1]  # noqa: E731
+    shared = {k for k in map(leaf, rest) if [leaf(o) for o in rest].count(k) > 1}
+    entries = {o: safe(re.sub(r"[\[\]'\"]", "", o if leaf(o) in shared else leaf(o) + o[o.index("="):])
+                       .replace("=", "-")) for o in rest if "=" in o}
+    left_out = []
+    # The shortest first, so that a long one (a path, a list of names) leaves room for the others.
+    order = sorted(entries, key=lambda o: len(entries[o]))
+    for o in order:
+        entry = entries[o]
+        # room for the hash suffix of whatever may still be left out after this one
+        if len(name) + 1 + len(entry) + len("_99-more-123456") <= RUN_NAME_MAX or \
+                (o == order[-1] and not left_out and len(name) + 1 + len(entry) <= RUN_NAME_MAX):
+            name += "_" + entry
+        else:
+            left_out.append(o)
+    if left_out:
+        digest = hashlib.sha1(",".join(left_out).encode()).hexdigest()[:6]
+        name += f"_{len(left_out)}-more-{digest}"
+    return name
+
+
+def _split_overrides(joined: str) -> list[str]:
+    """Hydra's ``job.override_dirname`` (``a=1,b=[64,96]``) back into overrides: split at the commas
+    outside brackets, braces and quotes."""
+    out, depth, quote, start = [], 0, None, 0
+    for i, c in enumerate(joined):
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "[{(":
+            depth += 1
+        elif c in "]})":
+            depth = max(depth - 1, 0)
+        elif c == "," and depth == 0:
+            out.append(joined[start:i])
+            start = i + 1
+    out.append(joined[start:])
+    return [o for o in out if o]
 
 
 def run_stamp() -> str:

@@ -6,6 +6,7 @@ group option gets a suggestion.
 
 import json
 import os
+import re
 import shutil
 import warnings
 
@@ -78,3 +79,36 @@ def test_the_printed_tensorboard_command_runs_as_printed(trained_run, monkeypatc
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     path = command("tensorboard")
     assert os.path.isfile(path) and os.access(path, os.X_OK) and path.endswith(os.path.join("bin", "tensorboard"))
+
+
+# ------------------------------------------------------------------------------------ 7. run folder names
+
+
+def test_run_folder_names_are_short_and_whole_with_every_override_in_the_run(tiny_root, tmp_path, monkeypatch):
+    import glob
+
+    import yaml
+
+    from conftest import TINY, run_train
+    from segattn.cli import RUN_NAME_MAX, run_name
+
+    monkeypatch.chdir(tmp_path)
+    argv = [*TINY, f"dataset.root={tiny_root}", "trainer.max_iters=1", "trainer.val_interval=1", "optimizer.lr=0.02"]
+    run_train(argv)
+    (run,) = glob.glob("outputs/*/*")
+    name = os.path.basename(run)[len("14-03-59_"):]
+    assert len(name) <= RUN_NAME_MAX and name.startswith("fcn_resnet18_seed0_"), name
+    for whole in ("max_iters-1", "val_interval-1", "lr-0.02", "width-16"):
+        assert f"_{whole}_" in name + "_", name  # never cut inside a key or value
+    assert re.fullmatch(r".*_\d-more-[0-9a-f]{6}", name) and "tiny_cityscapes" not in name, name  # the long root
+    assert sorted(yaml.safe_load(open(os.path.join(run, ".hydra", "overrides.yaml")))) == sorted(argv)
+    # Overrides with commas inside brackets stay one entry each; a different left-out value, another name.
+    o = "dataset.classes=[bg,rect,circle],dataset.crop_size=[64,96],dataset=folder,trainer.max_iters=200"
+    assert run_name("fcn", "resnet18", None, None, 0, o) == \
+        "fcn_resnet18_seed0_max_iters-200_dataset-folder_crop_size-64-96_classes-bg-rect-circle"
+    a = run_name("fcn", "resnet18", None, None, 0, o + ",dataset.root=/data/" + "x" * 80)
+    b = run_name("fcn", "resnet18", None, None, 0, o + ",dataset.root=/data/" + "y" * 80)
+    assert a != b and len(a) <= RUN_NAME_MAX and "_max_iters-200_" in a and "_2-more-" in a
+    # Keys that share their last part keep their full names.
+    assert run_name("fcn", "resnet18", None, None, 0, "head.channels=32,model.aux_head.channels=16") == \
+        "fcn_resnet18_seed0_head.channels-32_model.aux_head.channels-16"
