@@ -112,3 +112,24 @@ def test_run_folder_names_are_short_and_whole_with_every_override_in_the_run(tin
     # Keys that share their last part keep their full names.
     assert run_name("fcn", "resnet18", None, None, 0, "head.channels=32,model.aux_head.channels=16") == \
         "fcn_resnet18_seed0_head.channels-32_model.aux_head.channels-16"
+
+
+# ------------------------------------------------------------------------------------ 8. eval.py
+
+
+def test_eval_says_what_it_evaluates_first_and_names_every_file_it_wrote_last(trained_run, tmp_path, capsys):
+    from conftest import run_eval
+
+    ckpt = os.path.join(trained_run, "checkpoints", "best.pt")
+    run = tmp_path / "eval"
+    capsys.readouterr()
+    run_eval([f"checkpoint={ckpt}", "inference.mode=slide", "inference.flip=true", "num_workers=0",
+              f"hydra.run.dir={run}"])
+    err = capsys.readouterr().err.splitlines()
+    first = next(ln for ln in err if ln.startswith("evaluating "))
+    assert first.startswith(f"evaluating {ckpt} (iteration 4, head=fcn) on dataset mini at ") and \
+        first.endswith("(split val): 2 images, inference slide: windows 64x64, stride 43x43, flip"), first
+    files = sorted(f for f in os.listdir(run) if not f.startswith(".") and f != "eval.log")
+    last = [ln for ln in err if ln.startswith("wrote ")]
+    assert err[-len(last):] == last and sorted(ln.removeprefix(f"wrote {run}/") for ln in last) == files, (err, files)
+    assert files == ["confusion_matrix.csv", "confusion_matrix.png", "eval.json", "per_image.csv"]

@@ -77,6 +77,9 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
 
     device = resolve_device(cfg.device, "device")
     model, _ = model_from_checkpoint(path, ckpt, num_classes)
+    head = (train_cfg.get("head") or {}).get("name", "?")
+    print(f"evaluating {os.path.abspath(path)} (iteration {int(ckpt['iter'])}, head={head}) on {source}: "
+          f"{len(dataset)} images, {describe_inference(inference)}", file=sys.stderr)
     model.to(device)
     # Images keep their own size (the benchmarks score full resolution); inference.batch_size of one size at a time.
     loader = val_loader(dataset, inference, cfg.num_workers)
@@ -94,7 +97,6 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
         vis_dir = vis.out_dir or os.path.join(run_dir, "attention")
         pictures = write_attention_pictures(model, dataset, vis_dir, vis.points, vis.num_images, vis.max_size)
         info["attention_pictures"] = {"dir": os.path.abspath(vis_dir), "files": len(pictures)}
-        print(f"wrote {len(pictures)} attention pictures to {vis_dir}")
     if writer is not None:
         info["export"] = {"dir": os.path.abspath(export_dir), "format": fmt, "files": writer.written}
     if dataset.has_masks:
@@ -107,11 +109,34 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     else:
         result = info
     print(speed_line(info["speed"]))
-    if writer is not None:
-        print(f"wrote {writer.written} predictions ({fmt}) to {export_dir}")
     write_json(result, os.path.join(run_dir, "eval.json"))
-    print(f"wrote {os.path.join(run_dir, 'eval.json')}", file=sys.stderr)
+    # The last lines: every file written, one a line (eval.log, the console, is beside eval.json).
+    wrote = ["eval.json", "confusion_matrix.csv", "confusion_matrix.png", "per_image.csv"] if dataset.has_masks \
+        else ["eval.json"]
+    for name in wrote:
+        print(f"wrote {os.path.join(run_dir, name)}", file=sys.stderr)
+    if "attention_pictures" in info:
+        print(f"wrote {info['attention_pictures']['files']} attention pictures to {vis_dir}", file=sys.stderr)
+    if writer is not None:
+        print(f"wrote {writer.written} predictions ({fmt}) to {export_dir}", file=sys.stderr)
     return result
+
+
+def describe_inference(node: dict) -> str:
+    """The inference settings in words: ``whole images`` or ``slide windows 64x64, stride 43x43``, then
+    scales and flip when set."""
+    if node.get("mode") == "slide":
+        crop, stride = node["crop_size"], node["stride"]
+        text = f"inference slide: windows {crop[0]}x{crop[1]}, stride {stride[0]}x{stride[1]}"
+    else:
+        text = "inference whole: each image in one pass"
+    if node.get("scales") and [float(s) for s in node["scales"]] != [1.0]:
+        text += f", scales {[float(s) for s in node['scales']]}"
+        if node.get("base_scale") is not None:
+            text += f" of base_scale {node['base_scale']}"
+    if node.get("flip"):
+        text += ", flip"
+    return text
 
 
 def write_per_image(scores: PerImageScores, run_dir: str) -> str:
