@@ -223,7 +223,11 @@ def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = get_args_parser().parse_known_args(argv)[0].overrides
-    for o in OverridesParser.create().parse_overrides(overrides):
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not any(o.key_or_group == "hydra.searchpath" for o in parsed):  # other folders: Hydra's own message
+        for o in parsed:
+            _check_group_option(o)
+    for o in parsed:
         key = o.key_or_group
         if o.is_add() or o.is_force_add() or o.is_delete() or o.package is not None or "/" in key \
                 or key.split(".")[0] in ("hydra", "schema"):
@@ -232,6 +236,45 @@ def check_overrides(argv: list[str], schema: type[ConfigNode]) -> None:
             schema.check_key(key)
         except ValueError as e:
             raise SystemExit(f"Could not override '{o.input_line}': {e}") from None
+
+
+def _group_options(group: str) -> list[str] | None:
+    """The options of the config group ``group`` (``head``: conf/head/*.yaml and what is registered in
+    Hydra's ConfigStore under it), or None when ``group`` is not a group of conf/."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", group)
+    if group.startswith("hydra") or not os.path.isdir(folder):
+        return None
+    names = {f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")}
+    with contextlib.suppress(Exception):
+        from hydra.core.config_store import ConfigStore
+
+        names |= {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group) if n.endswith(".yaml")}
+    return sorted(names)
+
+
+def _check_group_option(o) -> None:
+    """Stop on a group option that does not exist (``head=ccc``) with one paragraph: the closest option
+    and all of them on one line (Hydra prints one a line, and its search path)."""
+    import difflib
+
+    if o.is_delete() or o.package is not None:
+        return
+    group = o.key_or_group
+    options = _group_options(group)
+    if options is None:
+        return
+    try:
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+    except Exception:  # glob(...) and ranges need Hydra's config loader: Hydra checks those itself
+        return
+    for value in values:
+        if not isinstance(value, str) or value in options:
+            continue
+        close = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
+        key = o.input_line.split("=")[0]  # head, +experiment
+        hint = f" Did you mean {key}={close[0]}?" if close else ""
+        raise SystemExit(f"Could not override '{o.input_line}': conf/{group}/ has no option {value!r}.{hint} "
+                         f"The {group} options: {', '.join(options)}")
 
 
 def compose_train_config(argv: list[str], prog: str) -> dict:

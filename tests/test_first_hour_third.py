@@ -133,3 +133,21 @@ def test_eval_says_what_it_evaluates_first_and_names_every_file_it_wrote_last(tr
     last = [ln for ln in err if ln.startswith("wrote ")]
     assert err[-len(last):] == last and sorted(ln.removeprefix(f"wrote {run}/") for ln in last) == files, (err, files)
     assert files == ["confusion_matrix.csv", "confusion_matrix.png", "eval.json", "per_image.csv"]
+
+
+# ------------------------------------------------------------------------------------ 9. group options
+
+
+def test_a_misspelt_group_option_gets_one_paragraph_with_a_suggestion(capsys, tmp_path, monkeypatch):
+    from conftest import run_train
+
+    monkeypatch.chdir(tmp_path)
+    for argv, line, hint in ((["head=ccc"], "head=ccc", "Did you mean head=cc? The head options: ann, apc, "),
+                             (["+experiment=cc_r50_d8_cityscapes_80"], "+experiment=cc_r50_d8_cityscapes_80",
+                              "Did you mean +experiment=cc_r50_d8_cityscapes_80k? The experiment options: ")):
+        with pytest.raises(SystemExit) as exc:
+            run_train(argv)
+        message = exc.value.code
+        assert isinstance(message, str) and message.startswith(f"Could not override '{line}': conf/") and \
+            hint in message and "\n" not in message and "search path" not in message, message
+        assert not os.path.exists(tmp_path / "outputs")  # before Hydra made a run folder
