@@ -62,6 +62,10 @@ def override_value(argv: list[str], key: str) -> str | None:
     return value
 
 
+# What check_run_dir found missing, so created for the run (remove_if_refused removes it when left empty).
+_MADE_HERE: list[str] = []
+
+
 def check_run_dir(argv: list[str], default: str) -> None:
     """Stop, before Hydra opens its log file there, when the run directory cannot be written:
     ``hydra.run.dir`` as given (a read-only folder or disk, a path under a file), else ``default``
@@ -70,6 +74,12 @@ def check_run_dir(argv: list[str], default: str) -> None:
         return
     given = override_value(argv, "hydra.run.dir")
     path = given if given and "${" not in given else default
+    # The first folder of the path that does not exist yet: a refused run removes it again when empty.
+    _MADE_HERE[:] = []
+    missing = os.path.abspath(path)
+    while not os.path.exists(missing) and os.path.dirname(missing) != missing:
+        _MADE_HERE[:] = [missing]
+        missing = os.path.dirname(missing)
     key = f"hydra.run.dir={given}" if given else f"the run directory under {os.path.abspath(default)!r}"
     parent = os.path.abspath(path)
     while not os.path.exists(parent):
@@ -103,7 +113,8 @@ def remove_if_refused(run_dir: str):
     """``with remove_if_refused(run_dir):`` around an entry point's work: when it refuses (exit status 1,
     a mistake of the command line or the data) before writing any result, the run directory Hydra
     made for it (``.hydra/``, an empty ``checkpoints/``) is removed again, and its date folder when that
-    is left empty. A directory that held anything else before (a resumed run, a folder of the user's)
+    is left empty, up to the first folder :func:`check_run_dir` found missing (``outputs/eval/``). A
+    directory that held anything else before (a resumed run, a folder of the user's)
     is left as it is, as is one where training wrote a checkpoint or TensorBoard events."""
     run_dir = os.path.abspath(run_dir)
     fresh = os.path.isdir(run_dir) and set(os.listdir(run_dir)) <= {".hydra"} and run_dir != os.getcwd()
@@ -114,8 +125,14 @@ def remove_if_refused(run_dir: str):
             import shutil
 
             shutil.rmtree(run_dir, ignore_errors=True)
+            # outputs/<date>/ when empty, and up to the first folder made for this run (outputs/eval/)
+            top = _MADE_HERE[0] if _MADE_HERE and run_dir.startswith(_MADE_HERE[0] + os.sep) else None
+            parent = os.path.dirname(run_dir)
             with contextlib.suppress(OSError):
-                os.rmdir(os.path.dirname(run_dir))  # outputs/<date>/, only when empty
+                os.rmdir(parent)
+                while top and parent != top and parent.startswith(top + os.sep):
+                    parent = os.path.dirname(parent)
+                    os.rmdir(parent)
         raise
 
 

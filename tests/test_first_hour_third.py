@@ -151,3 +151,47 @@ def test_a_misspelt_group_option_gets_one_paragraph_with_a_suggestion(capsys, tm
         assert isinstance(message, str) and message.startswith(f"Could not override '{line}': conf/") and \
             hint in message and "\n" not in message and "search path" not in message, message
         assert not os.path.exists(tmp_path / "outputs")  # before Hydra made a run folder
+
+
+# ------------------------------------------------------------------------------------ 10. small ones
+
+
+def _refusal(run, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        run(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_folder_root_resume_auto_and_class_list_messages_name_what_the_user_typed(tiny_root, tmp_path, capsys,
+                                                                                     monkeypatch):
+    from PIL import Image
+
+    from conftest import TINY, run_eval, run_train
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("val", 1)):
+        os.makedirs(f"shapes/images/{split}")
+        os.makedirs(f"shapes/masks/{split}")
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(f"shapes/images/{split}/{i}.png")
+            Image.fromarray(rng.integers(0, 3, (64, 64), dtype=np.uint8)).save(f"shapes/masks/{split}/{i}.png")
+    folder = [*TINY, "dataset=folder", "dataset.classes=[bg,rect,circle]", "trainer.max_iters=1"]
+    # a missing folder root names dataset.root first
+    err = _refusal(run_train, [*folder, "dataset.root=shape", "hydra.run.dir=run0"], capsys)
+    assert "train.py: error: dataset.root='shape' does not exist for split 'train': image folder" in err, err
+    run_train([*folder, "dataset.root=shapes", "hydra.run.dir=run"])
+    # all three names, no "..." after them
+    err = _refusal(run_eval, ["checkpoint=run/checkpoints/best.pt", f"dataset.root={tiny_root}", "dataset.name=mini",
+                              "hydra.run.dir=eval"], capsys)
+    assert "predicts 3 classes (trained on folder: bg, rect, circle) but dataset mini" in err, err
+    # a truncated last.pt found by resume=auto is reported under resume, the key typed
+    last = "run/checkpoints/last.pt"
+    with open(last, "r+b") as f:
+        f.truncate(os.path.getsize(last) // 2)
+    err = _refusal(run_train, [*folder, "dataset.root=shapes", "hydra.run.dir=run", "trainer.max_iters=2",
+                               "resume=auto"], capsys)
+    assert f"train.py: error: resume={os.path.abspath(last)!r} cannot be loaded" in err or \
+        f"train.py: error: resume={last!r} cannot be loaded" in err, err

@@ -25,6 +25,12 @@ from ..plugins import import_plugins
 from ..viz import confusion_image, save_png, write_attention_pictures
 
 
+def _some(names, n: int = 4) -> str:
+    """The first ``n`` names, with ``...`` only when some are left out."""
+    names = list(names)
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
 def _set(node: dict | None) -> dict:
     """The keys an eval config node sets (null means: as in the checkpoint)."""
     return {k: v for k, v in (node or {}).items() if v is not None}
@@ -66,11 +72,11 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     num_classes = int(train_cfg.get("num_classes", len(classes)))
     if dataset.num_classes != num_classes:
         raise ValueError(f"checkpoint={path!r} predicts {num_classes} classes (trained on "
-                         f"{train_cfg['dataset']['name']}: {', '.join(classes[:4])}, ...) but {source} has "
+                         f"{train_cfg['dataset']['name']}: {_some(classes)}) but {source} has "
                          f"{dataset.num_classes}; evaluate it on data of the classes it was trained on")
     if tuple(dataset.classes) != tuple(classes) and dataset.has_masks:
-        warnings.warn(f"{source} names its classes {list(dataset.classes)[:4]}... but checkpoint={path!r} "
-                      f"was trained on {classes[:4]}...; the metrics pair them by index")
+        warnings.warn(f"{source} names its classes {_some(dataset.classes)} but checkpoint={path!r} "
+                      f"was trained on {_some(classes)}; the metrics pair them by index")
     if not dataset.has_masks and not export_dir:
         raise ValueError(f"{source} has no masks, so there is nothing to measure; set export_dir=DIR "
                          f"(and export_format=labelids|trainids|color) to write the predictions")
