@@ -6,6 +6,7 @@ runs this file; only rank 0 gets a run directory (see ``_quiet_nonzero_rank``).
 """
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -69,3 +70,11 @@ def _quiet_nonzero_rank(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], *_quiet_nonzero_rank(sys.argv[1:])]
     main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A finished torchrun worker leaves without the interpreter's teardown: after a run with DataLoader
+        # workers, PyTorch's C++ teardown at exit aborts ("terminate called without an active exception",
+        # SIGABRT), and torchrun would call the finished job failed. Everything is written and closed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)

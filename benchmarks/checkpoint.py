@@ -46,7 +46,8 @@ EVERY_MIN = [5, 15, 30]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", default=EXPERIMENT, help=f"conf/experiment/<name>.yaml (default {EXPERIMENT})")
     p.add_argument("--crop", default=None, help="H,W of the training crop (default: the recipe's; --quick 256,512)")
     p.add_argument("--batch", type=int, default=None, help="images per step (default: the recipe's per process)")
@@ -62,7 +63,8 @@ def build(args, device):
     model = build_model_from_config(cfg, 19, pretrained=False).to(device).train()
     optimizer = build_optimizer(model, **cfg["optimizer"])
     scheduler = build_scheduler(optimizer, cfg["trainer"]["max_iters"], **cfg["scheduler"])
-    crop = [int(v) for v in args.crop.split(",")] if args.crop else [256, 512] if args.quick else cfg["dataset"]["crop_size"]
+    crop = ([int(v) for v in args.crop.split(",")] if args.crop else [256, 512] if args.quick
+            else cfg["dataset"]["crop_size"])
     batch_size = args.batch or (1 if args.quick else cfg["trainer"]["batch_size"])
     batch = {"image": torch.randn(batch_size, 3, *crop), "mask": torch.randint(0, 19, (batch_size, *crop))}
     return cfg, model, optimizer, scheduler, batch, crop, batch_size

@@ -141,6 +141,14 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def stage_inputs(size: int, device, batch: int = 1) -> list[torch.Tensor]:
+    """R101-D8 stage outputs for an S x S c5: c2 at stride 4 is (2S - 1) x (2S - 1)."""
+    c2 = 2 * (size - 1) + 1
+    shapes = [(batch, R101_CHANNELS[0], c2, c2)] + [(batch, c, size, size) for c in R101_CHANNELS[1:]]
+    return [torch.randn(s, device=device) if torch.device(device).type != "meta" else torch.empty(s, device=device)
+            for s in shapes]
+
+
 # ----------------------------------------------------------------------------- FLOPs
 
 

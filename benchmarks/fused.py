@@ -164,9 +164,7 @@ def da_head_cases(size, device, cases) -> None:
     """segattn's DA head and mmseg's DAHead (tests/reference_mmseg.py), the same widths and weights' shapes."""
     from tests import reference_mmseg as ref
 
-    from benchmarks.heads import stage_inputs
-
-    feats = stage_inputs(size, device)
+    feats = common.stage_inputs(size, device)
     torch.manual_seed(0)
     ours = common.train_mode(common.build_decode_head("da", common.R101_CHANNELS, 19).to(device))
     torch.manual_seed(0)

@@ -4,12 +4,13 @@
     python scripts/attention_pictures.py --heads cc --iters 40 --out docs/images
     python scripts/attention_pictures.py --checkpoint outputs/.../checkpoints/best.pt --out /tmp/pics
 
-Without ``--checkpoint`` each head is trained for ``--iters`` iterations through train.py (run
-directories under ``--runs``), then its ``checkpoints/last.pt`` is drawn on the first validation
-image: the marked pixels are picked from the label (one per large class), and every attention
-module of the model gets a picture (``segattn.viz.attention_pictures``), plus the per-class channel
-gates over the validation images for gating heads (``segattn.viz.gate_pictures``). Each picture
-has a title and a colour bar; docs/pictures.md says how to read them.
+Without ``--checkpoint`` each head is trained for ``--iters`` iterations by the library's trainer, on
+conf/train.yaml with the given overrides as train.py would compose it (run directories under
+``--runs``), then its ``checkpoints/last.pt`` is drawn on the first validation image: the marked
+pixels are picked from the label (one per large class), and every attention module of the model
+gets a picture (``segattn.viz.attention_pictures``), plus the per-class channel gates over the
+validation images for gating heads (``segattn.viz.gate_pictures``). Each picture has a title and a
+colour bar; docs/pictures.md says how to read them.
 """
 
 from __future__ import annotations
@@ -30,20 +31,14 @@ from segattn.engine.checkpoint import model_from_checkpoint  # noqa: E402
 
 
 def train_briefly(head: str, iters: int, run_dir: str, overrides: list[str]) -> str:
-    """train.py's Hydra main in-process (as tests/conftest.py runs it); returns checkpoints/last.pt."""
-    from hydra.core.global_hydra import GlobalHydra
+    """Train ``head`` for ``iters`` iterations with the library's trainer (``segattn.engine.train``) on
+    conf/train.yaml composed with ``overrides`` as train.py composes it; returns checkpoints/last.pt."""
+    from benchmarks.common import compose_config
+    from segattn.engine import train
 
-    import train
-
-    argv = [f"head={head}", f"trainer.max_iters={iters}", f"trainer.val_interval={iters}", "trainer.num_workers=0",
-            f"hydra.run.dir={run_dir}", *overrides]
-    GlobalHydra.instance().clear()
-    old, sys.argv = sys.argv, ["train.py", *argv]
-    try:
-        train.main()
-    finally:
-        sys.argv = old
-        GlobalHydra.instance().clear()
+    cfg = compose_config([f"head={head}", f"trainer.max_iters={iters}", f"trainer.val_interval={iters}",
+                          "trainer.num_workers=0", *overrides])
+    train(cfg, run_dir)
     return os.path.join(run_dir, "checkpoints", "last.pt")
 
 

@@ -5,15 +5,17 @@
     python scripts/study.py heads=[fcn,cc,da,ema] seeds=3 hydra/launcher=slurm hydra.launcher.partition=gpu
 
 Study keys (everything else is a train.py override, applied to every run):
-  heads=[a,b,...]   the heads to compare (conf/head names); the first is the baseline unless baseline= says
+  heads=[a,b,...]   the heads to compare (conf/head names); the first is the baseline unless baseline= says.
+                    A plugin's head (plugins=[my_attention.py], imported first) needs its yaml in a config
+                    folder of one's own: hydra.searchpath=[file:///path/to/conf] with head/<name>.yaml
   seeds=N | [s,..]  seeds 0..N-1, or these seeds
   baseline=NAME     the head the others are compared with (default: fcn when studied, else the first)
   out=DIR           the study folder (default: studies/<heads>_<overrides>)
   speed_steps=N     timed training steps per head for images/s (default 5; 0: no speed column)
   points=N          pixels marked in the attention pictures (default 3, one per large class)
 
-The runs go through train.py's Hydra multirun (``--multirun``; a ``hydra/launcher=...`` override
-reaches it unchanged), into ``<out>/runs/<head>_seed<seed>``. Running the same command again trains
+The runs go through train.py's Hydra multirun (``python train.py --multirun ...`` in a process of its
+own; a ``hydra/launcher=...`` override reaches it unchanged), into ``<out>/runs/<head>_seed<seed>``. Running the same command again trains
 only what is missing: finished runs are collected as they are, unfinished ones continue from their
 ``last.pt`` (``resume=auto``). Then ``<out>/report/`` gets:
 
@@ -42,6 +44,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import time
 
@@ -51,7 +55,7 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 import summarize_sweep  # noqa: E402
 
-from segattn.stats import mean_ci, p_text, welch_p  # noqa: E402
+from segattn.stats import p_text, welch_p  # noqa: E402
 
 STUDY_KEYS = ("heads", "seeds", "baseline", "out", "speed_steps", "points")
 
@@ -79,6 +83,17 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
             continue
         else:
             overrides.append(arg)
+    # plugins=[...] (a train.py key, passed on to every run) registers heads of one's own: imported here too,
+    # before the heads are looked up and the cost columns build them (README: Bring your own head).
+    from segattn.plugins import import_plugins
+
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "plugins":
+            try:
+                import_plugins(_list(value))
+            except ValueError as e:
+                raise SystemExit(f"study.py: {e}") from None
     from benchmarks.common import head_names
 
     if "heads" not in study:
@@ -156,27 +171,32 @@ def launch(out: str, heads: list[str], seeds: list[int], overrides: list[str]) -
         print(f"study: training {len(todo_heads) * len(todo)} runs: train.py {' '.join(argv)}", file=sys.stderr)
         try:
             _train_main(argv)
-        except (Exception, SystemExit) as e:  # noqa: BLE001  (report and go on: the others are collected)
-            if isinstance(e, SystemExit) and e.code in (130, 143):  # Ctrl-C / SIGTERM: stop the study too
-                raise
+        except Exception as e:  # noqa: BLE001  (report and go on: the others are collected)
             errors.append(f"train.py --multirun head={','.join(todo_heads)}: {type(e).__name__}: {e}")
             print(f"study: {errors[-1]}", file=sys.stderr)
     return errors
 
 
-def _train_main(argv: list[str]):
-    """train.py's Hydra main in-process (as tests/conftest.py runs it)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    import train
-
-    GlobalHydra.instance().clear()
-    old, sys.argv = sys.argv, ["train.py", *argv]
+def _train_main(argv: list[str]) -> None:
+    """``python train.py <argv>`` in a process of its own, as from the shell: with ``--multirun`` Hydra's launcher
+    (``hydra/launcher=...``) runs the jobs, one after another here or as cluster jobs. Raises on failure. A
+    Ctrl-C (the terminal sends it to both processes) or a SIGTERM of the study (passed on) lets the training
+    finish its iteration and save ``last.pt``; then the study stops too (exit 130 / 143)."""
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *argv])
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
     try:
-        return train.main()
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                continue  # train.py got the same Ctrl-C: wait for it to save and exit
     finally:
-        sys.argv = old
-        GlobalHydra.instance().clear()
+        signal.signal(signal.SIGTERM, old)
+    if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):
+        raise SystemExit(143 if code in (143, -signal.SIGTERM) else 130)
+    if code:
+        raise RuntimeError(f"exit status {code} (train.py's message is above)")
 
 
 # ----------------------------------------------------------------------------- costs
@@ -225,7 +245,8 @@ def costs(heads: list[str], overrides: list[str], num_classes: int, speed_steps:
 
 
 def head_stats(rows: list[dict], heads: list[str]) -> tuple[dict, list[str]]:
-    """{head: {n, seeds, mIoU (mean, std), IoU {class: (mean, std)}, values [mIoU per seed]}}, classes."""
+    """{head: {n, seeds, mIoU, IoU {class: ...}, values [mIoU per seed]}}, classes: mIoU and each class IoU as
+    segattn.stats's Interval (mean, 95 % CI half width, n), summarize_sweep's convention."""
     by_head = {h: [r for r in rows if r["status"] == "done" and re.fullmatch(rf"{re.escape(h)}_seed-?\d+", r["run"])]
                for h in heads}
     groups, classes = summarize_sweep.aggregate([dict(r, group=h) for h, rs in by_head.items() for r in rs])
@@ -236,9 +257,9 @@ def head_stats(rows: list[dict], heads: list[str]) -> tuple[dict, list[str]]:
 def compare(stat: dict | None, base: dict | None) -> tuple[str, float]:
     """'vs baseline' cell and Welch's p: the difference of the means, and the two-sided p-value of Welch's
     t-test over the seeds (segattn.stats), with the verdict at p < 0.05."""
-    if not stat or not base or stat["mIoU"][0] is None or base["mIoU"][0] is None:
+    if not stat or not base or not stat["mIoU"].n or not base["mIoU"].n:
         return "—", math.nan
-    delta = 100 * (stat["mIoU"][0] - base["mIoU"][0])
+    delta = 100 * (stat["mIoU"].mean - base["mIoU"].mean)
     p = welch_p(stat["values"], base["values"])
     if math.isnan(p):
         return f"{delta:+.2f} (Welch p needs 2 seeds a side)", p
@@ -247,8 +268,8 @@ def compare(stat: dict | None, base: dict | None) -> tuple[str, float]:
 
 
 def ci_text(stat: dict | None) -> str:
-    """``mean ± 95 % CI half width (n)`` of a head's mIoU, in percent."""
-    return mean_ci(stat["values"]).text(digits=2) if stat else "— (0)"
+    """``mean ± 95 % CI half width (n)`` of a head's mIoU, in percent (summarize_sweep's convention)."""
+    return summarize_sweep.pm(stat["mIoU"]) if stat else "— (0)"
 
 
 def _fmt(v, digits=2, scale=1.0) -> str:
@@ -272,22 +293,21 @@ def report(out: str, heads: list[str], seeds: list[int], baseline: str, override
     for h in heads:
         c, st = cost.get(h, {}), stats.get(h)
         crop = "x".join(str(v) for v in c.get("crop", [])) or "—"
-        ci = mean_ci(st["values"]) if st else None
+        ci = st["mIoU"] if st else None
         vs, p = ("baseline", math.nan) if h == baseline else compare(st, base)
         table.append(f"| {h} | {c.get('backbone', '—')} | {crop} | {c.get('max_iters', '—')} | "
                      f"{_fmt(c.get('params'), 3, 1e-6)} | {_fmt(c.get('gflops'))} | {_fmt(c.get('train_mib'), 1)} | "
                      f"{_fmt(c.get('images_per_s'), 1)} | {ci_text(st)} | {vs} |")
         csv_rows.append([h, c.get("backbone", ""), crop, c.get("max_iters", ""), c.get("params", ""),
                          _fmt(c.get("gflops")), _fmt(c.get("train_mib"), 1), _fmt(c.get("images_per_s"), 1),
-                         st["n"] if st else 0, summarize_sweep.pct(st["mIoU"][0]) if st else "",
-                         summarize_sweep.pct(st["mIoU"][1]) if st else "",
-                         "" if not ci or math.isnan(ci.half_width) else summarize_sweep.pct(ci.half_width),
-                         "" if h == baseline or not st or not base else f"{100 * (st['mIoU'][0] - base['mIoU'][0]):.2f}",
+                         st["n"] if st else 0, summarize_sweep.pct(ci.mean) if st else "",
+                         summarize_sweep.pct(ci.half_width) if st else "",
+                         "" if h == baseline or not st or not base else f"{100 * (ci.mean - base['mIoU'].mean):.2f}",
                          "" if math.isnan(p) else f"{p:.4g}"]
-                        + [summarize_sweep.pct(st["IoU"][k][0]) if st else "" for k in classes])
+                        + [summarize_sweep.pct(st["IoU"][k].mean) if st else "" for k in classes])
     write_csv(os.path.join(rdir, "summary.csv"),
               ["head", "backbone", "crop", "iters", "params", "GFLOPs", "train MiB", "images/s", "n", "mIoU mean %",
-               "mIoU std %", "mIoU 95% CI half width %", f"mIoU - {baseline} %", f"Welch p vs {baseline}"]
+               "mIoU 95% CI half width %", f"mIoU - {baseline} %", f"Welch p vs {baseline}"]
               + [f"IoU {k} mean %" for k in classes], csv_rows)
 
     charts = []
@@ -305,8 +325,8 @@ def report(out: str, heads: list[str], seeds: list[int], baseline: str, override
                 continue
             cells = []
             for k in classes:
-                a, b = stats[h]["IoU"][k][0], base["IoU"][k][0]
-                cells.append("—" if a is None or b is None else f"{100 * (a - b):+.2f}")
+                a, b = stats[h]["IoU"][k].mean, base["IoU"][k].mean
+                cells.append("—" if math.isnan(a) or math.isnan(b) else f"{100 * (a - b):+.2f}")
             delta_rows.append(f"| {h} | " + " | ".join(cells) + " |")
     notes = summarize_sweep.not_counted(rows)
     lines = [f"# Head study: {', '.join(heads)} x {len(seeds)} seeds", "",
@@ -348,8 +368,8 @@ def draw_charts(rdir: str, heads: list[str], baseline: str, stats: dict, classes
 
     shown = [h for h in heads if h in stats]
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(shown), 3.2))
-    means = [100 * stats[h]["mIoU"][0] for h in shown]
-    cis = [mean_ci(stats[h]["values"]).half_width for h in shown]
+    means = [100 * stats[h]["mIoU"].mean for h in shown]
+    cis = [stats[h]["mIoU"].half_width for h in shown]
     errs = [0.0 if math.isnan(v) else 100 * v for v in cis]
     ax.bar(range(len(shown)), means, yerr=errs, capsize=6, color=["#999999" if h == baseline else "#4477aa" for h in shown])
     for i, h in enumerate(shown):
@@ -365,8 +385,7 @@ def draw_charts(rdir: str, heads: list[str], baseline: str, stats: dict, classes
 
     others = [h for h in shown if h != baseline]
     if baseline in stats and others and classes:
-        delta = np.array([[np.nan if stats[h]["IoU"][k][0] is None or stats[baseline]["IoU"][k][0] is None
-                           else 100 * (stats[h]["IoU"][k][0] - stats[baseline]["IoU"][k][0]) for k in classes]
+        delta = np.array([[100 * (stats[h]["IoU"][k].mean - stats[baseline]["IoU"][k].mean) for k in classes]
                           for h in others])
         lim = max(1.0, float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0)
         fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(classes), 1.2 + 0.45 * len(others)))

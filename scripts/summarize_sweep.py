@@ -1,4 +1,4 @@
-"""Collect the runs under a folder into seed-averaged tables: mean ± std (n) per configuration.
+"""Collect the runs under a folder into seed-averaged tables: mean ± 95 % confidence interval (n) per configuration.
 
     python scripts/summarize_sweep.py multirun/2026-11-25/12-00-00              # Markdown tables
     python scripts/summarize_sweep.py multirun/2026-11-25/12-00-00 --csv > table.csv
@@ -7,10 +7,11 @@
 
 A run is a folder holding ``metrics.json`` or ``.hydra/overrides.yaml`` (what train.py writes). Runs are
 grouped by their overrides minus ``seed`` (and ``resume``, which does not change what is learnt): each
-group gets mIoU, mAcc, aAcc and every class IoU as mean ± std over its finished runs, with n and the
-seeds. std is the sample standard deviation (n - 1; none for n = 1). Every number is a percentage with
-two decimals, in the Markdown tables and in the CSV alike (the CSV holds the same rounded values in a
-mean column and a std column each).
+group gets mIoU, mAcc, aAcc and every class IoU over its finished runs as ``mean ± h (n)``: the mean,
+the half width h of its 95 % confidence interval (Student t, n - 1 degrees of freedom: segattn.stats,
+the convention of scripts/study.py's report; no ± for n = 1) and the number of runs n. Every number
+is a percentage with two decimals, in the Markdown tables and in the CSV alike (the CSV holds the same
+rounded values in a mean column and a half-width column each).
 
 Runs that did not count are listed under the tables with the reason: no ``metrics.json`` (it failed,
 or stopped before its first validation) or a ``metrics.json`` from before ``trainer.max_iters`` (it was
@@ -26,10 +27,13 @@ import io
 import json
 import math
 import os
-import statistics
 import sys
 
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from segattn.stats import Interval, mean_ci  # noqa: E402
 
 METRICS = ("mIoU", "mAcc", "aAcc")
 NOT_A_SETTING = ("seed", "resume")  # overrides that do not make another configuration
@@ -79,17 +83,10 @@ def collect(root: str) -> list[dict]:
     return rows
 
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation of the non-missing ``values`` (std None when fewer than 2)."""
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def aggregate(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    """(groups, class names). Each group: ``group``, ``n``, ``seeds``, ``runs``, ``<metric>`` = (mean, std)
-    as fractions for mIoU, mAcc, aAcc, and ``IoU`` = {class: (mean, std)}, over its ``done`` runs."""
+    """(groups, class names). Each group: ``group``, ``n``, ``seeds``, ``runs``, ``<metric>`` = segattn.stats's
+    Interval (mean, 95 % CI half width, n) as fractions for mIoU, mAcc, aAcc, and ``IoU`` = {class: Interval},
+    over its ``done`` runs (a class missing from a run counts in its n only where present)."""
     classes: list[str] = []
     for r in rows:
         classes += [c for c in r["IoU"] if c not in classes]
@@ -101,8 +98,8 @@ def aggregate(rows: list[dict]) -> tuple[list[dict], list[str]]:
     for name, runs in groups.items():
         g = {"group": name, "n": len(runs), "seeds": sorted({r["seed"] for r in runs}, key=_seed_order),
              "runs": [r["run"] for r in runs]}
-        g.update({k: mean_std([r[k] for r in runs]) for k in METRICS})
-        g["IoU"] = {c: mean_std([r["IoU"].get(c) for r in runs]) for c in classes}
+        g.update({k: mean_ci([r[k] for r in runs]) for k in METRICS})
+        g["IoU"] = {c: mean_ci([r["IoU"].get(c) for r in runs]) for c in classes}
         out.append(g)
     return out, classes
 
@@ -116,26 +113,25 @@ def pct(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
-def pm(mean_and_std) -> str:
-    mean, std = mean_and_std
-    if mean is None:
-        return "—"
-    return f"{pct(mean)} ± {pct(std)}" if std is not None else f"{pct(mean)} ± —"
+def pm(interval: Interval) -> str:
+    """``mean ± h (n)`` in percent: h the half width of the 95 % confidence interval (none for n = 1)."""
+    return interval.text(digits=2)
 
 
 def sort_groups(groups: list[dict], key: str = "mIoU") -> list[dict]:
     if key == "run":
         return sorted(groups, key=lambda g: g["group"])
-    return sorted(groups, key=lambda g: (g[key][0] is None, -(g[key][0] or 0)))
+    return sorted(groups, key=lambda g: (g[key].n == 0, -(g[key].mean if g[key].n else 0)))
 
 
 def markdown_groups(groups: list[dict], classes: list[str]) -> str:
-    """The seed-averaged table, then the per-class IoU table (mean ± std, %)."""
-    lines = ["| overrides (minus seed) | n | seeds | mIoU % | mAcc % | aAcc % |", "|---|---:|---|---:|---:|---:|"]
+    """The seed-averaged table, then the per-class IoU table (mean ± 95 % CI half width (n), %)."""
+    lines = ["| overrides (minus seed) | n | seeds | mIoU % (95 % CI, n) | mAcc % (95 % CI, n) | aAcc % (95 % CI, n) |",
+             "|---|---:|---|---:|---:|---:|"]
     lines += [f"| {g['group'] or '(defaults)'} | {g['n']} | {','.join(g['seeds'])} | {pm(g['mIoU'])} | "
               f"{pm(g['mAcc'])} | {pm(g['aAcc'])} |" for g in groups]
     if classes:
-        lines += ["", "Per-class IoU % (mean ± std over seeds):", "",
+        lines += ["", "Per-class IoU % (mean over seeds ± 95 % CI half width (n)):", "",
                   "| overrides (minus seed) | " + " | ".join(classes) + " |",
                   "|---|" + "---:|" * len(classes)]
         lines += [f"| {g['group'] or '(defaults)'} | " + " | ".join(pm(g["IoU"][c]) for c in classes) + " |"
@@ -155,12 +151,12 @@ def not_counted(rows: list[dict]) -> str:
 def group_csv_rows(groups: list[dict], classes: list[str]) -> tuple[list[str], list[list[str]]]:
     headers = ["overrides", "n", "seeds"]
     for k in (*METRICS, *(f"IoU {c}" for c in classes)):
-        headers += [f"{k} mean %", f"{k} std %"]
+        headers += [f"{k} mean %", f"{k} 95% CI half width %"]
     rows = []
     for g in groups:
         row = [g["group"], str(g["n"]), " ".join(g["seeds"])]
-        for ms in [g[k] for k in METRICS] + [g["IoU"][c] for c in classes]:
-            row += [pct(ms[0]), pct(ms[1])]
+        for ci in [g[k] for k in METRICS] + [g["IoU"][c] for c in classes]:
+            row += [pct(ci.mean), pct(ci.half_width)]
         rows.append(row)
     return headers, rows
 
@@ -219,7 +215,6 @@ def main(argv=None):
     if notes:
         print("\n" + notes)
     if args.csv:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from segattn.io import atomic_write
 
         with atomic_write(args.csv, "w") as f:

@@ -221,3 +221,12 @@ def test_config_keys_compose_and_build():
     c = OmegaConf.to_container(cfg, resolve=True)
     model = build_model(c["backbone"], dict(c["head"], channels=8), 3, c["model"]["aux_head"])
     assert all(b.attention.groups == 8 for b in _blocks(model.backbone))
+
+
+def test_the_docs_table_names_every_block_attention():
+    """docs/block-and-scale-attention.md has a row (defaults, start) for every ``backbone.block_attention`` choice."""
+    from conftest import REPO
+
+    text = open(os.path.join(REPO, "docs", "block-and-scale-attention.md")).read()
+    rows = {line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")}
+    assert set(BLOCK_ATTENTIONS) <= rows, sorted(set(BLOCK_ATTENTIONS) - rows)

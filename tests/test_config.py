@@ -33,7 +33,9 @@ def test_every_option_composes(group, option):
         assert container[group]["name"] == option
     for key in ("max_iters", "batch_size", "num_workers", "val_interval", "ckpt_interval", "log_interval", "device", "amp"):
         assert key in container["trainer"]
-    assert isinstance(container["dataset"]["crop_size"], list) and len(container["dataset"]["crop_size"]) == 2
+    crop = container["dataset"]["crop_size"]
+    # a folder's default is auto: the trainer fits it to the images (tests/test_own_data.py)
+    assert (isinstance(crop, list) and len(crop) == 2) or (option == "folder" and crop == "auto")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

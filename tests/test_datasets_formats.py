@@ -20,7 +20,7 @@ from PIL import Image
 from segattn.data import ADE20KDataset, CityscapesDataset, FolderDataset, build_dataset, build_train_transform
 from segattn.data.ade20k import ADE20K_CLASSES
 from segattn.data.cityscapes import lookup_table
-from segattn.data.labels import CITYSCAPES_ID_TO_TRAINID
+from segattn.data.labels import CITYSCAPES_ID_TO_TRAINID, readable_palette
 from segattn.data.transforms import RandomResizeToScale
 from segattn.engine.predictions import PredictionWriter, encode
 from segattn.viz import confusion_image
@@ -290,7 +290,8 @@ def test_confusion_image_shows_rows_normalised():
     assert heat[22, 22].tolist() == heat[22, 42].tolist()  # row 1: split evenly
     assert heat[42, 42].tolist() == list(viz.NAN_GREY)  # class 2 has no ground-truth pixels
     strip = img[-60 - 8:-60, right - 60:right]
-    assert strip[4, 5].tolist() == [128, 64, 128]  # class 0's colour on top
+    # class 0's colour on top: 3 classes of no known dataset get the readable palette's first colour
+    assert strip[4, 5].tolist() == readable_palette(3)[0].tolist() == [31, 119, 180]
     # The title says which axis is which; the colour bar beside the cells runs from 0 % (dark) to
     # 100 % (yellow).
     assert img[:12].astype(int).sum(-1).min() < 200  # text in the title strip

@@ -24,7 +24,7 @@ from conftest import REPO, TINY, run_train
 _SCONTROL = """#!/bin/sh
 echo "$@" >> "$SCONTROL_LOG"
 if [ "$1" = show ]; then
-  echo "JobId=$4 JobName=train UserId=u(1) JobState=${FAKE_JOB_STATE:-RUNNING} Reason=None Requeue=${FAKE_REQUEUE:-1} Restarts=0"
+  echo "JobId=$4 JobName=train JobState=${FAKE_JOB_STATE:-RUNNING} Reason=None Requeue=${FAKE_REQUEUE:-1} Restarts=0"
 fi
 """
 
@@ -45,6 +45,8 @@ def fake_slurm(tmp_path, monkeypatch):
     (bin_dir / "scontrol").write_text(_SCONTROL)
     (bin_dir / "scontrol").chmod(0o755)
     log = tmp_path / "scontrol.log"
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))]:  # a CI inside a Slurm job
+        monkeypatch.delenv(key)
     for key, value in {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0", "SLURM_NTASKS": "1",
                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SCONTROL_LOG": str(log),
                        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}.items():
@@ -55,7 +57,7 @@ def fake_slurm(tmp_path, monkeypatch):
 def test_slurm_usr1_saves_requeues_and_the_requeued_job_resumes_in_its_run_directory(tiny_root, tmp_path,
                                                                                       fake_slurm):
     cmd = [sys.executable, os.path.join(REPO, "train.py"), *TINY, f"dataset.root={tiny_root}",
-           "trainer.max_iters=30", "trainer.val_interval=100", "trainer.log_interval=1"]
+           "trainer.max_iters=12", "trainer.val_interval=100", "trainer.log_interval=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # set-up done: the loop is about to start
@@ -68,8 +70,8 @@ def test_slurm_usr1_saves_requeues_and_the_requeued_job_resumes_in_its_run_direc
     run = runs[0]
     assert proc.returncode == 128 + signal.SIGUSR1, err[-2000:]
     stopped = load_checkpoint(os.path.join(run, "checkpoints", "last.pt"))["iter"]
-    assert 1 <= stopped < 30
-    assert (f"stopped by SIGUSR1 after iteration {stopped}/30; saved {run}/checkpoints/last.pt. Slurm job 4242 "
+    assert 1 <= stopped < 12
+    assert (f"stopped by SIGUSR1 after iteration {stopped}/12; saved {run}/checkpoints/last.pt. Slurm job 4242 "
             f"requeued (scontrol requeue 4242); it resumes from last.pt in this run directory") in err
     assert "Traceback" not in err
     assert fake_slurm.read_text().splitlines() == ["show job -o 4242", "requeue 4242"]
@@ -80,8 +82,8 @@ def test_slurm_usr1_saves_requeues_and_the_requeued_job_resumes_in_its_run_direc
     assert out.returncode == 0, out.stderr[-2000:]
     assert glob.glob(str(tmp_path / "outputs" / "*" / "*")) == [run]
     assert f"resumed from {run}/checkpoints/last.pt at iteration {stopped}" in out.stderr
-    assert load_checkpoint(os.path.join(run, "checkpoints", "last.pt"))["iter"] == 30
-    assert _steps(run) == list(range(1, 31))  # one TensorBoard curve over both jobs
+    assert load_checkpoint(os.path.join(run, "checkpoints", "last.pt"))["iter"] == 12
+    assert _steps(run) == list(range(1, 13))  # one TensorBoard curve over both jobs
 
 
 @pytest.mark.parametrize("signum,state,requeueable,expected", [

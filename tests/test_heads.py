@@ -116,3 +116,23 @@ def test_da_head_outputs_and_fusion():
         assert mod.weight.grad is not None and mod.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="concat_input"):
         HEADS["da"]([8, 16, 24, 32], num_classes=5, channels=16, concat_input=True)
+
+
+def test_se_loss_names_a_label_outside_the_classes():
+    """A label value that is neither a class nor 255 gets the dataset check's message from the loss (EncNet's SE
+    loss and cross-entropy alike), instead of an index error; 255 is ignored as everywhere."""
+    from segattn.models import build_model
+
+    head = OmegaConf.to_container(OmegaConf.load(os.path.join(REPO, "conf", "head", "enc.yaml")))
+    head["channels"] = 16
+    torch.manual_seed(0)
+    model = build_model({"depth": 18, "output_stride": 8, "width": 8}, head, num_classes=4).train()
+    assert "se" in model.head.presence_keys
+    outputs = model(torch.randn(2, 3, 32, 32))
+    target = torch.randint(0, 4, (2, 32, 32))
+    target[0, :4] = 255
+    total, parts = model.loss(outputs, target)
+    assert torch.isfinite(total) and "se" in parts
+    target[1, 5, 5] = 7
+    with pytest.raises(ValueError, match=r"invalid label value\(s\) \[7\] for 4 classes \(valid: 0-3, 255\)"):
+        model.loss(outputs, target)

@@ -1,4 +1,5 @@
-"""The library's shape: no import circle between its modules (imports for type checking included)."""
+"""The tree's shape: no import circle between its modules (the library's, the benchmarks' and the scripts';
+imports for type checking included), no script importing an entry point, files a reader can hold."""
 
 import ast
 import os
@@ -8,22 +9,31 @@ from conftest import REPO
 PACKAGE = os.path.join(REPO, "segattn")
 
 
-def _modules() -> dict[str, str]:
-    """Dotted module name -> file, for every module of the segattn package."""
+ENTRY_POINTS = ("train", "eval", "export")
+
+
+def _modules(tree: bool = False) -> dict[str, str]:
+    """Dotted module name -> file, for every module of the segattn package; with ``tree`` also of benchmarks/,
+    the scripts (imported by their bare names: each script puts scripts/ on the path) and the entry points."""
     found = {}
-    for root, _, files in os.walk(PACKAGE):
-        for f in files:
-            if f.endswith(".py"):
-                rel = os.path.relpath(os.path.join(root, f), REPO)[:-3].replace(os.sep, ".")
-                found[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(root, f)
+    for package in ("segattn", "benchmarks") if tree else ("segattn",):
+        for root, _, files in os.walk(os.path.join(REPO, package)):
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(root, f), REPO)[:-3].replace(os.sep, ".")
+                    found[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(root, f)
+    if tree:
+        scripts = os.path.join(REPO, "scripts")
+        found.update({f[:-3]: os.path.join(scripts, f) for f in os.listdir(scripts) if f.endswith(".py")})
+        found.update({name: os.path.join(REPO, f"{name}.py") for name in ENTRY_POINTS})
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the segattn modules it imports anywhere in its file (in functions and under
+def import_graph(tree: bool = False) -> dict[str, set[str]]:
+    """Module -> the modules (of ``_modules(tree)``) it imports anywhere in its file (in functions and under
     ``if TYPE_CHECKING:`` too); ``from .pkg import name`` counts as importing ``pkg.name`` when that
     is a module, else ``pkg``."""
-    modules = _modules()
+    modules = _modules(tree)
     graph = {}
     for name, path in modules.items():
         package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
@@ -44,7 +54,7 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def test_no_module_imports_itself_back():
-    graph = import_graph()
+    graph = import_graph(tree=True)
     circles, done = [], set()
 
     def visit(node, path):
@@ -60,6 +70,14 @@ def test_no_module_imports_itself_back():
     for node in sorted(graph):
         visit(node, [])
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_no_script_or_benchmark_imports_an_entry_point():
+    """train.py, eval.py and export.py are Hydra entry points: a script or benchmark trains through the library
+    (segattn.engine.train) or runs the entry point in a process of its own."""
+    graph = import_graph(tree=True)
+    importers = {f"{name} -> {entry}" for name, edges in graph.items() for entry in ENTRY_POINTS if entry in edges}
+    assert not importers, sorted(importers)
 
 
 def test_no_file_or_function_too_long_to_read():

@@ -190,6 +190,7 @@ def test_every_loss_is_checked_against_a_reference():
 
 def test_a_weighted_sum_of_losses():
     logits, target = _random_batch(1)
+    logits = logits.detach()
     loss = SegmentationLoss(["ce", "dice", "lovasz"], weights=[1.0, 0.5, 0.25], class_weight=[1, 2, 1, 1, 3],
                             num_classes=5)
     ce = torch.nn.functional.cross_entropy(logits, target, weight=torch.tensor([1.0, 2, 1, 1, 3], dtype=torch.float64),

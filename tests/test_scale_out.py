@@ -96,7 +96,8 @@ def test_a_killed_rank_restarts_the_job_in_its_run_directory_bit_exactly(ddp_run
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
            f"--master-port={port}", str(wrapper), *TINY, f"dataset.root={tiny_root}", "trainer.max_iters=4",
            "trainer.val_interval=2", "trainer.log_interval=1", "trainer.ckpt_interval=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # torchrun names the run, not a CI job
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = glob.glob(os.path.join(cwd, "outputs", "*", "*"))

@@ -1,5 +1,5 @@
-"""scripts/study.py end to end: 3 heads x 2 seeds on a tiny dataset through train.py --multirun, the
-report (table, bar chart, per-class heat map, attention pictures), and a re-run that trains nothing."""
+"""scripts/study.py end to end: 3 heads x 2 seeds on a tiny dataset through train.py --multirun (a process of
+its own), the report (table, bar chart, per-class heat map, attention pictures), and a re-run that trains nothing."""
 
 import csv
 import importlib.util
@@ -21,6 +21,7 @@ def _study():
 
 def test_study_of_three_heads_and_two_seeds(tiny_root, tmp_path, monkeypatch):
     study = _study()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # train.py's process: one thread, as each pytest worker
     out = str(tmp_path / "study")
     # class_weight=auto also takes the trainer's set-up path that counts the training masks.
     argv = ["heads=[fcn,cc,da]", "seeds=2", f"out={out}", "speed_steps=1", *TINY, f"dataset.root={tiny_root}",
@@ -71,3 +72,22 @@ def test_study_arguments_are_checked(tmp_path):
         study.parse(["heads=[fcn]", "seeds=two"])
     settings, overrides = study.parse(["heads=[cc,da]", "seeds=[3,5]", "trainer.max_iters=4"])
     assert settings["baseline"] == "cc" and settings["seeds"] == [3, 5] and overrides == ["trainer.max_iters=4"]
+
+
+def test_a_study_takes_a_plugins_head():
+    """plugins=[...] is imported before the heads are looked up (and passed on to every run); a plugin's head
+    is chosen by its yaml in a config folder of one's own."""
+    from conftest import EXAMPLE_PLUGIN, forget_plugins
+
+    study = _study()
+    conf = os.path.join(REPO, "examples", "conf")
+    with pytest.raises(SystemExit, match=r"unknown \['pooled_nl'\]"):
+        study.parse(["heads=[fcn,pooled_nl]", f"hydra.searchpath=[file://{conf}]"])
+    try:
+        settings, overrides = study.parse(["heads=[fcn,pooled_nl]", "seeds=2", f"plugins=[{EXAMPLE_PLUGIN}]",
+                                           f"hydra.searchpath=[file://{conf}]"])
+        assert settings["heads"] == ["fcn", "pooled_nl"] and f"plugins=[{EXAMPLE_PLUGIN}]" in overrides
+        with pytest.raises(SystemExit, match=r"study.py: plugins: .*is not a file"):
+            study.parse(["heads=[fcn]", "plugins=[no/such/plugin.py]"])
+    finally:
+        forget_plugins()

@@ -1,13 +1,16 @@
-"""scripts/summarize_sweep.py: runs grouped by their overrides minus seed, mean ± std (n) in percent,
-Markdown and CSV alike, failed and unfinished runs listed rather than dropped."""
+"""scripts/summarize_sweep.py: runs grouped by their overrides minus seed, mean ± 95 % confidence interval (n)
+in percent (scripts/study.py's convention), Markdown and CSV alike, failed and unfinished runs listed rather than
+dropped."""
 
 import csv
 import importlib.util
 import io
 import json
+import math
 import os
 
 import pytest
+from scipy import stats
 
 from conftest import REPO
 
@@ -39,7 +42,7 @@ def sweep(tmp_path):
     return tmp_path
 
 
-def test_groups_mean_std_n_and_the_runs_not_counted(sweep, capsys):
+def test_groups_mean_interval_n_and_the_runs_not_counted(sweep, capsys):
     s = _summarize()
     rows = s.collect(str(sweep))
     assert {r["run"]: r["status"] for r in rows} == {
@@ -50,14 +53,20 @@ def test_groups_mean_std_n_and_the_runs_not_counted(sweep, capsys):
     assert set(by) == {"head=fcn", "head=cc"} and classes == ["road", "car"]
     fcn = by["head=fcn"]
     assert fcn["n"] == 2 and fcn["seeds"] == ["0", "1"]
-    assert fcn["mIoU"][0] == pytest.approx(0.32) and fcn["mIoU"][1] == pytest.approx(0.02 * 2 ** 0.5)  # sample std
-    assert by["head=cc"]["n"] == 1 and by["head=cc"]["mIoU"] == (pytest.approx(0.40), None)
+    # Two seeds 0.30, 0.34: sample std 0.02 * sqrt(2), the half width t(0.975, 1) * std / sqrt(2).
+    t = stats.t.ppf(0.975, 1)
+    assert fcn["mIoU"].mean == pytest.approx(0.32) and fcn["mIoU"].half_width == pytest.approx(t * 0.02)
+    assert fcn["mIoU"].n == 2
+    cc = by["head=cc"]["mIoU"]
+    assert by["head=cc"]["n"] == 1 and cc.mean == pytest.approx(0.40) and math.isnan(cc.half_width) and cc.n == 1
 
     s.main([str(sweep)])
     out = capsys.readouterr().out
-    assert "| head=fcn | 2 | 0,1 | 32.00 ± 2.83 | 42.00 ± 2.83 | 90.00 ± 0.00 |" in out
-    assert "| head=cc | 1 | 0 | 40.00 ± — |" in out
-    assert "| head=fcn | 55.00 ± 7.07 | 10.00 ± 0.00 |" in out  # per-class IoU
+    assert "| overrides (minus seed) | n | seeds | mIoU % (95 % CI, n) | mAcc % (95 % CI, n) | aAcc % (95 % CI, n) |" \
+        in out  # the convention said in the header
+    assert "| head=fcn | 2 | 0,1 | 32.00 ± 25.41 (2) | 42.00 ± 25.41 (2) | 90.00 ± 0.00 (2) |" in out
+    assert "| head=cc | 1 | 0 | 40.00 (1) | 50.00 (1) | 90.00 (1) |" in out  # one run: no interval
+    assert "| head=fcn | 55.00 ± 63.53 (2) | 10.00 ± 0.00 (2) |" in out  # per-class IoU
     assert "Not counted (2 of 5 runs):" in out
     assert "3_head=cc,seed=1 (head=cc seed=1): failed: no metrics.json" in out
     assert "4_head=cc,seed=2 (head=cc seed=2 resume=auto): unfinished: metrics.json of iteration 2 of 4" in out
@@ -70,7 +79,10 @@ def test_csv_and_markdown_agree(sweep, capsys):
     s.main([str(sweep)])
     table = capsys.readouterr().out
     assert [r["overrides"] for r in rows] == ["head=cc", "head=fcn"]  # by mIoU
+    def cell(r, key):
+        half = r[f"{key} 95% CI half width %"]
+        return f"{r[f'{key} mean %']}{f' ± {half}' if half else ''} ({r['n']})"
+
     for r in rows:
-        std = r["mIoU std %"] or "—"
-        assert f"| {r['overrides']} | {r['n']} | {r['seeds'].replace(' ', ',')} | {r['mIoU mean %']} ± {std} |" in table
-        assert f"{r['IoU road mean %']} ± {r['IoU road std %'] or '—'}" in table
+        assert f"| {r['overrides']} | {r['n']} | {r['seeds'].replace(' ', ',')} | {cell(r, 'mIoU')} |" in table
+        assert cell(r, "IoU road") in table

@@ -54,3 +54,22 @@ def test_eval_skips_a_visualize_point_outside_a_smaller_image(cc_run, tmp_path):
                   "progress=false", f"hydra.run.dir={tmp_path / 'eval'}"])
     assert os.path.isfile(tmp_path / "eval" / "eval.json")
     assert any(f.endswith(".png") for f in os.listdir(tmp_path / "vis"))
+
+
+def test_attention_pictures_script_trains_through_the_library(tiny_root, tmp_path, monkeypatch):
+    """scripts/attention_pictures.py trains each head briefly with segattn.engine.train (no train.py) and draws it."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("attention_pictures", os.path.join(REPO, "scripts",
+                                                                                     "attention_pictures.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(tmp_path)  # the script works from the repository; the test's folder comes back after it
+    out, runs = tmp_path / "pics", tmp_path / "runs"
+    script.main(["--heads", "se", "--iters", "1", "--out", str(out), "--runs", str(runs), "--threads", "1",
+                 *TINY, f"dataset.root={tiny_root}"])
+    assert os.path.isfile(runs / "se" / "checkpoints" / "last.pt")
+    pictures = sorted(os.listdir(out))
+    assert pictures and all(p.startswith("attention_se_") and p.endswith(".png") for p in pictures), pictures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -66,10 +67,15 @@ def seed_worker(worker_id: int) -> None:
     would otherwise start identical in every forked worker and repeat the same augmentation;
     albumentations' Compose draws from its own generator, which we reseed from the same value.
     """
-    # Ctrl-C reaches every process of the terminal's group: the main process stops the run cleanly
-    # (segattn.engine.stopping) and shuts the workers down itself, so they leave SIGINT to it, and
-    # SIGUSR1, which Slurm's --signal=USR1@<s> sends to every process of a job step. (Not SIGTERM: the
-    # loader and multiprocessing end leftover workers with it; GracefulStop expects workers to die of it.)
+    # A signal for the whole job is the main process's to handle: it stops the run cleanly
+    # (segattn.engine.stopping) and shuts the workers down itself. A worker killed by it first would
+    # fail the loader before last.pt is written (or, under torchrun, bury the line saying a rank was
+    # lost under tracebacks). So workers leave the process group, which Ctrl-C and torchrun signal
+    # (killpg), and ignore SIGINT and SIGUSR1 (Slurm's --signal=USR1@<s> reaches every process of a
+    # step). SIGTERM still ends them: the loader and multiprocessing end leftover workers with it, and
+    # a worker whose main process is gone leaves by itself.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32

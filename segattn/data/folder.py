@@ -51,7 +51,7 @@ def split_files(files: list[str], image_root: str, fraction: float, seed: int) -
                          f"are needed to train on one and validate on another")
     rel = {f: os.path.relpath(f, image_root) for f in files}
     val = {f for f in files if in_val_split(rel[f], fraction, seed)}
-    if not val or len(val) == len(files):  # few files: the hash gave one part nothing; move the nearest one
+    if not val or len(val) == len(files):  # few files: one part got none; it takes the lowest (highest) hash
         key = {f: hashlib.sha256(f"{int(seed)}:{rel[f].replace(os.sep, '/')}".encode()).digest() for f in files}
         pick = min(files, key=key.get) if not val else max(files, key=key.get)
         val = {pick} if not val else val - {pick}

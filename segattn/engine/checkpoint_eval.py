@@ -36,28 +36,10 @@ def _set(node: dict | None) -> dict:
     return {k: v for k, v in (node or {}).items() if v is not None}
 
 
-def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
-    """Evaluate ``cfg.checkpoint`` as configured (conf/eval.yaml as a plain dict, or an ``EvalConfig``);
-    writes ``<run_dir>/eval.json`` and returns its content."""
-    cfg = EvalConfig.from_dict(cfg)
-    import_plugins(cfg.plugins)  # the checkpoint's head, if a plugin's (the checkpoint never imports it)
+def _dataset(cfg: EvalConfig, train_cfg: dict, d: dict, split: str, export_dir: str | None):
+    """``(dataset, classes, num_classes)`` to evaluate: ``images=`` or the dataset node ``d`` at ``split``,
+    checked against the classes the checkpoint ``cfg.checkpoint`` predicts."""
     path = cfg.checkpoint
-    ckpt = load_checkpoint(path)
-    train_cfg = ckpt["config"]
-
-    d = dict(train_cfg["dataset"])
-    overrides = _set(cfg.dataset)
-    split = overrides.pop("split", None) or d.get("val_split", "val")
-    d.update(overrides)
-    inference = dict(d.get("inference") or {"mode": "whole"})
-    inference.update(_set(cfg.inference.to_dict()))
-    # A slide without a window: the training crop, windows 2/3 of it apart (as segattn.load's predict).
-    inference = default_window(inference, train_cfg["dataset"].get("crop_size"))
-    inference_kwargs(inference)  # a bad inference node fails now, not after the model has loaded
-    export_dir, fmt = cfg.export_dir, cfg.export_format or "labelids"
-    if export_dir:
-        check_format(fmt)
-
     classes = list(train_cfg.get("classes") or [])
     if cfg.images:  # a plain folder of pictures, predicted with the checkpoint's classes
         dataset = FolderDataset(cfg.images, None, classes, palette=train_cfg.get("palette"))
@@ -80,6 +62,32 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     if not dataset.has_masks and not export_dir:
         raise ValueError(f"{source} has no masks, so there is nothing to measure; set export_dir=DIR "
                          f"(and export_format=labelids|trainids|color) to write the predictions")
+    return dataset, classes, num_classes
+
+
+def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
+    """Evaluate ``cfg.checkpoint`` as configured (conf/eval.yaml as a plain dict, or an ``EvalConfig``);
+    writes ``<run_dir>/eval.json`` and returns its content."""
+    cfg = EvalConfig.from_dict(cfg)
+    import_plugins(cfg.plugins)  # the checkpoint's head, if a plugin's (the checkpoint never imports it)
+    path = cfg.checkpoint
+    ckpt = load_checkpoint(path)
+    train_cfg = ckpt["config"]
+
+    d = dict(train_cfg["dataset"])
+    overrides = _set(cfg.dataset)
+    split = overrides.pop("split", None) or d.get("val_split", "val")
+    d.update(overrides)
+    inference = dict(d.get("inference") or {"mode": "whole"})
+    inference.update(_set(cfg.inference.to_dict()))
+    # A slide without a window: the training crop, windows 2/3 of it apart (as segattn.load's predict).
+    inference = default_window(inference, train_cfg["dataset"].get("crop_size"))
+    inference_kwargs(inference)  # a bad inference node fails now, not after the model has loaded
+    export_dir, fmt = cfg.export_dir, cfg.export_format or "labelids"
+    if export_dir:
+        check_format(fmt)
+
+    dataset, classes, num_classes = _dataset(cfg, train_cfg, d, split, export_dir)
 
     device = resolve_device(cfg.device, "device")
     model, _ = model_from_checkpoint(path, ckpt, num_classes)

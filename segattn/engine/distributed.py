@@ -136,6 +136,8 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    global _STORE
+    _STORE = None  # released with the group, not at the interpreter's exit
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -143,9 +145,10 @@ def cleanup() -> None:
 _STORE = None  # the process group's key-value store: where the ranks find each other after a failure
 
 # What a collective says when a peer process is gone (gloo: its socket closed; NCCL: the communicator
-# aborted), and the DataLoader when torchrun ends this rank's workers along with it.
+# aborted), and the DataLoader when the job's end reached its workers first. Only a hint: the ranks
+# that answer in the store decide (lost_ranks), so a worker's own crash is still reported as such.
 _PEER_GONE = re.compile(r"Connection (reset|closed|refused)|Broken pipe|pair\.cc|NCCL|Socket Timeout|"
-                        r"DataLoader worker \(pid \d+\) is killed by signal: Terminated")
+                        r"DataLoader worker \(pid")
 
 
 def peer_gone(error: BaseException) -> bool:
@@ -177,6 +180,8 @@ def lost_ranks(wait_s: float = 2.0) -> list[int] | None:
 
 def abandon() -> None:
     """Leave a broken process group without another collective (what ``cleanup`` may try)."""
+    global _STORE
+    _STORE = None
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()

@@ -35,7 +35,14 @@ from torch.utils.weak import WeakIdKeyDictionary
 GiB = 2**30
 # The resident peak of a step exceeds its tensors' bytes: the allocator keeps freed blocks for reuse
 # (glibc's malloc on the CPU, PyTorch's caching allocator on a GPU). Measured on the CPU after a
-# warm-up step (VmHWM, tests/test_first_hour.py): 1.1-1.4x for FCN heads, 1.7x for DANet at 256 px.
+# warm-up step (VmHWM, tests/test_first_hour.py): 1.1-1.4x for FCN heads, 1.6-2.0x for DANet at 256 px
+# (width 16, batch 4). The tensors themselves are counted exactly (DANet there: 174 MiB of activations
+# on meta and in a real CPU step alike); the rest is glibc's: once a large block has been freed, its
+# mmap threshold rises (up to 32 MiB) and later large tensors come from the heap, which keeps them
+# resident after they are freed. DANet's step frees many (three full-size outputs and their losses, the
+# attention blocks), so it keeps more, and how much varies from run to run (294-370 MiB resident for
+# the same step). A fixed threshold (mallopt M_MMAP_THRESHOLD = 4 MiB) brings it to 1.09x the tensors,
+# but page-faults every large tensor in anew: 35 % more CPU time per step, so the trainer does not set it.
 ALLOCATOR_SLACK = 1.25
 
 

@@ -458,7 +458,9 @@ def train(cfg: dict | TrainConfig, run_dir: str) -> dict:
                        disable=not (t.progress and run.main_process), dynamic_ncols=True)
             run.model.train()
             try:
-                with elastic.SigtermWatch(lambda: elastic.on_sigterm(run)) if run.world_size > 1 else contextlib.nullcontext():
+                # Under torchrun a SIGTERM may mean a lost rank: looked into beside the training thread.
+                watch = elastic.SigtermWatch(lambda: elastic.on_sigterm(run)) if run.world_size > 1 else None
+                with watch or contextlib.nullcontext():
                     metrics = _loop(run, bar, iter(run.train_loader), stop, stop_at)
             except Exception as e:
                 if not (run.world_size > 1 and distributed.peer_gone(e)):

@@ -49,6 +49,7 @@ class Segmentor(nn.Module):
     def loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted sum of per-output losses; returns (total, {name: value})."""
         weights = self.loss_weights()
+        _check_labels(target, self.num_classes, self.ignore_index)
         presence = getattr(self.head, "presence_keys", ())
         parts = {}
         total = 0.0
@@ -123,3 +124,17 @@ def residual_scales(model: nn.Module) -> dict[str, float]:
         p = params[name].detach().float()
         out[f"head.{name}" if p.numel() == 1 else f"head.{name}_rms"] = float(p if p.numel() == 1 else p.pow(2).mean().sqrt())
     return out
+
+
+def _check_labels(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """The dataset check's message for label values outside 0..num_classes-1 that are not ``ignore_index``,
+    instead of the index error cross-entropy or the SE loss's presence target would raise (or a device-side
+    assert on a GPU). Meta tensors (the memory and FLOP counts) have no values to check."""
+    if target.device.type == "meta":
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        values = target[bad].unique().tolist()
+        raise ValueError(f"mask: invalid label value(s) {values[:10]}{'...' if len(values) > 10 else ''} for "
+                         f"{num_classes} classes (valid: 0-{num_classes - 1}, {ignore_index}); dataset.check=true "
+                         "lists every file with such values")
