@@ -37,7 +37,7 @@ def _set(node: dict | None) -> dict:
 
 
 def _dataset(cfg: EvalConfig, train_cfg: dict, d: dict, split: str, export_dir: str | None):
-    """``(dataset, classes, num_classes)`` to evaluate: ``images=`` or the dataset node ``d`` at ``split``,
+    """``(dataset, classes, num_classes, source)`` to evaluate (``source``: the data in words): ``images=`` or the dataset node ``d`` at ``split``,
     checked against the classes the checkpoint ``cfg.checkpoint`` predicts."""
     path = cfg.checkpoint
     classes = list(train_cfg.get("classes") or [])
@@ -62,7 +62,7 @@ def _dataset(cfg: EvalConfig, train_cfg: dict, d: dict, split: str, export_dir: 
     if not dataset.has_masks and not export_dir:
         raise ValueError(f"{source} has no masks, so there is nothing to measure; set export_dir=DIR "
                          f"(and export_format=labelids|trainids|color) to write the predictions")
-    return dataset, classes, num_classes
+    return dataset, classes, num_classes, source
 
 
 def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
@@ -87,13 +87,12 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     if export_dir:
         check_format(fmt)
 
-    dataset, classes, num_classes = _dataset(cfg, train_cfg, d, split, export_dir)
+    dataset, classes, num_classes, source = _dataset(cfg, train_cfg, d, split, export_dir)
 
     device = resolve_device(cfg.device, "device")
     model, _ = model_from_checkpoint(path, ckpt, num_classes)
-    head = (train_cfg.get("head") or {}).get("name", "?")
-    print(f"evaluating {os.path.abspath(path)} (iteration {int(ckpt['iter'])}, head={head}) on {source}: "
-          f"{len(dataset)} images, {describe_inference(inference)}", file=sys.stderr)
+    print(f"evaluating {os.path.abspath(path)} (iteration {int(ckpt['iter'])}, head={_head(train_cfg)}) on "
+          f"{source}: {len(dataset)} images, {describe_inference(inference)}", file=sys.stderr)
     model.to(device)
     # Images keep their own size (the benchmarks score full resolution); inference.batch_size of one size at a time.
     loader = val_loader(dataset, inference, cfg.num_workers)
@@ -124,16 +123,25 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
         result = info
     print(speed_line(info["speed"]))
     write_json(result, os.path.join(run_dir, "eval.json"))
-    # The last lines: every file written, one a line (eval.log, the console, is beside eval.json).
-    wrote = ["eval.json", "confusion_matrix.csv", "confusion_matrix.png", "per_image.csv"] if dataset.has_masks \
-        else ["eval.json"]
-    for name in wrote:
+    say_written(info, run_dir, dataset.has_masks)
+    return result
+
+
+def _head(train_cfg: dict) -> str:
+    return (train_cfg.get("head") or {}).get("name", "?")
+
+
+def say_written(info: dict, run_dir: str, has_masks: bool) -> None:
+    """eval.py's last lines: every file it wrote, one a line (eval.log, the console, is beside eval.json)."""
+    names = ["eval.json", "confusion_matrix.csv", "confusion_matrix.png", "per_image.csv"] if has_masks else ["eval.json"]
+    for name in names:
         print(f"wrote {os.path.join(run_dir, name)}", file=sys.stderr)
     if "attention_pictures" in info:
-        print(f"wrote {info['attention_pictures']['files']} attention pictures to {vis_dir}", file=sys.stderr)
-    if writer is not None:
-        print(f"wrote {writer.written} predictions ({fmt}) to {export_dir}", file=sys.stderr)
-    return result
+        pictures = info["attention_pictures"]
+        print(f"wrote {pictures['files']} attention pictures to {pictures['dir']}", file=sys.stderr)
+    if "export" in info:
+        export = info["export"]
+        print(f"wrote {export['files']} predictions ({export['format']}) to {export['dir']}", file=sys.stderr)
 
 
 def describe_inference(node: dict) -> str:
