@@ -287,8 +287,9 @@ def export_model(model: nn.Module, path: str, fmt: str, input_size=(512, 1024), 
     if reason:
         raise ValueError(f"head={head} cannot be exported as {fmt}{' with dynamic sizes' if dynamic else ''}: {reason}")
     num_classes = int(model.num_classes)
+    # Custom class names get the readable palette, not Cityscapes' colours for any 19 classes.
+    meta.setdefault("palette", palette_for(num_classes, meta.get("classes"))[:num_classes].tolist())
     meta.setdefault("classes", _default_names(num_classes))
-    meta.setdefault("palette", palette_for(num_classes)[:num_classes].tolist())
     meta.setdefault("mean", list(IMAGENET_MEAN))
     meta.setdefault("std", list(IMAGENET_STD))
 

@@ -43,6 +43,13 @@ def test_default_export_takes_any_size_loads_under_any_name_and_gives_plain_tens
         assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
         assert not out.requires_grad and out.shape == (1, model.num_classes, 96, 160)
         np.testing.assert_allclose(out.numpy(), model.model.predict(x).numpy(), atol=1e-4)
+    # Custom class names are not drawn in Cityscapes' colours (item 10), whatever their count.
+    from segattn.data.labels import palette_for
+    from segattn.deploy import export_model
+
+    names = [f"part{i}" for i in range(model.num_classes)]
+    info = export_model(model.model, str(tmp_path / "bare.ts"), "torchscript", (64, 64), meta={"classes": names})
+    assert info["palette"] == palette_for(len(names), names)[:len(names)].tolist() != model.palette.tolist()
     os.remove(tmp_path / "model.bin.json")
     with pytest.raises(ValueError, match=r"cannot tell the format: no model.bin.json beside it"):
         load_exported(str(tmp_path / "model.bin"))

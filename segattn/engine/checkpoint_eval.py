@@ -92,7 +92,7 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     device = resolve_device(cfg.device, "device")
     model, _ = model_from_checkpoint(path, ckpt, num_classes)
     print(f"evaluating {os.path.abspath(path)} (iteration {int(ckpt['iter'])}, head={_head(train_cfg)}) on "
-          f"{source}: {len(dataset)} images, {describe_inference(inference)}", file=sys.stderr)
+          f"{source}: {len(dataset)} image{'s' if len(dataset) != 1 else ''}, {describe_inference(inference)}", file=sys.stderr)
     model.to(device)
     # Images keep their own size (the benchmarks score full resolution); inference.batch_size of one size at a time.
     loader = val_loader(dataset, inference, cfg.num_workers)
