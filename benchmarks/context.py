@@ -16,8 +16,9 @@ with the report: the raw numbers behind it; ``--quick`` and other settings keep 
 ``benchmarks/.cache/context/``), so a second run trains only what is missing, also in a fresh clone;
 ``--force`` retrains the chosen cells. Every cell trains in a fresh process of one thread (``--jobs`` at a time),
 which makes its numbers a function of its task, head and seed alone, so a rerun of a cell on this
-machine type reproduces it exactly. (A process that trains several cells in turn does not: a cell's
-numbers then depend on the cells trained before it in that process.)
+machine type reproduces it exactly. (A process that trains several cells in turn gives the same numbers
+too, bit for bit: tests/test_sweep_order.py. The fresh process keeps a crash or a leak of one cell from
+reaching the next.)
 
 Only a run of the full grid with the default settings writes ``benchmarks/results/context.*``; any
 other run writes its report under ``results/partial/`` or ``results/quick/`` (or ``--out``), so a quick

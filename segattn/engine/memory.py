@@ -153,14 +153,22 @@ class StepMemory:
 
 
 def _build_on_meta(cfg: dict, num_classes: int) -> torch.nn.Module:
+    """The configured model on the meta device, leaving the random state as it was.
+
+    The trainer estimates after seeding and caches the estimate per configuration (``_ESTIMATES``, the
+    seed left out). A build that drew from the global generator (the fallback below initialises real
+    weights) would shift dropout and every later draw of the run, and only in the first run of a
+    configuration in a process: a sweep's second seed would then differ from the same run alone.
+    """
     from ..models import build_model_from_config
     from .distributed import revert_sync_batchnorm
 
-    try:
-        with torch.device("meta"):
-            model = build_model_from_config(cfg, num_classes, pretrained=False)
-    except Exception:  # a module whose constructor computes with tensor values: build it, then move it
-        model = build_model_from_config(cfg, num_classes, pretrained=False).to("meta")
+    with torch.random.fork_rng(devices=[]):
+        try:
+            with torch.device("meta"):
+                model = build_model_from_config(cfg, num_classes, pretrained=False)
+        except Exception:  # a module whose constructor computes with tensor values: build it, then move it
+            model = build_model_from_config(cfg, num_classes, pretrained=False).to("meta")
     # One process trains with plain BN (PyTorch has no SyncBN on the CPU): the same here, on meta too.
     with torch.device("meta"):
         return revert_sync_batchnorm(model)
@@ -182,7 +190,7 @@ def _activation_bytes(model: torch.nn.Module, batch_size: int, crop: tuple[int, 
                        for v in outputs.values() if v.dim() == 4)
         loss.backward()
 
-    with cpu_emulation(), LiveBytes() as live:
+    with torch.random.fork_rng(devices=[]), cpu_emulation(), LiveBytes() as live:  # (dropout draws nothing here)
         step()
     for p in model.parameters():
         p.grad = None
