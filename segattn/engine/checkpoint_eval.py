@@ -133,7 +133,7 @@ def _head(train_cfg: dict) -> str:
 
 def say_written(info: dict, run_dir: str, has_masks: bool) -> None:
     """eval.py's last lines: every file it wrote, one a line (eval.log, the console, is beside eval.json)."""
-    names = ["eval.json", "confusion_matrix.csv", "confusion_matrix.png", "per_image.csv"] if has_masks else ["eval.json"]
+    names = ["eval.json"] + (["confusion_matrix.csv", "confusion_matrix.png", "per_image.csv"] if has_masks else [])
     for name in names:
         print(f"wrote {os.path.join(run_dir, name)}", file=sys.stderr)
     if "attention_pictures" in info:
