@@ -62,23 +62,26 @@ def override_value(argv: list[str], key: str) -> str | None:
     return value
 
 
-# What check_run_dir found missing, so created for the run (remove_if_refused removes it when left empty).
-_MADE_HERE: list[str] = []
+# [the first folder check_run_dir found missing (or None), the folder it checked]: what remove_if_refused
+# may remove when left empty.
+_MADE_HERE: list = []
 
 
 def check_run_dir(argv: list[str], default: str) -> None:
     """Stop, before Hydra opens its log file there, when the run directory cannot be written:
     ``hydra.run.dir`` as given (a read-only folder or disk, a path under a file), else ``default``
     (the folder the configured ``hydra.run.dir`` lives in, relative to the working directory)."""
+    _MADE_HERE[:] = []
     if "--multirun" in argv or "-m" in argv:
         return
     given = override_value(argv, "hydra.run.dir")
     path = given if given and "${" not in given else default
-    # The first folder of the path that does not exist yet: a refused run removes it again when empty.
-    _MADE_HERE[:] = []
+    # The first folder of the path that does not exist yet (a refused run removes it again when empty),
+    # after the path itself (Hydra makes the folders below it: outputs/eval/<date>/<time>).
+    _MADE_HERE[:] = [None, os.path.abspath(path)]
     missing = os.path.abspath(path)
     while not os.path.exists(missing) and os.path.dirname(missing) != missing:
-        _MADE_HERE[:] = [missing]
+        _MADE_HERE[0] = missing
         missing = os.path.dirname(missing)
     key = f"hydra.run.dir={given}" if given else f"the run directory under {os.path.abspath(default)!r}"
     parent = os.path.abspath(path)
@@ -112,8 +115,8 @@ def _read_only_mount(path: str) -> bool:
 def remove_if_refused(run_dir: str):
     """``with remove_if_refused(run_dir):`` around an entry point's work: when it refuses (exit status 1,
     a mistake of the command line or the data) before writing any result, the run directory Hydra
-    made for it (``.hydra/``, an empty ``checkpoints/``) is removed again, and its date folder when that
-    is left empty, up to the first folder :func:`check_run_dir` found missing (``outputs/eval/``). A
+    made for it (``.hydra/``, an empty ``checkpoints/``) is removed again, and the empty folders above it
+    that were made for it (up to the first one :func:`check_run_dir` found missing: ``outputs/eval/``). A
     directory that held anything else before (a resumed run, a folder of the user's)
     is left as it is, as is one where training wrote a checkpoint or TensorBoard events."""
     run_dir = os.path.abspath(run_dir)
@@ -125,14 +128,20 @@ def remove_if_refused(run_dir: str):
             import shutil
 
             shutil.rmtree(run_dir, ignore_errors=True)
-            # outputs/<date>/ when empty, and up to the first folder made for this run (outputs/eval/)
-            top = _MADE_HERE[0] if _MADE_HERE and run_dir.startswith(_MADE_HERE[0] + os.sep) else None
+            # The folders above it that were made for this run, when left empty (outputs/eval/<date>/, up to
+            # the first one check_run_dir found missing); never a folder that was there before, such as the
+            # working directory.
+            made, root = _MADE_HERE if _MADE_HERE else (None, run_dir)
+
+            def made_for_it(folder: str) -> bool:
+                below = folder.startswith(root + os.sep)
+                return below or bool(made) and (folder == made or folder.startswith(made + os.sep))
+
             parent = os.path.dirname(run_dir)
             with contextlib.suppress(OSError):
-                os.rmdir(parent)
-                while top and parent != top and parent.startswith(top + os.sep):
-                    parent = os.path.dirname(parent)
+                while made_for_it(parent):
                     os.rmdir(parent)
+                    parent = os.path.dirname(parent)
         raise
 
 

@@ -202,3 +202,18 @@ def test_folder_root_resume_auto_and_class_list_messages_name_what_the_user_type
                                "resume=auto"], capsys)
     assert f"train.py: error: resume={os.path.abspath(last)!r} cannot be loaded" in err or \
         f"train.py: error: resume={last!r} cannot be loaded" in err, err
+
+
+def test_a_refused_run_removes_only_the_folders_made_for_it(tmp_path, capsys, monkeypatch):
+    from conftest import run_eval, run_train
+
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    _refusal(run_train, ["trainer.batch_size=0", "hydra.run.dir=run"], capsys)
+    assert here.is_dir() and os.listdir(here) == []  # the working directory stays, though empty
+    _refusal(run_eval, [f"checkpoint={tmp_path / 'missing.pt'}"], capsys)
+    assert os.listdir(here) == []  # and no empty outputs/eval/
+    os.makedirs("outputs/eval/keep")
+    _refusal(run_eval, [f"checkpoint={tmp_path / 'missing.pt'}"], capsys)
+    assert sorted(os.listdir("outputs/eval")) == ["keep"]
