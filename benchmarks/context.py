@@ -40,6 +40,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -416,11 +417,15 @@ def _worker_init() -> None:
     kills a worker whose parent died (which would otherwise go on taking cells from the queue's buffer)."""
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         os.setsid()
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The worker started with SIGINT blocked (see train_cells): a Ctrl-C that reached it while it was
+        # still starting is pending. Dropped here (ignored, then unblocked), the default handler restored.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def train_cells(jobs: list[tuple], at_once: int = 1) -> list[dict]:
@@ -440,7 +445,17 @@ def train_cells(jobs: list[tuple], at_once: int = 1) -> list[dict]:
     pool = ProcessPoolExecutor(max(1, at_once), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init, max_tasks_per_child=1)
     try:
-        pending = {pool.submit(_run_one, job): job for job in jobs}
+        # The workers start with SIGINT blocked until they leave the terminal's process group
+        # (_worker_init): a Ctrl-C while one is importing would otherwise print its traceback. The mask is
+        # inherited by the processes started here and by the pool's threads, which start the later ones.
+        blocked = hasattr(signal, "pthread_sigmask")
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pending = {pool.submit(_run_one, job): job for job in jobs}
+        finally:
+            if blocked:  # a Ctrl-C that came meanwhile is delivered here, to this thread
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         while pending:
             # A short wait, not as_completed: the main thread stays responsive to Ctrl-C.
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)

@@ -9,7 +9,7 @@ import os
 
 from benchmarks import common
 from benchmarks import context_tasks as tasks
-from segattn.stats import mean_ci, p_text, welch_p, wilson_ci
+from segattn.stats import fisher_p, mean_ci, p_text, welch_p, wilson_ci
 
 ALPHA = 0.05
 # Some committed cells of 2026-12-03 come from the code before commit 041931a: its pre-flight disk check built
@@ -235,16 +235,17 @@ def zero_start_section(cells: list[dict], variants: dict, task_list: list[str]) 
                     continue
                 p = welch_p([c["object_mIoU"] for c in cells if c["task"] == task and c["head"] == head],
                             [c["object_mIoU"] for c in vcells if c["task"] == task and c["head"] == head])
-                rows.append([task, f"`{head}`", *_ci_rate(a), *_ci_rate(b), p_text(p)])
+                fp = fisher_p(a["rate"].k, a["rate"].n, b["rate"].k, b["rate"].n) if a else math.nan
+                rows.append([task, f"`{head}`", *_ci_rate(a), *_ci_rate(b), p_text(p), p_text(fp)])
         lines += [f"## The zero start: residual scales started at {value:g} instead of 0", "",
                   "The same cells with `model.residual_init=" + f"{value:g}" + "`: DANet's and CCNet's gamma, the "
                   "Non-local block's output BN scale and the other zero-initialised residual scales start at "
                   f"{value:g} (a convolution's weight, GCNet's last one, from N(0, ({value:g}/sqrt(fan in))^2)), "
                   "everything else as above; \"reads the cue\" against the same FCN. Welch p: the two starts' "
-                  "object mIoU.", "",
+                  "object mIoU; Fisher p: Fisher's exact test of their success rates (two-sided).", "",
                   common.markdown_table(["task", "head", "object mIoU %, start 0", "reads the cue, start 0",
                                          f"object mIoU %, start {value:g}", f"reads the cue, start {value:g}",
-                                         "Welch p"], rows), ""]
+                                         "Welch p", "Fisher p"], rows), ""]
         scales = residual_scale_table(vcells, heads, task_list, value)
         if scales:
             lines += [f"Residual scales at the end of training, start {value:g}:", "", scales, ""]

@@ -91,3 +91,19 @@ def wilson_ci(k: int, n: int, z: float = 1.959963984540054) -> Rate:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return Rate(k, n, 0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
+
+
+def fisher_p(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided p-value of Fisher's exact test that two rates, ``k1`` of ``n1`` and ``k2`` of ``n2``, are
+    the same: the probability, with the margins fixed, of a table no more likely than the one observed
+    (the hypergeometric distribution; NaN when a sample is empty)."""
+    if n1 == 0 or n2 == 0:
+        return math.nan
+    k, n = k1 + k2, n1 + n2
+
+    def prob(x: int) -> float:
+        return math.comb(n1, x) * math.comb(n2, k - x) / math.comb(n, k)
+
+    observed = prob(k1)
+    support = range(max(0, k - n2), min(k, n1) + 1)
+    return min(1.0, sum(p for p in map(prob, support) if p <= observed * (1 + 1e-9)))

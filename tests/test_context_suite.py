@@ -182,28 +182,35 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
-def test_ctrl_c_to_the_suite_alone_stops_it_with_one_line(tmp_path):
-    """SIGINT to the suite's own process (not its group) stops it within seconds: its workers are killed,
-    it exits 130 with one line and no traceback, and the cells finished before stay."""
+@pytest.mark.parametrize("target", ["suite", "group"])
+def test_ctrl_c_stops_the_suite_with_one_line(tmp_path, target):
+    """SIGINT to the suite's own process (``suite``), or to its whole process group as a terminal's Ctrl-C
+    does, the moment its first worker starts (``group``: the worker is still importing), stops it within
+    seconds: its workers are killed, it exits 130 with one line and no traceback."""
     import signal
     import subprocess
     import sys
     import time
 
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        pytest.skip("SIGINT is ignored in this process (a background job), and so in the suite it starts")
     cmd = [sys.executable, os.path.join(common.REPO, "benchmarks", "context.py"), "--quick", "--heads", "nl",
            "--tasks", "which_marker", "--seeds", "0,1,2,3,4,5", "--jobs", "1", "--cache", str(tmp_path / "cache"),
            "--out", str(tmp_path / "out")]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=common.REPO,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
     deadline = time.monotonic() + 120
     workers = []
     while not workers and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)  # a worker is training a cell
+        time.sleep(0.05)
         workers = [p for p in _children(proc.pid) if "--multiprocessing-fork" in open(f"/proc/{p}/cmdline").read()]
     assert workers, "no worker started"
-    time.sleep(1.0)
     tic = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    if target == "suite":
+        time.sleep(1.0)  # the worker is training a cell
+        proc.send_signal(signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - tic < 10
     assert proc.returncode == 130, err
@@ -213,7 +220,6 @@ def test_ctrl_c_to_the_suite_alone_stops_it_with_one_line(tmp_path):
     time.sleep(0.5)
     assert not [p for p in workers if os.path.exists(f"/proc/{p}") and
                 open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"], "a worker outlived the suite"
-
 
 def test_settings_keys_variants_and_where_their_cells_live(tmp_path):
     """The default settings keep the committed cells' key; a budget or a residual start is a key of its own,
@@ -275,6 +281,12 @@ def test_success_rate_rule_and_wilson_interval():
     assert (wilson_ci(5, 10).low, wilson_ci(5, 10).high) == (pytest.approx(0.2366, abs=1e-4),
                                                               pytest.approx(0.7634, abs=1e-4))
     assert math.isnan(context_report.cue_threshold(fcn[:1], "t")) and wilson_ci(0, 0).text() == "—"
+    from scipy import stats
+
+    from segattn.stats import fisher_p
+
+    for k1, n1, k2, n2 in ((3, 8, 8, 8), (1, 5, 4, 6), (0, 3, 3, 3), (2, 3, 3, 3)):
+        assert fisher_p(k1, n1, k2, n2) == pytest.approx(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
 
 
 def test_report_has_rates_zero_start_and_budget_curves(tmp_path):
@@ -297,7 +309,7 @@ def test_report_has_rates_zero_start_and_budget_curves(tmp_path):
                                                                     "budgets": {160: cells, 640: longer}})
     text = open(tmp_path / "context.md").read()
     assert "## The zero start: residual scales started at 0.1 instead of 0" in text
-    assert "| far_marker | `da` |" in text and "3/3 (44-100 %)" in text
+    assert "| far_marker | `da` |" in text and "3/3 (44-100 %)" in text and "Fisher p" in text
     assert "## Longer budgets" in text and "object mIoU %, 640 it." in text
     assert os.path.getsize(tmp_path / "context_budget.png") > 1000 and str(tmp_path / "context_budget.png") in paths
     rows = list(csv.DictReader(open(tmp_path / "context.csv")))
