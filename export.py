@@ -31,8 +31,13 @@ def _main(cfg: DictConfig):
         cfg = ExportConfig.from_dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
         info = export_checkpoint(cfg.checkpoint, cfg.format, cfg.output, cfg.input_size, cfg.dynamic, cfg.device,
                                  verbose=cfg.verbose, plugins=cfg.plugins)
-    print(f"wrote {info['path']} ({cfg.format}, {'dynamic sizes' if cfg.dynamic else 'input %dx%d' % tuple(info['input_size'])})"
-          f" and {info['json']}")
+    if info["dynamic"]:
+        size = "dynamic sizes: batch, height and width %d-%d px" % tuple(info["dynamic_range"])
+    else:
+        size = "fixed input %dx%d" % tuple(info["input_size"])
+        if info.get("fixed_because"):  # the default, dynamic=null, where the head cannot
+            size += f", not dynamic: {info['fixed_because']}"
+    print(f"wrote {info['path']} ({cfg.format}, {size}) and {info['json']}")
     return info
 
 

@@ -239,7 +239,7 @@ class ExportConfig(ConfigNode):
     checkpoint: str = "???"
     format: str = "???"
     input_size: Optional[List[int]] = None
-    dynamic: bool = False
+    dynamic: Optional[bool] = None  # None: dynamic sizes where the head allows it in the format
     output: Optional[str] = None
     device: str = "cpu"
     verbose: bool = False

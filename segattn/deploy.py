@@ -287,15 +287,18 @@ def export_model(model: nn.Module, path: str, fmt: str, input_size=(512, 1024), 
     if reason:
         raise ValueError(f"head={head} cannot be exported as {fmt}{' with dynamic sizes' if dynamic else ''}: {reason}")
     num_classes = int(model.num_classes)
+    # Custom class names get the readable palette, not Cityscapes' colours for any 19 classes.
+    meta.setdefault("palette", palette_for(num_classes, meta.get("classes"))[:num_classes].tolist())
     meta.setdefault("classes", _default_names(num_classes))
-    meta.setdefault("palette", palette_for(num_classes)[:num_classes].tolist())
     meta.setdefault("mean", list(IMAGENET_MEAN))
     meta.setdefault("std", list(IMAGENET_STD))
 
     param = next(model.parameters())
     graph = ExportGraph(model).eval()
     # A batch of 2 at export: torch.export specialises a dimension of size 1.
-    example = torch.randn(2 if dynamic else 1, 3, h, w, device=param.device, dtype=param.dtype)
+    # A dynamic export's example is at least MIN_SIDE a side (a smaller training crop is still in range).
+    ex_h, ex_w = (max(h, MIN_SIDE), max(w, MIN_SIDE)) if dynamic else (h, w)
+    example = torch.randn(2 if dynamic else 1, 3, ex_h, ex_w, device=param.device, dtype=param.dtype)
     with torch.no_grad(), quiet_exporters(verbose):
         if fmt == "exported_program":
             program = _exported_program(graph, example, dynamic)
@@ -323,30 +326,56 @@ def export_model(model: nn.Module, path: str, fmt: str, input_size=(512, 1024), 
     return info
 
 
+def exported_format(path: str) -> str | None:
+    """The format of a file ``export_model`` wrote: the ``format`` its JSON beside it records (any file
+    name), else the one its suffix names; None when neither tells."""
+    meta = json_path(os.fspath(path))
+    if os.path.isfile(meta):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            with open(meta) as f:
+                fmt = json.load(f).get("format")
+            if fmt in FORMATS:
+                return fmt
+    return next((f for f, ext in FORMATS.items() if os.fspath(path).endswith(ext)), None)
+
+
 def load_exported(path: str, fmt: str | None = None):
-    """A callable ``images -> logits`` (torch tensors in and out) for a file ``export_model`` wrote;
-    ONNX files run with onnxruntime (``pip install segattn[export]``)."""
-    fmt = fmt or next((f for f, ext in FORMATS.items() if path.endswith(ext)), None)
+    """A callable ``images -> logits`` (torch tensors in and out, never requiring grad) for a file
+    ``export_model`` wrote, whatever its name: the format comes from ``fmt``, else the JSON beside the file,
+    else its suffix. ONNX files run with onnxruntime (``pip install segattn[export]``)."""
+    path = os.fspath(path)
+    fmt = fmt or exported_format(path)
     if fmt == "exported_program":
-        return torch.export.load(path).module()
+        module = torch.export.load(path).module()
+        for p in module.parameters():
+            p.requires_grad_(False)  # plain tensors out, as from the ONNX session
+        return module
     if fmt == "torchscript":
-        return torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export, and says so
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+            module = torch.jit.load(path, map_location="cpu")
+        for p in module.parameters():
+            p.requires_grad_(False)  # plain tensors out (``.numpy()`` works), as from the ONNX session
+        return module.eval()
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda images: torch.from_numpy(session.run(None, {name: images.detach().cpu().numpy()})[0])
-    raise ValueError(f"{path!r}: cannot tell the format from the name; expected a suffix among "
-                     f"{', '.join(FORMATS.values())} or fmt=onnx|torchscript|exported_program")
+    raise ValueError(f"{path!r}: cannot tell the format: no {os.path.basename(json_path(path))} beside it records "
+                     f"one and the name has none of the suffixes {', '.join(FORMATS.values())}; pass "
+                     f"fmt='onnx'|'torchscript'|'exported_program'")
 
 
 def export_checkpoint(checkpoint: str, fmt: str, output: str | None = None, input_size=None,
-                      dynamic: bool = False, device="cpu", verbose: bool = False,
+                      dynamic: bool | None = None, device="cpu", verbose: bool = False,
                       plugins: list[str] | None = None) -> dict:
     """What ``export.py`` does: ``load`` the checkpoint and ``export_model`` it to ``output`` (default:
-    beside the checkpoint, ``best.pt`` -> ``best.onnx``) at ``input_size`` (default: the training
-    crop). Returns the JSON written, with ``path`` and ``json`` added. ``plugins``: as ``load``'s."""
+    beside the checkpoint, ``best.pt`` -> ``best.onnx``) with an example input of ``input_size`` (default:
+    the training crop). ``dynamic=None`` (the default): dynamic sizes where the head allows it in this
+    format, else fixed at ``input_size``, and ``fixed_because`` in the result says why. Returns the JSON
+    written, with ``path`` and ``json`` (and ``fixed_because``) added. ``plugins``: as ``load``'s."""
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
     predictor = load(checkpoint, device, plugins)
@@ -361,10 +390,16 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None = None, inpu
         except ImportError:
             raise ValueError("format=onnx needs the export extra: pip install -e '.[export]' "
                              "(onnx, onnxscript, onnxruntime)") from None
+    fixed_because = None
+    if dynamic is None:
+        head = (predictor.config.get("head") or {}).get("name")
+        static_only, unsupported = export_limits(head) if head else ({}, {})
+        dynamic = fmt not in static_only or fmt in unsupported  # an unsupported format refuses either way
+        fixed_because = None if dynamic else f"head={head} as {fmt}: {static_only[fmt]}"
     info = export_model(predictor, path, fmt, size, dynamic,
                         meta={"checkpoint": os.path.abspath(checkpoint), "inference": predictor.inference},
                         verbose=verbose)
-    return {**info, "path": path, "json": json_path(path, fmt)}
+    return {**info, "path": path, "json": json_path(path, fmt), "fixed_because": fixed_because}
 
 
 def export_summary(head: str) -> str:

@@ -109,13 +109,36 @@ def test_predict_and_load_refuse_bad_input(predictor, tmp_path):
         segattn.load(str(tmp_path / "nothing.pt"))
 
 
-def _tiny(name: str) -> torch.nn.Module:
+class _Stem(torch.nn.Module):
+    """``[c2, c3, c4, c5]`` of the widths and sizes the dilated ResNet-18 (width 8) gives, from two strided
+    convolutions: what the per-head ONNX / torch.export test translates is then the head, not 33 copies of the
+    same ResNet, whose own export test_export_entry_point and tests/test_first_hour.py check."""
+
+    channels = [8, 16, 32, 64]
+
+    def __init__(self):
+        super().__init__()
+        self.c2 = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)  # the stem's stride-2 conv and max-pool
+        self.c3 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.c4 = torch.nn.Conv2d(16, 32, 1)  # dilated stages: same size
+        self.c5 = torch.nn.Conv2d(32, 64, 1)
+
+    def forward(self, x):
+        c2 = self.c2(x)
+        c3 = self.c3(c2)
+        c4 = self.c4(c3)
+        return [c2, c3, c4, self.c5(c4)]
+
+
+def _tiny(name: str, stem: bool = False) -> torch.nn.Module:
     head = OmegaConf.to_container(OmegaConf.load(os.path.join(REPO, "conf", "head", f"{name}.yaml")))
     head["channels"] = 64 if name == "sge" else 16  # SGE: a multiple of its 64 groups
     if "attention_channels" in head:
         head["attention_channels"] = 16
     torch.manual_seed(0)
     model = build_model({"depth": 18, "output_stride": 8, "width": 8}, head, 4, {"channels": 8})
+    if stem:
+        model.backbone = _Stem()
     with torch.no_grad():  # BN statistics that are not the identity, so a wrong graph shows
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -185,10 +208,11 @@ def test_every_head_exports_with_torchscript(name, tmp_path):
 @pytest.mark.parametrize("name", HEADS)
 def test_every_head_exports_as_exported_program_and_onnx(name, tmp_path, monkeypatch, onnx_table_once):
     """export_model translates ONNX from the model's ExportedProgram: the program traced for the ``.pt2`` file
-    is the one the ``.onnx`` file is translated from, instead of tracing the same model a second time."""
+    is the one the ``.onnx`` file is translated from, instead of tracing the same model a second time. The head
+    sits on ``_Stem``, not the ResNet: the per-head part of the graph is what differs between heads."""
     import segattn.deploy as deploy
 
-    model, trace, programs = _tiny(name), deploy._exported_program, {}
+    model, trace, programs = _tiny(name, stem=True), deploy._exported_program, {}
 
     def trace_once(graph, example, dynamic):
         assert graph.model is model  # the same model, at the same example size
@@ -217,7 +241,7 @@ def test_export_entry_point(checkpoint, tmp_path, capsys):
 
     out = str(tmp_path / "model.pt2")
     _run_hydra_main("export", [f"checkpoint={checkpoint}", "format=exported_program", f"output={out}",
-                               "input_size=[64,96]", f"hydra.run.dir={tmp_path / 'run'}"])
+                               "input_size=[64,96]", "dynamic=false", f"hydra.run.dir={tmp_path / 'run'}"])
     meta = json.load(open(tmp_path / "model.pt2.json"))
     predictor = segattn.load(checkpoint)
     assert meta["classes"] == predictor.classes and meta["palette"] == predictor.palette.tolist()

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segattn.engine.trackers import command
+
 from conftest import TINY, run_train
 
 
@@ -69,7 +71,7 @@ def test_mlflow_gets_what_tensorboard_gets(mlflow_run):
 
 def test_the_run_says_where_to_look_and_tensorboard_is_the_default(mlflow_run, trained_run):
     log = open(os.path.join(mlflow_run, "train.log")).read()
-    assert f"TensorBoard: tensorboard --logdir {mlflow_run}" in log
+    assert f"TensorBoard: {command('tensorboard')} --logdir {mlflow_run}" in log
     assert f" ui --backend-store-uri sqlite:///{mlflow_run}/mlflow.db  (run " in log
     assert not os.path.exists(os.path.join(mlflow_run, "mlruns"))  # not MLflow's file store (maintenance mode)
     assert not glob.glob(os.path.join(trained_run, "mlflow.db"))  # logger's default: TensorBoard alone

@@ -48,11 +48,15 @@ def build_dataset(name: str, root: str, split: str | None, transform=None, **opt
                                  f"but it has the sub-folder(s) {', '.join(found)}: set dataset.val_fraction=null "
                                  f"to train and validate on them")
             split = None
-        return FolderDataset(os.path.join(root, image_dir, split or ""),
-                             os.path.join(root, mask_dir, split or "") if mask_dir else None,
-                             options.get("classes"), transform, options.get("mask_suffix", ".png"),
-                             options.get("ignore_index"), options.get("palette"), fraction, part,
-                             options.get("split_seed", 0))
+        try:
+            return FolderDataset(os.path.join(root, image_dir, split or ""),
+                                 os.path.join(root, mask_dir, split or "") if mask_dir else None,
+                                 options.get("classes"), transform, options.get("mask_suffix", ".png"),
+                                 options.get("ignore_index"), options.get("palette"), fraction, part,
+                                 options.get("split_seed", 0))
+        except FileNotFoundError as e:  # the key to change, first
+            where = "does not exist" if not os.path.isdir(root) else "holds no images"
+            raise FileNotFoundError(f"dataset.root={root!r} {where} for split {split!r}: {e}") from None
     return DATASETS[name](root, split, transform)
 
 

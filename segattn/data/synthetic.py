@@ -119,6 +119,12 @@ def default_roots() -> set[str]:
     return {os.path.abspath(DEFAULT_ROOT), os.path.join(repo, DEFAULT_ROOT)}
 
 
+def _this_python() -> str:
+    """This interpreter as a command that runs from the user's shell, active venv or not (.venv/bin/python)."""
+    rel = os.path.relpath(sys.executable)
+    return sys.executable if rel.startswith("..") else rel
+
+
 def ensure(root: str = DEFAULT_ROOT, anywhere: bool = False) -> str:
     """Generate the embedded dataset unless ``root`` already holds it. Only at a default place
     (:func:`default_roots`) unless ``anywhere``: a mistyped ``dataset.root`` is an error, not a new dataset
@@ -129,7 +135,7 @@ def ensure(root: str = DEFAULT_ROOT, anywhere: bool = False) -> str:
             raise FileNotFoundError(
                 f"dataset.root={root!r} {why}: the embedded dataset is generated on first use only at its default "
                 f"place, {DEFAULT_ROOT} (leave dataset.root unset for it); to generate it at {root!r}, run "
-                f"python -m segattn.data.synthetic {root}")
+                f"{_this_python()} -m segattn.data.synthetic {root}")
         print(f"generating the embedded dataset in {root} ...", file=sys.stderr)
         generate(root)
     return root

@@ -59,11 +59,12 @@ def save_checkpoint(state: dict, path: str) -> None:
         raise
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, key: str = "checkpoint") -> dict:
     """Load one of our checkpoints: a ``.pt`` with ``weights_only=True`` (a crafted pickle cannot run code),
-    or the ``best.safetensors`` weights a run writes, which are not unpickled at all."""
+    or the ``best.safetensors`` weights a run writes, which are not unpickled at all. ``key``: the config
+    key the path came from, named in the errors (``resume``, ``model.init_from``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint={path!r}: no such file")
+        raise FileNotFoundError(f"{key}={path!r}: no such file")
     if is_safetensors(path):
         return load_weights(path)
     try:
@@ -72,18 +73,18 @@ def load_checkpoint(path: str) -> dict:
         found = re.search(r"(unsupported GLOBAL|Unsupported global|Unsupported operand)[^\n]*", str(e))
         what = found.group(0).strip().rstrip(".") if found else type(e).__name__
         raise ValueError(
-            f"checkpoint={path!r} holds Python objects, not only tensors and plain containers ({what}). Such a "
+            f"{key}={path!r} holds Python objects, not only tensors and plain containers ({what}). Such a "
             f"file can run code when it is unpickled, so segattn refuses it (checkpoints are loaded with "
             f"weights_only=True); a segattn checkpoint never holds any.") from None
     except Exception as e:  # truncated file, not a torch file at all
         first = str(e).split(". ")[0][:200]  # torch's first sentence says what failed; the rest is generic advice
-        raise ValueError(f"checkpoint={path!r} cannot be loaded as a segattn checkpoint "
+        raise ValueError(f"{key}={path!r} cannot be loaded as a segattn checkpoint "
                          f"(truncated, or not written by segattn): {type(e).__name__}: {first}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else None
         got = (f"a dict of {len(keys)} keys ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
                if keys is not None else type(ckpt).__name__)
-        raise ValueError(f"checkpoint={path!r} is not a segattn checkpoint: expected a dict with keys "
+        raise ValueError(f"{key}={path!r} is not a segattn checkpoint: expected a dict with keys "
                          f"{list(REQUIRED_KEYS)}, got {got}. ImageNet or open-mmlab backbone weights go to "
                          f"backbone.pretrained=PATH.")
     return ckpt

@@ -25,13 +25,19 @@ from ..plugins import import_plugins
 from ..viz import confusion_image, save_png, write_attention_pictures
 
 
+def _some(names, n: int = 4) -> str:
+    """The first ``n`` names, with ``...`` only when some are left out."""
+    names = list(names)
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
 def _set(node: dict | None) -> dict:
     """The keys an eval config node sets (null means: as in the checkpoint)."""
     return {k: v for k, v in (node or {}).items() if v is not None}
 
 
 def _dataset(cfg: EvalConfig, train_cfg: dict, d: dict, split: str, export_dir: str | None):
-    """``(dataset, classes, num_classes)`` to evaluate: ``images=`` or the dataset node ``d`` at ``split``,
+    """``(dataset, classes, num_classes, source)`` to evaluate (``source``: the data in words): ``images=`` or the dataset node ``d`` at ``split``,
     checked against the classes the checkpoint ``cfg.checkpoint`` predicts."""
     path = cfg.checkpoint
     classes = list(train_cfg.get("classes") or [])
@@ -48,15 +54,15 @@ def _dataset(cfg: EvalConfig, train_cfg: dict, d: dict, split: str, export_dir: 
     num_classes = int(train_cfg.get("num_classes", len(classes)))
     if dataset.num_classes != num_classes:
         raise ValueError(f"checkpoint={path!r} predicts {num_classes} classes (trained on "
-                         f"{train_cfg['dataset']['name']}: {', '.join(classes[:4])}, ...) but {source} has "
+                         f"{train_cfg['dataset']['name']}: {_some(classes)}) but {source} has "
                          f"{dataset.num_classes}; evaluate it on data of the classes it was trained on")
     if tuple(dataset.classes) != tuple(classes) and dataset.has_masks:
-        warnings.warn(f"{source} names its classes {list(dataset.classes)[:4]}... but checkpoint={path!r} "
-                      f"was trained on {classes[:4]}...; the metrics pair them by index")
+        warnings.warn(f"{source} names its classes {_some(dataset.classes)} but checkpoint={path!r} "
+                      f"was trained on {_some(classes)}; the metrics pair them by index")
     if not dataset.has_masks and not export_dir:
         raise ValueError(f"{source} has no masks, so there is nothing to measure; set export_dir=DIR "
                          f"(and export_format=labelids|trainids|color) to write the predictions")
-    return dataset, classes, num_classes
+    return dataset, classes, num_classes, source
 
 
 def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
@@ -81,10 +87,12 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     if export_dir:
         check_format(fmt)
 
-    dataset, classes, num_classes = _dataset(cfg, train_cfg, d, split, export_dir)
+    dataset, classes, num_classes, source = _dataset(cfg, train_cfg, d, split, export_dir)
 
     device = resolve_device(cfg.device, "device")
     model, _ = model_from_checkpoint(path, ckpt, num_classes)
+    print(f"evaluating {os.path.abspath(path)} (iteration {int(ckpt['iter'])}, head={_head(train_cfg)}) on "
+          f"{source}: {len(dataset)} image{'s' if len(dataset) != 1 else ''}, {describe_inference(inference)}", file=sys.stderr)
     model.to(device)
     # Images keep their own size (the benchmarks score full resolution); inference.batch_size of one size at a time.
     loader = val_loader(dataset, inference, cfg.num_workers)
@@ -102,7 +110,6 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
         vis_dir = vis.out_dir or os.path.join(run_dir, "attention")
         pictures = write_attention_pictures(model, dataset, vis_dir, vis.points, vis.num_images, vis.max_size)
         info["attention_pictures"] = {"dir": os.path.abspath(vis_dir), "files": len(pictures)}
-        print(f"wrote {len(pictures)} attention pictures to {vis_dir}")
     if writer is not None:
         info["export"] = {"dir": os.path.abspath(export_dir), "format": fmt, "files": writer.written}
     if dataset.has_masks:
@@ -115,11 +122,43 @@ def evaluate_checkpoint(cfg: dict | EvalConfig, run_dir: str) -> dict:
     else:
         result = info
     print(speed_line(info["speed"]))
-    if writer is not None:
-        print(f"wrote {writer.written} predictions ({fmt}) to {export_dir}")
     write_json(result, os.path.join(run_dir, "eval.json"))
-    print(f"wrote {os.path.join(run_dir, 'eval.json')}", file=sys.stderr)
+    say_written(info, run_dir, dataset.has_masks)
     return result
+
+
+def _head(train_cfg: dict) -> str:
+    return (train_cfg.get("head") or {}).get("name", "?")
+
+
+def say_written(info: dict, run_dir: str, has_masks: bool) -> None:
+    """eval.py's last lines: every file it wrote, one a line (eval.log, the console, is beside eval.json)."""
+    names = ["eval.json"] + (["confusion_matrix.csv", "confusion_matrix.png", "per_image.csv"] if has_masks else [])
+    for name in names:
+        print(f"wrote {os.path.join(run_dir, name)}", file=sys.stderr)
+    if "attention_pictures" in info:
+        pictures = info["attention_pictures"]
+        print(f"wrote {pictures['files']} attention pictures to {pictures['dir']}", file=sys.stderr)
+    if "export" in info:
+        export = info["export"]
+        print(f"wrote {export['files']} predictions ({export['format']}) to {export['dir']}", file=sys.stderr)
+
+
+def describe_inference(node: dict) -> str:
+    """The inference settings in words: ``whole images`` or ``slide windows 64x64, stride 43x43``, then
+    scales and flip when set."""
+    if node.get("mode") == "slide":
+        crop, stride = node["crop_size"], node["stride"]
+        text = f"inference slide: windows {crop[0]}x{crop[1]}, stride {stride[0]}x{stride[1]}"
+    else:
+        text = "inference whole: each image in one pass"
+    if node.get("scales") and [float(s) for s in node["scales"]] != [1.0]:
+        text += f", scales {[float(s) for s in node['scales']]}"
+        if node.get("base_scale") is not None:
+            text += f" of base_scale {node['base_scale']}"
+    if node.get("flip"):
+        text += ", flip"
+    return text
 
 
 def write_per_image(scores: PerImageScores, run_dir: str) -> str:

@@ -28,7 +28,7 @@ def load_init_weights(model, path: str) -> list[str]:
     optimizer, schedule and iteration count). Weights whose shape differs -- the classifiers, when the
     class count changes -- are skipped with a warning; any other mismatch is an error, since
     fine-tuning half a network silently is worse than stopping. Returns the skipped keys."""
-    weights = load_checkpoint(path)["model"]
+    weights = load_checkpoint(path, key="model.init_from")["model"]
     own = model.state_dict()
     skipped = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     result = model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)

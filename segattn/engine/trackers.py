@@ -86,7 +86,7 @@ class TensorBoardTracker(Tracker):
         self.writer.close()
 
     def where(self):
-        return f"TensorBoard: tensorboard --logdir {self.run_dir}"
+        return f"TensorBoard: {command('tensorboard')} --logdir {self.run_dir}"  # runs as printed, venv active or not
 
 
 def _flatten(node, prefix: str = "") -> dict[str, str]:

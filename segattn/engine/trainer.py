@@ -202,7 +202,7 @@ def setup(cfg: TrainConfig, run_dir: str) -> Run:
     resume_path = distributed.broadcast_object(find_resume(cfg.resume, ckpt_dir) if rank == 0 else None)
     if cfg.resume == "auto" and resume_path is None and rank == 0:
         print(f"resume=auto: no checkpoint in {ckpt_dir}, starting from iteration 0", file=sys.stderr)
-    ckpt = load_checkpoint(resume_path) if resume_path else None
+    ckpt = load_checkpoint(resume_path, key="resume") if resume_path else None
     start_iter = int(ckpt["iter"]) if ckpt else 0
 
     # The sampler counts micro-batches: with gradient accumulation an iteration (one optimizer
