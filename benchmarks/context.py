@@ -469,6 +469,17 @@ def train_cells(jobs: list[tuple], at_once: int = 1) -> list[dict]:
         for proc in procs:
             proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
+        # A worker the pool was still starting (max_tasks_per_child replaces each finished one) is in none of the
+        # lists above and has no death signal yet: left alone, it reads its start-up data from a closed pipe and
+        # prints an EOFError traceback. Every child still alive is killed for a moment longer.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            alive = multiprocessing.active_children()
+            if not alive:
+                break
+            for child in alive:
+                child.kill()
+            time.sleep(0.05)
         bar.close()
         raise
     pool.shutdown()
