@@ -393,21 +393,9 @@ class threads:
 
 def compose_config(overrides: list[str]) -> dict:
     """conf/train.yaml with Hydra ``overrides``, as ``train.py`` composes it (a plain dict)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
+    from segattn.cli import compose_train_config
 
-    from segattn.cli import register_configs
-
-    register_configs()  # the config schema conf/train.yaml is checked against
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("train", overrides=list(overrides))
-        return OmegaConf.to_container(cfg, resolve=True)
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_train_config(list(overrides), prog="benchmarks")
 
 
 def _time_once(fn: Callable[[], object], device: torch.device) -> float:

@@ -92,6 +92,12 @@ def _scale(out: dict) -> float:
     return max(float(v.abs().max()) if v.numel() else 0.0 for v in out.values())
 
 
+def _equal(a: dict, b: dict) -> tuple[bool, float]:
+    """Whether two float64 outputs agree up to rounding (1e-9 of their size), and their largest difference."""
+    diff = _max_diff(a, b)
+    return diff <= 1e-9 * (1 + _scale(a)), diff
+
+
 def grad_exemptions(head: nn.Module) -> dict[str, str]:
     """Parameter name (in ``head``) -> why its gradient is zero by construction, from the ``grad_exempt``
     declarations of its modules (a class attribute, or an instance's where it depends on the options)."""
@@ -169,8 +175,7 @@ def _deterministic(head, widths):
     feats = _features(widths, SIZES[-1])
     with torch.no_grad():
         a, b = _outputs(head, feats), _outputs(head, feats)
-    diff = _max_diff(a, b)
-    ok = diff <= 1e-9 * (1 + _scale(a))
+    ok, diff = _equal(a, b)
     return ok, f"max diff {diff:.2g}", (f"two eval calls on one batch differ by {diff:.3g} (logits up to "
                                          f"{_scale(a):.3g}): predictions change from call to call")
 
@@ -180,8 +185,7 @@ def _batch_independent(head, widths):
     with torch.no_grad():
         batch = _outputs(head, feats)
         alone = _outputs(head, [f[:1] for f in feats])
-    diff = _max_diff({k: v[:1] for k, v in batch.items()}, alone)
-    ok = diff <= 1e-9 * (1 + _scale(alone))
+    ok, diff = _equal(alone, {k: v[:1] for k, v in batch.items()})
     return ok, f"max diff {diff:.2g}", (f"sample 0 alone differs from sample 0 in a batch of 3 by {diff:.3g}: "
                                          f"the head mixes the samples of a batch in eval mode")
 
@@ -195,8 +199,7 @@ def _recording(head, widths):
         with record_attention(head):
             recorded = _outputs(head, feats)
     clear_records(head)
-    diff = _max_diff(plain, recorded)
-    ok = diff <= 1e-9 * (1 + _scale(plain))
+    ok, diff = _equal(plain, recorded)
     return ok, f"max diff {diff:.2g}", f"recording the attention changes the logits by {diff:.3g}"
 
 

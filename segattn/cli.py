@@ -303,9 +303,10 @@ def _check_group_option(o) -> None:
                          f"The {group} options: {', '.join(options)}")
 
 
-def compose_train_config(argv: list[str], prog: str) -> dict:
+def compose_train_config(argv: list[str], prog: str = "segattn") -> dict:
     """conf/train.yaml composed with ``argv`` (Hydra overrides, ``hydra.searchpath=[file:///my/conf]``
-    included) as a plain dict, outside a Hydra app: what ``python -m segattn.check`` and the scripts read."""
+    included) as a plain dict, outside a Hydra app, as ``train.py`` composes it: what ``python -m segattn.check``,
+    the benchmarks and the scripts read."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
@@ -316,9 +317,8 @@ def compose_train_config(argv: list[str], prog: str) -> dict:
     check_overrides(argv, TrainConfig)
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=conf):
-        cfg = compose("train", overrides=list(argv))
-    GlobalHydra.instance().clear()
-    cfg = OmegaConf.to_container(cfg, resolve=False)
-    cfg.pop("hydra", None)
-    return cfg
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=conf):
+            return OmegaConf.to_container(compose("train", overrides=list(argv)), resolve=True)
+    finally:
+        GlobalHydra.instance().clear()
