@@ -90,7 +90,7 @@ def parse_args(argv=None):
                                                  "folder, and several budgets add curves of object mIoU against "
                                                  "iterations")
     p.add_argument("--settle", action="store_true",
-                   help=f"after the seeds asked for, add seeds to every open cell (95 % interval of object mIoU "
+                   help=f"after the seeds asked for, add seeds to every open cell (95 %% interval of object mIoU "
                         f"wider than +-{100 * SETTLE_WIDTH:.0f} points) until it closes or has {MAX_SEEDS} seeds; "
                         "seeds already trained are reused")
     p.add_argument("--dry-run", action="store_true", help="say which cells would be trained (before --settle's "

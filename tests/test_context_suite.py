@@ -244,6 +244,13 @@ def test_settings_keys_variants_and_where_their_cells_live(tmp_path):
     assert context.cell_settings(zero, "se") == context.settings(full) and context.cell_settings(zero, "da") == zero
 
 
+def test_help_prints(capsys):
+    """--help is the user's first call; a bare '%' in a help string made argparse raise TypeError instead."""
+    with pytest.raises(SystemExit) as stop:
+        context.parse_args(["--help"])
+    assert stop.value.code == 0 and "95 % interval" in " ".join(capsys.readouterr().out.split())
+
+
 def _cell(task, head, seed, obj, scales=None):
     return {"task": task, "head": head, "seed": seed, "mIoU": obj, "object_mIoU": obj, "object_recall": obj,
             "IoU_car": obj, "IoU_truck": obj, "IoU_road": 0.9, "IoU_traffic light": 0.9, "IoU_traffic sign": 0.9,
