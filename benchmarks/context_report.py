@@ -252,6 +252,23 @@ def zero_start_section(cells: list[dict], variants: dict, task_list: list[str]) 
     return lines
 
 
+def seeds_verdict(rate) -> str:
+    """A success rate in words: the cue read in every seed, in some or in none ("—" without seeds)."""
+    if rate.n == 0:
+        return "—"
+    return "every seed" if rate.k == rate.n else "no seed" if rate.k == 0 else "some seeds"
+
+
+def budget_verdict(rates: list) -> str:
+    """Whether the verdict of :func:`seeds_verdict` holds over the budgets (``rates`` in order of iterations):
+    ``"holds: every seed"``, or ``"changes: some seeds → every seed"`` with each verdict as it changed."""
+    words = [seeds_verdict(r) for r in rates if r.n]
+    if len(words) < 2:
+        return "—"  # one budget says nothing about the budget
+    steps = [w for k, w in enumerate(words) if k == 0 or w != words[k - 1]]
+    return f"holds: {words[0]}" if len(steps) == 1 else "changes: " + " → ".join(steps)
+
+
 def budget_section(by_iters: dict[int, list[dict]], task_list: list[str], out: str) -> tuple[list[str], list[str]]:
     """Longer budgets: per task and head, object mIoU and the success rate at each number of iterations
     (each budget against its own FCN), and a picture per task of object mIoU against iterations."""
@@ -263,16 +280,23 @@ def budget_section(by_iters: dict[int, list[dict]], task_list: list[str], out: s
              "The same cells trained for more iterations (`--budget`: the schedule, validation and everything "
              "else scale with them); at each budget a seed reads the cue when its object mIoU is above that "
              "budget's FCN interval.", "", "![object mIoU against iterations](context_budget.png)", ""]
+    lines += [f"*With the budget*: whether a head reads the cue in every seed, in some or in none at each budget, "
+              f"and whether that verdict holds from {iters[0]} to {iters[-1]} iterations; Fisher p: Fisher's exact "
+              f"test of the success rates at {iters[0]} and {iters[-1]} iterations (two-sided).", ""]
     for task in task_list:
         rows = []
         for head in heads:
             row = [f"`{head}`"]
             for it in iters:
                 row += _ci_rate(summaries[it].get((task, head)))
+            rates = [summaries[it][(task, head)]["rate"] for it in iters if (task, head) in summaries[it]
+                     and summaries[it][(task, head)]["rate"].n]
+            row += [budget_verdict(rates), p_text(fisher_p(rates[0].k, rates[0].n, rates[-1].k, rates[-1].n))
+                    if len(rates) > 1 and head != "fcn" else "—"]
             rows.append(row)
         lines += [f"### {task}", "", common.markdown_table(
-            ["head", *[f"{label}, {it} it." for it in iters for label in ("object mIoU %", "reads the cue")]], rows),
-            ""]
+            ["head", *[f"{label}, {it} it." for it in iters for label in ("object mIoU %", "reads the cue")],
+             "with the budget", "Fisher p"], rows), ""]
     import matplotlib
 
     matplotlib.use("Agg")

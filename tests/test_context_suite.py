@@ -318,6 +318,13 @@ def test_report_has_rates_zero_start_and_budget_curves(tmp_path):
     assert "## The zero start: residual scales started at 0.1 instead of 0" in text
     assert "| far_marker | `da` |" in text and "3/3 (44-100 %)" in text and "Fisher p" in text
     assert "## Longer budgets" in text and "object mIoU %, 640 it." in text
+    assert "| `da` | " in text and "| holds: every seed |" in text  # da reads at 160 and at 640 alike
+    from segattn.stats import wilson_ci as rate
+
+    assert context_report.budget_verdict([rate(0, 3), rate(2, 3), rate(3, 3)]) == \
+        "changes: no seed → some seeds → every seed"
+    assert context_report.budget_verdict([rate(1, 8), rate(2, 3), rate(0, 0)]) == "holds: some seeds"
+    assert context_report.budget_verdict([rate(1, 8), rate(0, 0)]) == "—"  # one budget with seeds
     assert os.path.getsize(tmp_path / "context_budget.png") > 1000 and str(tmp_path / "context_budget.png") in paths
     rows = list(csv.DictReader(open(tmp_path / "context.csv")))
     da = [r for r in rows if r["head"] == "da"]
