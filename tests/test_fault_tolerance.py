@@ -132,6 +132,34 @@ def test_ckpt_interval_min_writes_last_pt_whenever_the_time_has_passed(tiny_root
     assert [s for s in saved if s[0] == "last.pt"] == [("last.pt", 1), ("last.pt", 2), ("last.pt", 3)]
 
 
+def test_submitit_preemption_signal_saves_last_pt_before_its_handler_requeues(tiny_root, tmp_path, monkeypatch):
+    """Hydra's submitit launcher: submitit's own SIGUSR2 handler requeues the job and exits at once. Under
+    our trainer it runs after the iteration ends and last.pt is written, so the requeued job loses nothing."""
+    calls, real_step = [], trainer_mod.train_step
+
+    def submitit_handler(signum, frame):  # what submitit's checkpoint_and_try_requeue does on rank 0
+        calls.append(load_checkpoint(str(tmp_path / "checkpoints" / "last.pt"))["iter"])
+        raise SystemExit(-1)
+
+    def step_then_signal(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        if trainer_mod.signal.getsignal(signal.SIGUSR2) is not submitit_handler:  # ours, chained to submitit's
+            os.kill(os.getpid(), signal.SIGUSR2)  # during iteration 2
+        return out
+
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
+    monkeypatch.setattr(trainer_mod, "train_step", step_then_signal)
+    old = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(SystemExit):
+            run_train([*TINY, f"dataset.root={tiny_root}", "trainer.max_iters=6", "trainer.val_interval=100",
+                       f"hydra.run.dir={tmp_path}"])
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # given back
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert calls == [1]  # the signal came in the first iteration; last.pt of it existed when submitit took over
+
+
 def test_what_names_a_launch_and_when_resume_is_auto():
     assert elastic.launch_key({}) is None
     assert elastic.launch_key({"SLURM_JOB_ID": "77"}) == "slurm/77"

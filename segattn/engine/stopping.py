@@ -1,5 +1,6 @@
 """Stopping a run without losing it: Ctrl-C (SIGINT), SIGTERM (Slurm preemption and time limit, ``timeout``)
-and SIGUSR1 (the warning ``#SBATCH --signal=USR1@<seconds>`` asks Slurm for before the time limit).
+and SIGUSR1 (the warning ``#SBATCH --signal=USR1@<seconds>`` asks Slurm for before the time limit);
+under Hydra's submitit launcher also submitit's SIGUSR2, whose own handler (requeue) runs after the save.
 
 The first signal only sets a flag; the training loop finishes the iteration it is in, every rank
 agrees to stop at the same one (under DDP each rank may see the signal at a different moment),
@@ -23,6 +24,13 @@ from . import distributed
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
+def launcher_signal() -> signal.Signals | None:
+    """The signal on which a launcher's own handler checkpoints and requeues the job: submitit's (Hydra's
+    submitit launcher) SIGUSR2, or the one ``SUBMITIT_PREEMPT_SIGNAL`` names."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG"),
+                   None)
+
+
 class Interrupted(Exception):
     """Training stopped on a signal after ``step``; ``last.pt`` of ``run_dir`` holds that iteration."""
 
@@ -42,6 +50,7 @@ class GracefulStop:
     def __init__(self):
         self.signum = 0
         self._old = {}
+        self.launcher = None  # a launcher's handler of launcher_signal(), run once last.pt is saved
 
     def _handle(self, signum, frame):
         if self.signum and signum == signal.SIGINT:  # Ctrl-C again: stop now, as without this handler
@@ -64,9 +73,23 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)
+            # submitit (Hydra's submitit launcher) handles its preemption signal itself: it requeues the job
+            # and exits at once, mid-iteration, losing what was trained since the newest checkpoint. That
+            # handler now runs after last.pt is saved (hand_over). Without one, the signal is left alone.
+            s = launcher_signal()
+            if s is not None and s not in SIGNALS and callable(signal.getsignal(s)):
+                self.launcher = signal.getsignal(s)
+                self._old[s] = signal.signal(s, self._handle)
         return self
 
+    def hand_over(self, signum: int) -> None:
+        """After ``last.pt`` was saved on ``signum``: when that is the launcher's preemption signal, run
+        the launcher's own handler (submitit's checkpoints the job, requeues it and exits on rank 0)."""
+        if self.launcher is not None and signum == launcher_signal():
+            self.launcher(signum, None)
+
     def __exit__(self, *exc) -> None:
+        self.launcher = None
         for s, handler in self._old.items():
             if s == signal.SIGTERM and signal.getsignal(s) is signal.SIG_IGN:  # a requeued Slurm job: keep it
                 continue

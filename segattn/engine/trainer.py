@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from .preflight import check_numbers, preflight_checks
 from .trackers import Trackers, build_trackers, tracker_names
 from .weights import save_weights
 from .resume import find_resume, load_init_weights, restore
-from .stopping import GracefulStop, Interrupted
+from .stopping import GracefulStop, Interrupted, launcher_signal
 from ..viz import log_attention_pictures
 
 
@@ -431,7 +432,13 @@ def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | No
                 run.writer.close()
             distributed.barrier()
             distributed.cleanup()
-            # Every rank has saved: a Slurm job can be requeued now (rank 0 asks).
+            # Every rank has saved: a Slurm job can be requeued now (rank 0 asks), by submitit's own handler
+            # when the signal was its preemption signal (it exits on rank 0), else by us.
+            if run.main_process and stop.launcher is not None and signum == launcher_signal():
+                print(f"stopped by {signal.Signals(signum).name} after iteration {step}/{t.max_iters}; saved "
+                      f"{run.run_dir}/checkpoints/last.pt; the launcher's handler takes over (submitit "
+                      f"requeues the job, which resumes from last.pt)", file=sys.stderr)
+            stop.hand_over(signum)
             then = elastic.slurm_requeue(signum) if run.main_process else None
             raise Interrupted(signum, step, t.max_iters, run.run_dir, then)
     return metrics
