@@ -82,10 +82,14 @@ class GracefulStop:
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
+    def hands_over(self, signum: int) -> bool:
+        """Whether ``signum`` is the launcher's preemption signal, with the launcher's handler to run."""
+        return self.launcher is not None and signum == launcher_signal()
+
     def hand_over(self, signum: int) -> None:
-        """After ``last.pt`` was saved on ``signum``: when that is the launcher's preemption signal, run
-        the launcher's own handler (submitit's checkpoints the job, requeues it and exits on rank 0)."""
-        if self.launcher is not None and signum == launcher_signal():
+        """After ``last.pt`` was saved on ``signum``: when :meth:`hands_over`, run the launcher's own
+        handler (submitit's checkpoints the job, requeues it and exits on rank 0)."""
+        if self.hands_over(signum):
             self.launcher(signum, None)
 
     def __exit__(self, *exc) -> None:

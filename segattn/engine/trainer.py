@@ -41,7 +41,7 @@ from .preflight import check_numbers, preflight_checks
 from .trackers import Trackers, build_trackers, tracker_names
 from .weights import save_weights
 from .resume import find_resume, load_init_weights, restore
-from .stopping import GracefulStop, Interrupted, launcher_signal
+from .stopping import GracefulStop, Interrupted
 from ..viz import log_attention_pictures
 
 
@@ -434,7 +434,7 @@ def _loop(run: Run, bar, batches, stop: GracefulStop, stop_at: int) -> dict | No
             distributed.cleanup()
             # Every rank has saved: a Slurm job can be requeued now (rank 0 asks), by submitit's own handler
             # when the signal was its preemption signal (it exits on rank 0), else by us.
-            if run.main_process and stop.launcher is not None and signum == launcher_signal():
+            if run.main_process and stop.hands_over(signum):
                 print(f"stopped by {signal.Signals(signum).name} after iteration {step}/{t.max_iters}; saved "
                       f"{run.run_dir}/checkpoints/last.pt; the launcher's handler takes over (submitit "
                       f"requeues the job, which resumes from last.pt)", file=sys.stderr)
